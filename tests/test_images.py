@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+
+from vaelab.images import flatten, make_grid, normalize, quantize, save_png, unflatten
+
+
+def test_quantize_inverts_normalize_for_every_pixel_value():
+    k = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(quantize(normalize(k)), k)
+
+
+def test_normalize_is_division_by_255():
+    k = torch.tensor([0, 1, 128, 255], dtype=torch.uint8)
+    torch.testing.assert_close(normalize(k), torch.tensor([0, 1, 128, 255]) / 255.0)
+
+
+def test_quantize_rounds_half_down_as_lemma_1_3_6():
+    # ψ = ⌈255p − 0.5⌉: 255p = 2.5 gives 2, 2.5000001 gives 3
+    p = torch.tensor([2.5 / 255, 2.6 / 255, 2.4 / 255], dtype=torch.float64)
+    assert quantize(p).tolist() == [2, 3, 2]
+
+
+def test_quantize_clips_overshoot_and_rejects_nan():
+    assert quantize(torch.tensor([-0.3, 1.7])).tolist() == [0, 255]
+    with pytest.raises(ValueError, match="NaN"):
+        quantize(torch.tensor([0.1, float("nan")]))
+
+
+def test_normalize_rejects_float_input():
+    with pytest.raises(ValueError, match="uint8"):
+        normalize(torch.zeros(3))
+
+
+def test_flatten_is_row_major_and_inverts():
+    x = torch.arange(2 * 1 * 3 * 4).reshape(2, 1, 3, 4)
+    flat = flatten(x)
+    assert flat.shape == (2, 12)
+    # Lemma 1.3.7: rows of the image one after another
+    assert flat[0, :4].tolist() == x[0, 0, 0].tolist()
+    assert flat[0, 4:8].tolist() == x[0, 0, 1].tolist()
+    assert torch.equal(unflatten(flat, (1, 3, 4)), x)
+    with pytest.raises(ValueError, match="cannot unflatten"):
+        unflatten(flat, (1, 3, 3))
+
+
+def test_make_grid_places_images(tmp_path):
+    imgs = torch.zeros(5, 1, 4, 6, dtype=torch.uint8)
+    imgs[3] = 200
+    grid = make_grid(imgs, nrow=3, padding=1)
+    assert grid.shape == (2 * 5 + 1, 3 * 7 + 1, 1)
+    # image 3 is row 1, column 0
+    assert (grid[6:10, 1:7, 0] == 200).all()
+    assert (grid[1:5, 1:7, 0] == 0).all()
+    path = save_png(tmp_path / "g.png", grid)
+    from PIL import Image
+
+    assert np.asarray(Image.open(path)).shape == (11, 22)
