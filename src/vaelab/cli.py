@@ -65,6 +65,59 @@ def cmd_data_import_npz(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# train, plot, reproduce
+# --------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vaelab.config import load_config
+    from vaelab.runs import RunFolder
+    from vaelab.train import train
+
+    if args.resume:
+        if args.config:
+            raise VaelabError("give either a CONFIG or --resume RUN_DIR, not both")
+        cfg = RunFolder(args.resume, writer=False).read_config()
+        cfg = _apply_resume_overrides(cfg, args.set)
+    elif args.config:
+        cfg = load_config(args.config, args.set)
+    else:
+        raise VaelabError("give a CONFIG file (e.g. configs/mnist_ae.toml) or --resume RUN_DIR")
+    path = train(cfg, out=args.out, resume=args.resume, cache=args.cache,
+                 progress=not args.no_progress)  # fmt: skip
+    print(f"run folder: {path}")
+
+
+def _apply_resume_overrides(cfg, overrides: list[str]):
+    """On resume only [train] keys may change (e.g. more epochs); the model and data are
+    fixed by the checkpoint."""
+    from vaelab.config import from_dict, parse_override, to_dict
+
+    raw = to_dict(cfg)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section != "train":
+            raise VaelabError(f"--set {text}: only train.* settings can change on --resume")
+        raw[section][key] = value
+    return from_dict(raw)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from vaelab.plots import FIGURES
+
+    out = args.out or Path(args.run) / f"{args.figure}.png"
+    path = FIGURES[args.figure]([(Path(args.run).name, args.run)], out, cache=args.cache)
+    print(f"wrote {path}")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from vaelab.reproduce import reproduce_thesis
+
+    reproduce_thesis(out=Path(args.out), preset="full" if args.full else args.preset,
+                     epochs=args.epochs, cache=args.cache, progress=not args.no_progress)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
 # optim
 # --------------------------------------------------------------------------------------
 
@@ -83,9 +136,6 @@ def cmd_optim_demo(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 Command = Callable[[argparse.Namespace], "int | None"]
-
-# (command words) -> (function, help, how to add its arguments)
-COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {}
 
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:
@@ -129,6 +179,35 @@ def _import_npz_args(p: argparse.ArgumentParser) -> None:
     _cache_arg(p)
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="TOML config, e.g. configs/mnist_ae.toml")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax), e.g. --set model.widths=[512,256]")  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<data>-<kind>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _cache_arg(p)
+
+
+def _plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `vaelab train`")
+    p.add_argument("figure", choices=("latent", "recon", "loss"),
+                   help="latent scatter, reconstructions per class, or loss curves")  # fmt: skip
+    p.add_argument("--out", metavar="FILE", help="PNG to write (default RUN_DIR/FIGURE.png)")
+    _cache_arg(p)
+
+
+def _reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", choices=("thesis",), help="thesis: §2.3, Figures 2.4-2.10")
+    p.add_argument("--preset", choices=("demo", "default"), default="default",
+                   help="demo: a minute; default: <= 15 minutes on 2 CPU cores")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="epochs per model (overrides the preset)")
+    p.add_argument("--full", action="store_true", help="the thesis's 10,000 epochs per model")
+    p.add_argument("--out", default="runs/thesis", help="output folder (runs/thesis)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _cache_arg(p)
+
+
 def _optim_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("problem", choices=("reddi",), help="reddi: Reddi et al. 2018, §5")
     p.add_argument("--steps", type=int, help="number of online steps T")
@@ -136,26 +215,21 @@ def _optim_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic variant")
 
 
-for _words, _fn, _help, _build in [
-    (("data", "fetch"), cmd_data_fetch, "download and cache a data set (mnist)", _fetch_args),
-    (("data", "info"), cmd_data_info, "split sizes, shapes, pixel range, class counts", _name_arg),
-    (("data", "list"), cmd_data_list, "list cached data sets", _cache_arg),
-    (("data", "import-idx"), cmd_data_import_idx, "import IDX files", _import_idx_args),
-    (
-        ("data", "import-folder"),
-        cmd_data_import_folder,
-        "import an image folder",
-        _import_folder_args,
-    ),
-    (("data", "import-npz"), cmd_data_import_npz, "import an .npz file", _import_npz_args),
-    (
-        ("optim", "demo"),
-        cmd_optim_demo,
-        "Adam vs AMSGrad on Reddi et al.'s problem",
-        _optim_demo_args,
-    ),
-]:
-    COMMANDS[_words] = (_fn, _help, _build)
+# fmt: off
+# (command words) -> (function, one-line help, builder of its arguments)
+COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
+    ("data", "fetch"):         (cmd_data_fetch, "download and cache a data set (mnist)", _fetch_args),
+    ("data", "info"):          (cmd_data_info, "split sizes, shapes, pixel range, class counts", _name_arg),
+    ("data", "list"):          (cmd_data_list, "list cached data sets", _cache_arg),
+    ("data", "import-idx"):    (cmd_data_import_idx, "import IDX files", _import_idx_args),
+    ("data", "import-folder"): (cmd_data_import_folder, "import an image folder", _import_folder_args),
+    ("data", "import-npz"):    (cmd_data_import_npz, "import an .npz file", _import_npz_args),
+    ("train",):                (cmd_train, "train a model from a TOML config", _train_args),
+    ("plot",):                 (cmd_plot, "figures of a run: latent, recon, loss", _plot_args),
+    ("reproduce",):            (cmd_reproduce, "reproduce the thesis's MNIST experiments", _reproduce_args),
+    ("optim", "demo"):         (cmd_optim_demo, "Adam vs AMSGrad on Reddi et al.'s problem", _optim_demo_args),
+}
+# fmt: on
 
 
 def build_parser() -> argparse.ArgumentParser:

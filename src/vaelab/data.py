@@ -663,29 +663,35 @@ class Batches:
             g = torch.Generator().manual_seed(seed + 1_000_003)
             self.images = torch.bernoulli(self.images.cpu(), generator=g).to(self.device)
         self.labels = None if data.labels is None else data.labels.to(self.device)
+        self._epoch_start = self.generator.get_state()
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def order(self) -> torch.Tensor:
-        """The index order of the next epoch (advances the generator when shuffling)."""
-        n = len(self.data)
-        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        perm = self.order().to(self.device)
-        for i in range(len(self)):
-            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.epoch()
+
+    def epoch(self, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One epoch of batches, leaving out the first ``skip`` (to resume mid-epoch)."""
+        self._epoch_start = self.generator.get_state()
+        n = len(self.data)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for i in range(skip, len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx]  # (B, C, H, W)
             if self.binarize == "dynamic":
                 u = torch.rand(x.shape, generator=self.noise, device=self.device)
                 x = (u < x).to(x.dtype)  # Bernoulli(x), resampled every batch
             yield x, (None if self.labels is None else self.labels[idx])
 
-    def state_dict(self) -> dict:
-        """The generator state, so a resumed run draws the same batches."""
-        return {"generator": self.generator.get_state(), "noise": self.noise.get_state()}
+    def state_dict(self, mid_epoch: bool = False) -> dict:
+        """Generator states, so a resumed run draws the same batches. With ``mid_epoch`` the
+        permutation generator is the one from the start of the current epoch, so that
+        ``epoch(skip=done)`` after loading draws the same order again."""
+        perm = self._epoch_start if mid_epoch else self.generator.get_state()
+        return {"generator": perm, "noise": self.noise.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])

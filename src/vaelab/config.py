@@ -1,0 +1,174 @@
+"""Run configuration: TOML files read into typed dataclasses, overridable from the CLI.
+
+``--set section.key=value`` parses ``value`` as TOML (``--set model.widths=[512,256]``),
+falling back to a plain string; an unknown section or key, or a value of the wrong type,
+is a :class:`~vaelab.errors.ConfigError` that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from vaelab.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    """data set name in the cache (``vaelab data list``) or a path to an .npz file"""
+    split: str = "train"
+    """split to train on"""
+    test_split: str = "test"
+    """split for the per-epoch test (validation) loss and early stopping"""
+    limit: int = 0
+    """use only the first N training images (0 = all)"""
+    test_limit: int = 0
+    """use only the first N test images (0 = all)"""
+    binarize: str = "none"
+    """none | dynamic (Bernoulli per batch) | static (once, fixed seed)"""
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "ae"
+    """ae (autoencoder, Def 2.1.5) or vae"""
+    arch: str = "mlp"
+    """mlp (fully connected, Def 2.3.1-2.3.3) or conv (convolution + pooling, §1.3)"""
+    widths: list[int] = field(default_factory=lambda: [512, 256, 128])
+    """the encoder's hidden widths (never growing, Def 2.1.1); the decoder mirrors them"""
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    """conv arch: channels of each conv + 2x2 max-pool block of the encoder"""
+    bottleneck: int = 2
+    """latent dimension n_b (Def 2.1.5)"""
+    activation: str = "relu"
+    """hidden activation (Def 1.1.1-1.1.2): relu, leaky_relu, sigmoid, tanh, identity"""
+    image_shape: list[int] = field(default_factory=list)
+    """(C, H, W) of the images; filled in from the data at training time"""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    """passes over the training split"""
+    batch_size: int = 512
+    """examples per optimisation step"""
+    lr: float = 3e-4
+    """learning rate α"""
+    optimizer: str = "adam"
+    """adam, amsgrad, sgd, gd (vaelab.optim) or any torch.optim class name"""
+    loss: str = "mse"
+    """reconstruction loss: mse (sum over pixels, Ex 2.2.2), mse_mean, bce, bce_sum"""
+    seed: int = 0
+    """seeds initialisation, batch order and sampling"""
+    checkpoint_every: int = 1
+    """write a checkpoint every N epochs (and always at the end)"""
+    early_stopping: int = 0
+    """stop after N epochs without a better test loss (0 = off)"""
+    device: str = "cpu"
+    """cpu, cuda, cuda:1, mps …"""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)"""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+
+def _check_value(where: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotation ``hint`` (int, float, str, bool, list[int])."""
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_check_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts, rejecting unknown sections and keys."""
+    cfg = Config()
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        obj = getattr(cfg, section)
+        hints = typing.get_type_hints(type(obj))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"unknown config key {section}.{key} (known: {', '.join(hints)})")
+            setattr(obj, key, _check_value(f"{section}.{key}", value, hints[key]))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'model.widths=[512,256]' -> ('model', 'widths', [512, 256])."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    path, raw = text.split("=", 1)
+    section, key = path.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as amsgrad is a string
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {path} not found") from e
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return from_dict(raw)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ConfigError(f"cannot write {v!r} to TOML")
+
+
+def dumps(cfg: Config) -> str:
+    """The config as TOML text (round-trips through :func:`load_config`)."""
+    lines: list[str] = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)

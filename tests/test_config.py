@@ -1,0 +1,58 @@
+import pytest
+
+from vaelab.config import Config, dumps, load_config, parse_override
+from vaelab.errors import ConfigError
+
+
+def test_defaults_are_the_thesis_setting():
+    cfg = Config()
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.loss) == (3e-4, 512, "mse")
+
+
+def test_overrides_are_parsed_as_toml():
+    cfg = load_config(None, ["model.widths=[64,32]", "train.optimizer=amsgrad", "train.lr=1e-3"])
+    assert cfg.model.widths == [64, 32] and cfg.train.optimizer == "amsgrad"
+    assert cfg.train.lr == 1e-3
+    assert parse_override("train.epochs=3") == ("train", "epochs", 3)
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown config key train.epoch"),
+        ("trian.epochs=3", r"unknown config section \[trian\]"),
+        ("train.epochs=three", "train.epochs must be int"),
+        ("train.epochs=true", "train.epochs must be int"),
+        ("model.widths=[1, 'a']", r"model.widths\[1\] must be int"),
+        ("epochs=3", "section.key=value"),
+    ],
+)
+def test_bad_keys_and_types_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_file_round_trip(tmp_path):
+    cfg = load_config(None, ["model.widths=[10,5]", 'data.name="x"', "train.seed=7"])
+    (tmp_path / "c.toml").write_text(dumps(cfg))
+    assert load_config(tmp_path / "c.toml") == cfg
+
+
+def test_unknown_key_in_file(tmp_path):
+    (tmp_path / "c.toml").write_text("[model]\nbotleneck = 2\n")
+    with pytest.raises(ConfigError, match="model.botleneck"):
+        load_config(tmp_path / "c.toml")
+    (tmp_path / "bad.toml").write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
+        load_config(path)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+from torch import nn
+
+from vaelab.config import ModelConfig
+from vaelab.errors import ConfigError
+from vaelab.losses import bce, mse
+from vaelab.models import Autoencoder, build_model
+
+
+def cfg(**kw):
+    base = dict(image_shape=[1, 28, 28], widths=[64, 32], bottleneck=3)
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("shape", [[1, 28, 28], [3, 17, 23]])
+def test_verbs_and_shapes(arch, shape):
+    torch.manual_seed(0)
+    model = build_model(cfg(arch=arch, image_shape=shape, channels=[4, 8]), "mse")
+    x = torch.rand(5, *shape)
+    z = model.encode(x)
+    assert z.shape == (5, 3)
+    out = model.decode(z)
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(model.reconstruct(x), model(x))
+    assert model.objective(x).shape == (5,)
+
+
+def test_objective_is_the_named_loss():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    for loss, ref in (
+        ("mse", lambda lg: mse(torch.sigmoid(lg), x)),
+        ("bce", lambda lg: bce(lg, x)),
+    ):
+        model = build_model(cfg(), loss)
+        logits = model.decoder(model.encoder(x))
+        torch.testing.assert_close(model.objective(x), ref(logits))
+
+
+def test_injected_networks():
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    dec = nn.Sequential(nn.Linear(2, 4), nn.Unflatten(1, (1, 2, 2)))
+    model = Autoencoder(enc, dec, "mse")
+    assert model.reconstruct(torch.rand(3, 1, 2, 2)).shape == (3, 1, 2, 2)
+    with pytest.raises(ConfigError, match="unknown loss"):
+        Autoencoder(enc, dec, "l7")
+
+
+def test_width_rules_are_enforced():
+    with pytest.raises(ConfigError, match="never grow"):
+        build_model(cfg(widths=[32, 64]), "mse")
+    with pytest.raises(ConfigError, match="never grow"):
+        build_model(cfg(widths=[1000]), "mse")  # 784 -> 1000 grows
+    with pytest.raises(ConfigError, match="unknown model.arch"):
+        build_model(cfg(arch="rnn"), "mse")
+    with pytest.raises(ConfigError, match="too many"):
+        build_model(cfg(arch="conv", channels=[4] * 6), "mse")
