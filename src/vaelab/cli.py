@@ -110,6 +110,35 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from vaelab.evaluate import evaluate_run, format_table
+
+    result = evaluate_run(args.run, k=args.k, limit=args.limit, seed=args.seed,
+                          batch_size=args.batch_size, cache=args.cache,
+                          progress=not args.no_progress, device=args.device)  # fmt: skip
+    print(format_table(result))
+    print(f"appended to {Path(args.run) / 'eval.json'}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from vaelab.images import make_grid, quantize, save_png
+    from vaelab.plots import _need
+    from vaelab.runs import load_run
+
+    _, model = load_run(args.run)
+    _need(model, "sample", args.run)
+    x = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    u8 = quantize(x)  # (n, C, H, W) uint8, Lemma 1.3.6
+    if args.npz:
+        np.savez_compressed(args.npz, images=u8.permute(0, 2, 3, 1).numpy())
+        print(f"wrote {args.npz}")
+    out = save_png(args.out, make_grid(u8, nrow=int(args.n**0.5 + 0.999), padding=1))
+    print(f"wrote {out}")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from vaelab.reproduce import reproduce_thesis
 
@@ -191,10 +220,31 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `vaelab train`")
-    p.add_argument("figure", choices=("latent", "recon", "loss"),
-                   help="latent scatter, reconstructions per class, or loss curves")  # fmt: skip
+    p.add_argument("figure", choices=("latent", "recon", "loss", "samples", "manifold",
+                                      "interpolate", "traverse"),
+                   help="latent scatter, reconstructions per class, loss curves; for VAEs also "
+                        "prior samples, the 2-D manifold, interpolations, latent traversals")  # fmt: skip
     p.add_argument("--out", metavar="FILE", help="PNG to write (default RUN_DIR/FIGURE.png)")
     _cache_arg(p)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `vaelab train`")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per image (5000)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (0)")
+    p.add_argument("--batch-size", type=int, default=100, help="test images per batch (100)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, …")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _cache_arg(p)
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder of a VAE")
+    p.add_argument("-n", type=int, default=64, help="number of images (64)")
+    p.add_argument("--out", default="samples.png", help="PNG grid to write (samples.png)")
+    p.add_argument("--npz", metavar="FILE", help="also write the images as .npz (N, H, W, C)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (0)")
 
 
 def _reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -226,6 +276,8 @@ COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentP
     ("data", "import-npz"):    (cmd_data_import_npz, "import an .npz file", _import_npz_args),
     ("train",):                (cmd_train, "train a model from a TOML config", _train_args),
     ("plot",):                 (cmd_plot, "figures of a run: latent, recon, loss", _plot_args),
+    ("eval",):                 (cmd_eval, "test ELBO, NLL (importance sampled), MSE, active units", _eval_args),
+    ("sample",):               (cmd_sample, "new images from a VAE's prior", _sample_args),
     ("reproduce",):            (cmd_reproduce, "reproduce the thesis's MNIST experiments", _reproduce_args),
     ("optim", "demo"):         (cmd_optim_demo, "Adam vs AMSGrad on Reddi et al.'s problem", _optim_demo_args),
 }

@@ -48,6 +48,16 @@ class ModelConfig:
     """latent dimension n_b (Def 2.1.5)"""
     activation: str = "relu"
     """hidden activation (Def 1.1.1-1.1.2): relu, leaky_relu, sigmoid, tanh, identity"""
+    likelihood: str = "bernoulli"
+    """vae: decoder likelihood p(x|z): bernoulli, gaussian, continuous_bernoulli"""
+    beta: float = 1.0
+    """vae: weight of the KL term (β ≠ 1: β-VAE)"""
+    k: int = 1
+    """vae: importance samples in the training objective (1 = ELBO, k > 1 = IWAE bound)"""
+    sigma: float = 0.1
+    """vae, gaussian likelihood: the fixed σ (initial σ when learn_sigma)"""
+    learn_sigma: bool = False
+    """vae, gaussian likelihood: learn one σ per pixel"""
     image_shape: list[int] = field(default_factory=list)
     """(C, H, W) of the images; filled in from the data at training time"""
 
@@ -63,7 +73,8 @@ class TrainConfig:
     optimizer: str = "adam"
     """adam, amsgrad, sgd, gd (vaelab.optim) or any torch.optim class name"""
     loss: str = "mse"
-    """reconstruction loss: mse (sum over pixels, Ex 2.2.2), mse_mean, bce, bce_sum"""
+    """ae reconstruction loss: mse (sum over pixels, Ex 2.2.2), mse_mean, bce, bce_sum
+    (a vae's loss is −ELBO with model.likelihood)"""
     seed: int = 0
     """seeds initialisation, batch order and sampling"""
     checkpoint_every: int = 1

@@ -22,7 +22,7 @@ from torch import nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
-from vaelab.losses import LOSS_TAKES_LOGITS, LOSSES
+from vaelab.losses import LIKELIHOODS, LOSS_TAKES_LOGITS, LOSSES, kl_normal_std
 from vaelab.nn import (
     activation,
     check_decoder_widths,
@@ -31,8 +31,39 @@ from vaelab.nn import (
     encoder_mlp,
 )
 
+_LOG_2PI = math.log(2 * math.pi)
 
-class Autoencoder(nn.Module):
+
+class LatentModel(nn.Module):
+    """The verbs every model shares, built on its ``encode`` and ``decode``.
+
+    Every model speaks one interface, which the trainer, evaluation and plots rely on."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(x)
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
+        """Decode ``steps`` evenly spaced points on the line between the codes of two images
+        x1, x2 (each (C, H, W) or (1, C, H, W)); returns (steps, C, H, W)."""
+        z1, z2 = (
+            self.encode(x1.reshape(1, *x1.shape[-3:])),
+            self.encode(x2.reshape(1, *x2.shape[-3:])),
+        )
+        t = torch.linspace(0, 1, steps, device=z1.device).unsqueeze(1)  # (steps, 1)
+        return self.decode((1 - t) * z1 + t * z2)  # (steps, Z) -> (steps, C, H, W)
+
+
+class Autoencoder(LatentModel):
     """The autoencoding network f_a = f_d ∘ f_e of Def 2.1.5.
 
     ``encoder`` maps (B, C, H, W) to (B, n_b), ``decoder`` maps (B, n_b) to logits of shape
@@ -51,17 +82,102 @@ class Autoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z))  # (B, n_b) -> (B, C, H, W) in [0, 1]
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reconstruct(x)
-
-    def objective(self, x: torch.Tensor) -> torch.Tensor:
+    def objective(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Per-example reconstruction loss L(ψ, f_a(ψ)) (Def 2.2.1), shape (B,)."""
         logits = self.decoder(self.encode(x))  # (B, C, H, W)
         pred = logits if LOSS_TAKES_LOGITS[self.loss] else torch.sigmoid(logits)
         return LOSSES[self.loss](pred, x)
+
+
+class VAE(LatentModel):
+    """A variational autoencoder (§3): Gaussian encoder q(z | x) = N(μ(x), diag σ²(x)),
+    prior p(z) = N(0, I), decoder likelihood p(x | z) chosen by name.
+
+    ``encoder`` maps images to (B, 2·Z) = (μ, log σ²); ``decoder`` maps (B, Z) to logits
+    (B, C, H, W). The per-example objective in nats is −ELBO = −E_q[log p(x | z)] + β·KL
+    with one reparameterised sample (β ≠ 1 is the β-VAE), or with ``k`` > 1 the negative
+    IWAE bound −log (1/k) Σ_i p(x, z_i)/q(z_i | x) (Burda et al. 2015), where β is unused.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent_dim: int,
+        likelihood: str = "bernoulli",
+        beta: float = 1.0,
+        k: int = 1,
+        sigma: float = 0.1,
+        learn_sigma: bool = False,
+        image_shape: tuple[int, int, int] | None = None,
+    ):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ConfigError(
+                f"unknown likelihood {likelihood!r} (known: {', '.join(LIKELIHOODS)})"
+            )
+        if k < 1:
+            raise ConfigError(f"the number of importance samples k must be >= 1, got {k}")
+        self.encoder, self.decoder, self.latent_dim = encoder, decoder, latent_dim
+        self.likelihood, self.beta, self.k = likelihood, beta, k
+        log_sigma = torch.full(tuple(image_shape or ()) if learn_sigma else (), math.log(sigma))
+        if learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)  # one σ per pixel, learned
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+
+    # ---- the verbs
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ²) of q(z | x), each (B, Z)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)  # (B, 2Z) -> 2 x (B, Z)
+        return mu, logvar
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.posterior(x)[0]  # the posterior mean μ(x), (B, Z)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] in [0, 1], (B, C, H, W)."""
+        return LIKELIHOODS[self.likelihood][1](self.decoder(z), self.log_sigma)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode ``n`` draws z ~ N(0, I) of the prior: new images (n, C, H, W) in [0, 1]."""
+        device = self.log_sigma.device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device)  # (n, Z)
+        return self.decode(z)
+
+    # ---- the objectives, per example in nats
+    def log_px(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) for decoder outputs ``logits``, (B,)."""
+        return LIKELIHOODS[self.likelihood][0](logits, x, self.log_sigma)
+
+    def elbo(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+        """E_q[log p(x | z)] − β·KL(q(z | x) ‖ p(z)) with one sample z = μ + σ·ε, (B,)."""
+        mu, logvar = self.posterior(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterisation
+        return self.log_px(self.decoder(z), x) - beta * kl_normal_std(mu, logvar)
+
+    def log_weights(self, x: torch.Tensor, k: int, posterior=None) -> torch.Tensor:
+        """log w_i = log p(x | z_i) + log p(z_i) − log q(z_i | x) for k draws z_i ~ q(z | x),
+        shape (B, k). ``posterior`` = (μ, log σ²) when already computed."""
+        mu, logvar = self.posterior(x) if posterior is None else posterior
+        b, zdim = mu.shape
+        eps = torch.randn(b, k, zdim, device=mu.device, dtype=mu.dtype)  # (B, k, Z)
+        z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, k, Z)
+        log_q = -0.5 * (eps.square() + logvar.unsqueeze(1) + _LOG_2PI).sum(-1)  # (B, k)
+        log_p = -0.5 * (z.square() + _LOG_2PI).sum(-1)  # (B, k)
+        logits = self.decoder(z.reshape(b * k, zdim))  # (B·k, Z) -> (B·k, C, H, W)
+        xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
+        log_px = self.log_px(logits, xk).reshape(b, k)  # (B, k)
+        return log_px + log_p - log_q
+
+    def iwae_bound(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log (1/k) Σ_i w_i, the k-sample importance-weighted bound (k = 1: the ELBO), (B,)."""
+        return torch.logsumexp(self.log_weights(x, k), dim=1) - math.log(k)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """−ELBO (β-weighted) for k = 1, else the negative IWAE bound; (B,) in nats."""
+        return -self.elbo(x, self.beta) if self.k == 1 else -self.iwae_bound(x, self.k)
 
 
 # --------------------------------------------------------------------------------------
@@ -151,7 +267,25 @@ def build_autoencoder(cfg: ModelConfig, loss: str) -> Autoencoder:
     return Autoencoder(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss)
 
 
-MODELS: dict[str, Callable[[ModelConfig, str], nn.Module]] = {"ae": build_autoencoder}
+def build_vae(cfg: ModelConfig, loss: str) -> VAE:
+    make_encoder, make_decoder = _arch(cfg)
+    return VAE(
+        make_encoder(cfg, 2 * cfg.bottleneck),  # (μ, log σ²)
+        make_decoder(cfg, cfg.bottleneck),
+        cfg.bottleneck,
+        cfg.likelihood,
+        cfg.beta,
+        cfg.k,
+        cfg.sigma,
+        cfg.learn_sigma,
+        tuple(cfg.image_shape),
+    )
+
+
+MODELS: dict[str, Callable[[ModelConfig, str], nn.Module]] = {
+    "ae": build_autoencoder,
+    "vae": build_vae,
+}
 
 
 def _arch(cfg: ModelConfig) -> tuple[Callable[[ModelConfig, int], nn.Module], ...]:

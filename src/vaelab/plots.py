@@ -7,6 +7,7 @@ left, AMSGrad on the right" and a single run's figure are the same code.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,3 +135,97 @@ def _save(fig, out: str | Path) -> Path:
 
 
 FIGURES = {"latent": latent_figure, "recon": reconstruction_figure, "loss": loss_figure}
+
+
+# --------------------------------------------------------------------------------------
+# Generative figures (VAE): samples, the 2-D manifold, interpolation, latent traversals
+# --------------------------------------------------------------------------------------
+
+
+def _image_figure(picture, title: str, out: str | Path, scale: float = 0.02) -> Path:
+    """Show a :func:`make_grid` picture with a title."""
+    h, w = picture.shape[:2]
+    fig, ax = plt.subplots(figsize=(max(3.0, w * scale), max(3.0, h * scale) + 0.4))
+    grey = picture.shape[2] == 1
+    ax.imshow(
+        picture.squeeze(-1) if grey else picture, cmap="gray" if grey else None, vmin=0, vmax=255
+    )
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+    return _save(fig, out)
+
+
+def _need(model, verb: str, run: str | Path):
+    if not hasattr(model, verb):
+        raise VaelabError(f"{run} holds a model without `{verb}` (train a model.kind = 'vae')")
+
+
+@torch.no_grad()
+def samples_figure(panels: Panels, out: str | Path, cache=None, n: int = 64, seed: int = 0) -> Path:
+    """``n`` new images decoded from prior draws z ~ N(0, I)."""
+    (title, run), *_ = panels
+    _, model = load_run(run)
+    _need(model, "sample", run)
+    x = model.sample(n, generator=torch.Generator().manual_seed(seed))
+    return _image_figure(make_grid(x, nrow=int(math.ceil(math.sqrt(n))), padding=1),
+                         f"{title}: {n} samples from the prior", out)  # fmt: skip
+
+
+@torch.no_grad()
+def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) -> Path:
+    """For a 2-D latent: decoded images on an n x n grid of the prior's quantiles (Kingma &
+    Welling 2014, Figure 4)."""
+    (title, run), *_ = panels
+    cfg, model = load_run(run)
+    if cfg.model.bottleneck != 2:
+        raise VaelabError(
+            f"the manifold figure needs a 2-D latent; {run} has {cfg.model.bottleneck}"
+        )
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))  # (n,)
+    zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")  # rows: z_2 from high to low
+    z = torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)  # (n², 2)
+    return _image_figure(make_grid(model.decode(z), nrow=n, padding=0),
+                         f"{title}: decoded prior quantiles 2.5%…97.5%", out)  # fmt: skip
+
+
+@torch.no_grad()
+def interpolation_figure(
+    panels: Panels, out: str | Path, cache=None, pairs: int = 8, steps: int = 10
+) -> Path:
+    """Rows of latent-space interpolations between pairs of test images (ends: the
+    originals)."""
+    (title, run), *_ = panels
+    _, model, data = _test_split(run, cache)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data), generator=g)[: 2 * pairs]
+    x = normalize(data.images[idx])
+    rows = [torch.cat([x[2 * i : 2 * i + 1], model.interpolate(x[2 * i], x[2 * i + 1], steps),
+                       x[2 * i + 1 : 2 * i + 2]]) for i in range(pairs)]  # fmt: skip
+    return _image_figure(make_grid(torch.cat(rows), nrow=steps + 2, padding=1),
+                         f"{title}: interpolations (first and last columns: originals)", out)  # fmt: skip
+
+
+@torch.no_grad()
+def traversal_figure(
+    panels: Panels, out: str | Path, cache=None, steps: int = 11, span: float = 3.0
+) -> Path:
+    """One row per latent dimension: the code of a test image with that dimension swept from
+    −span to +span (others fixed)."""
+    (title, run), *_ = panels
+    _, model, data = _test_split(run, cache)
+    z0 = model.encode(normalize(data.images[:1]))  # (1, Z)
+    zdim = z0.shape[1]
+    sweep = torch.linspace(-span, span, steps)
+    z = z0.repeat(zdim * steps, 1)  # (Z·steps, Z)
+    for d in range(zdim):
+        z[d * steps : (d + 1) * steps, d] = sweep
+    return _image_figure(make_grid(model.decode(z), nrow=steps, padding=1),
+                         f"{title}: traversal of each of {zdim} latent dims over ±{span}", out)  # fmt: skip
+
+
+FIGURES.update(
+    samples=samples_figure,
+    manifold=manifold_figure,
+    interpolate=interpolation_figure,
+    traverse=traversal_figure,
+)

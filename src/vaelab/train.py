@@ -78,7 +78,8 @@ def train(
     test_binarize = "none" if cfg.data.binarize == "none" else "static"
     seed = cfg.train.seed
     batches = Batches(train_set, cfg.train.batch_size, True, seed, cfg.data.binarize, device=device)
-    test_batches = Batches(test_set, 2048, False, seed, test_binarize, device=device)
+    # the test split is binarised once with a fixed seed, the same for every run
+    test_batches = Batches(test_set, 2048, False, 0, test_binarize, device=device)
 
     # ---- model and optimizer (seeded), or both restored from the checkpoint
     torch.manual_seed(seed)
@@ -116,8 +117,8 @@ def train(
             bar = tqdm(batches.epoch(skip=p.batch), total=len(batches), initial=p.batch,
                        desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress,
                        leave=False, unit="batch")  # fmt: skip
-            for x, _ in bar:
-                losses = model.objective(x)  # (B,) per-example loss
+            for x, y in bar:
+                losses = model.objective(x, y)  # (B,) per-example loss
                 loss = losses.mean()  # empirical risk of the batch (Def 1.2.4)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(

@@ -1,0 +1,221 @@
+"""The VAE: objectives against torch.distributions and closed forms, the IWAE bound's
+monotonicity, evaluation, the verbs, and the CLI on real MNIST."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import (
+    Bernoulli,
+    ContinuousBernoulli,
+    Independent,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
+
+from vaelab import cli, runs, train
+from vaelab.config import ModelConfig, load_config
+from vaelab.data import Batches, ImageDataset
+from vaelab.evaluate import evaluate_vae, log_likelihood
+from vaelab.models import VAE, build_model
+
+
+def small_vae(likelihood="bernoulli", **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="vae", image_shape=[1, 6, 6], widths=[16], bottleneck=3,
+                      likelihood=likelihood, activation="tanh", **kw)  # fmt: skip
+    return build_model(cfg, "mse")
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli"])
+def test_log_px_matches_torch_distributions(likelihood):
+    model = small_vae(likelihood, sigma=0.3)
+    x = torch.rand(4, 1, 6, 6)
+    if likelihood == "bernoulli":
+        x = x.round()
+    logits = torch.randn(4, 1, 6, 6)
+    ref = {
+        "bernoulli": lambda: Independent(Bernoulli(logits=logits), 3).log_prob(x),
+        "gaussian": lambda: Independent(Normal(torch.sigmoid(logits), 0.3), 3).log_prob(x),
+        "continuous_bernoulli": lambda: Independent(ContinuousBernoulli(logits=logits), 3).log_prob(
+            x
+        ),
+    }[likelihood]()
+    torch.testing.assert_close(model.log_px(logits, x), ref)
+
+
+def test_elbo_kl_term_matches_torch():
+    model = small_vae()
+    x = torch.rand(5, 1, 6, 6).round()
+    mu, logvar = model.posterior(x)
+    q = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+    p = Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1)
+    torch.manual_seed(1)
+    elbo = model.elbo(x)
+    torch.manual_seed(1)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    ref = model.log_px(model.decoder(z), x) - kl_divergence(q, p)
+    torch.testing.assert_close(elbo, ref)
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.objective(x), -ref)  # beta = 1, k = 1
+    beta_model = small_vae(beta=4.0)
+    torch.manual_seed(1)
+    torch.testing.assert_close(beta_model.elbo(x, 4.0), ref - 3.0 * kl_divergence(q, p))
+
+
+def test_log_weights_match_torch_densities():
+    model = small_vae()
+    x = torch.rand(3, 1, 6, 6).round()
+    torch.manual_seed(2)
+    lw = model.log_weights(x, 7)  # (3, 7)
+    torch.manual_seed(2)
+    mu, logvar = model.posterior(x)
+    eps = torch.randn(3, 7, 3)
+    z = mu[:, None] + torch.exp(0.5 * logvar)[:, None] * eps
+    q = Independent(Normal(mu[:, None], torch.exp(0.5 * logvar)[:, None]), 1)
+    prior = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+    px = Independent(Bernoulli(logits=model.decoder(z.reshape(21, 3)).reshape(3, 7, 1, 6, 6)), 3)
+    ref = px.log_prob(x[:, None]) + prior.log_prob(z) - q.log_prob(z)
+    torch.testing.assert_close(lw, ref, rtol=1e-5, atol=1e-4)
+
+
+@torch.no_grad()
+def test_iwae_bound_grows_with_k_and_equals_elbo_at_1(trained_vae, mnist_cache):
+    from vaelab.data import load_dataset
+
+    _, model = runs.load_run(trained_vae)
+    test = load_dataset("mnist", "test", mnist_cache).limit(64)
+    x = Batches(test, 64, shuffle=False, binarize="static").images  # (64, 1, 28, 28)
+    torch.manual_seed(0)
+    reps = 40
+    bounds = {
+        k: torch.stack([model.iwae_bound(x, k).mean() for _ in range(reps)]) for k in (1, 5, 50)
+    }
+    means = {k: float(v.mean()) for k, v in bounds.items()}
+    se = {k: float(v.std() / math.sqrt(reps)) for k, v in bounds.items()}
+    assert means[1] + 3 * se[1] < means[5] + 3 * se[5] and means[5] < means[50] + 3 * se[50]
+    assert means[50] - means[1] > 0.5  # the gap is real, not noise
+    elbos = torch.stack([model.elbo(x).mean() for _ in range(reps)])
+    assert (
+        abs(means[1] - float(elbos.mean()))
+        < 4 * math.hypot(se[1], float(elbos.std()) / math.sqrt(reps)) + 0.05
+    )
+
+
+def test_importance_sampling_matches_ppca_closed_form():
+    """Linear decoder x = W z + b + σε: p(x) = N(b, W Wᵀ + σ² I) exactly. The encoder is a
+    deliberately imperfect (shifted, wider) posterior, so the estimate must really average;
+    the tolerance is 4 delta-method standard errors of log p̂ from the weights themselves."""
+    torch.manual_seed(0)
+    d, zdim, sigma = 5, 2, 0.5
+    w, b = torch.randn(d, zdim), torch.randn(d)
+    cov = w @ w.T + sigma**2 * torch.eye(d)
+    # exact posterior: Σ_post = (I + WᵀW/σ²)⁻¹, μ_post = Σ_post Wᵀ(x − b)/σ²
+    post_cov = torch.linalg.inv(torch.eye(zdim) + w.T @ w / sigma**2)
+    enc = nn.Linear(d, 2 * zdim)
+    with torch.no_grad():
+        enc.weight.copy_(torch.cat([post_cov @ w.T / sigma**2 * 1.1, torch.zeros(zdim, d)]))
+        enc.bias.copy_(torch.cat([-(post_cov @ w.T / sigma**2 * 1.1) @ b + 0.1,
+                                  torch.log(torch.diagonal(post_cov) * 1.5)]))  # fmt: skip
+    dec = nn.Linear(zdim, d)
+    with torch.no_grad():
+        dec.weight.copy_(w)
+        dec.bias.copy_(b)
+    model = VAE(nn.Sequential(nn.Flatten(), enc), nn.Sequential(dec, nn.Unflatten(1, (1, 1, d))),
+                zdim, "gaussian_identity", sigma=sigma).double()  # fmt: skip
+    x = MultivariateNormal(b, cov).sample((6,)).double().reshape(6, 1, 1, d)
+    exact = MultivariateNormal(b.double(), cov.double()).log_prob(x.reshape(6, d))
+    torch.manual_seed(1)
+    k = 20000
+    est = log_likelihood(model, x, k)
+    lw = model.log_weights(x, k).double()
+    wts = torch.exp(lw - lw.max(dim=1, keepdim=True).values)
+    se = wts.std(dim=1) / (wts.mean(dim=1) * math.sqrt(k))
+    assert (est - exact).abs().max() < 4 * se.max() + 1e-6
+    assert (est - exact).abs().max() < 0.02
+
+
+def test_verbs_shapes_and_ranges():
+    model = small_vae()
+    s = model.sample(9, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (9, 1, 6, 6) and 0 <= s.min() and s.max() <= 1
+    x = torch.rand(2, 1, 6, 6)
+    path = model.interpolate(x[0], x[1], steps=5)
+    assert path.shape == (5, 1, 6, 6) and 0 <= path.min() and path.max() <= 1
+    torch.testing.assert_close(path[0], model.reconstruct(x[:1])[0])
+    torch.testing.assert_close(path[-1], model.reconstruct(x[1:])[0])
+    assert model.encode(x).shape == (2, 3)
+
+
+def test_learned_sigma_is_a_parameter():
+    model = small_vae("gaussian", learn_sigma=True)
+    assert any(p is model.log_sigma for p in model.parameters())
+    assert model.log_sigma.shape == (1, 6, 6)
+
+
+def _test_images():
+    torch.manual_seed(3)
+    return ImageDataset((torch.rand(200, 1, 6, 6) * 255).to(torch.uint8))
+
+
+def test_evaluation_is_deterministic():
+    model = small_vae()
+    batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
+    a = evaluate_vae(model, batches, k=20, seed=5, progress=False)
+    b = evaluate_vae(model, batches, k=20, seed=5, progress=False)
+    assert a == b
+    assert a["nll"] <= -a["elbo"] + 1.0  # log p(x) >= ELBO, up to sampling noise
+    assert 0 <= a["active_units"] <= 3
+
+
+TINY_VAE = ["model.kind=vae", "model.widths=[64,32]", "model.bottleneck=2", "data.limit=2000",
+            "data.test_limit=200", "data.binarize=dynamic", "train.batch_size=100", "train.lr=1e-3",
+            "model.activation=tanh"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_vae(mnist_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae") / "run"
+    cfg = load_config(None, TINY_VAE + ["train.epochs=3"])
+    return train.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
+
+
+def test_cli_train_eval_sample(trained_vae, mnist_cache, tmp_path, capsys):
+    metrics = runs.RunFolder(trained_vae).read_metrics()
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert cli.main(["eval", str(trained_vae), "--k", "50", "--limit", "100", "--cache",
+                     str(mnist_cache), "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "nll" in out and "bits_per_dim" in out and "active_units" in out
+    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    assert (
+        cli.main(["sample", str(trained_vae), "-n", "16", "--out", str(png), "--npz", str(npz)])
+        == 0
+    )
+    import numpy as np
+
+    arr = np.load(npz)["images"]
+    assert arr.shape == (16, 28, 28, 1) and arr.dtype == np.uint8 and png.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("figure", ["samples", "manifold", "interpolate", "traverse", "latent"])
+def test_vae_figures(trained_vae, mnist_cache, tmp_path, figure):
+    out = tmp_path / f"{figure}.png"
+    assert (
+        cli.main(["plot", str(trained_vae), figure, "--out", str(out), "--cache", str(mnist_cache)])
+        == 0
+    )
+    assert out.stat().st_size > 1000
+
+
+def test_ae_has_no_sample_verb(mnist_cache, tmp_path, capsys):
+    cfg = load_config(None, ["model.widths=[32]", "data.limit=200", "data.test_limit=50",
+                             "train.epochs=1"])  # fmt: skip
+    run = train.train(cfg, tmp_path / "ae", cache=mnist_cache, progress=False, log=lambda s: None)
+    assert cli.main(["sample", str(run), "--out", str(tmp_path / "x.png")]) == 1
+    assert "model.kind = 'vae'" in capsys.readouterr().err
+    assert Path(run, "model.safetensors").exists()
