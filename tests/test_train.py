@@ -89,9 +89,9 @@ def test_nan_stops_and_keeps_last_good_checkpoint(mnist_cache, tmp_path, monkeyp
     real = Autoencoder.objective
     steps = {"n": 0}
 
-    def poisoned(self, x):
+    def poisoned(self, x, y=None):
         steps["n"] += 1
-        out = real(self, x)
+        out = real(self, x, y)
         return out * float("nan") if steps["n"] == 15 else out
 
     monkeypatch.setattr(Autoencoder, "objective", poisoned)

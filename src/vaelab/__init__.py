@@ -1,23 +1,65 @@
 """vaelab: autoencoders and variational autoencoders on images.
 
 Built from the definitions of the thesis *On variational autoencoders: theory and
-applications*; each public piece cites the definition it implements.
+applications*; each public piece cites the definition it implements (see
+docs/thesis-map.md). Sub-modules: ``data``, ``images``, ``nn``, ``losses``, ``optim``,
+``models``, ``config``, ``train``, ``evaluate``, ``runs``, ``plots``.
 """
 
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
-from vaelab.images import flatten, make_grid, normalize, quantize, save_png, unflatten
+from vaelab.images import (
+    ImageLayer,
+    avg_pool,
+    conv2d,
+    flatten,
+    make_grid,
+    max_pool,
+    min_pool,
+    normalize,
+    quantize,
+    save_png,
+    unflatten,
+)
+from vaelab.losses import (
+    LIKELIHOODS,
+    LOSSES,
+    bce,
+    bce_sum,
+    cross_entropy,
+    empirical_risk,
+    entropy,
+    kl_divergence,
+    kl_normal_std,
+    linear_error,
+    mse,
+    mse_mean,
+    squared_error,
+)
+from vaelab.models import VAE, Autoencoder, build_model
+from vaelab.nn import ACTIVATIONS, MLP, activation, compose, decoder_mlp, encoder_mlp
+from vaelab.optim import (
+    GD,
+    SGD,
+    Adam,
+    AMSGrad,
+    GenericAdaptive,
+    adam_moments,
+    make_optimizer,
+    regret,
+    sgd_moments,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "VaelabError",
-    "DataError",
-    "ConfigError",
-    "CheckpointError",
-    "normalize",
-    "quantize",
-    "flatten",
-    "unflatten",
-    "make_grid",
-    "save_png",
-]
+    "VaelabError", "DataError", "ConfigError", "CheckpointError",
+    "normalize", "quantize", "flatten", "unflatten", "make_grid", "save_png",
+    "conv2d", "avg_pool", "min_pool", "max_pool", "ImageLayer",
+    "ACTIVATIONS", "activation", "MLP", "encoder_mlp", "decoder_mlp", "compose",
+    "squared_error", "linear_error", "mse", "mse_mean", "bce", "bce_sum", "LOSSES",
+    "LIKELIHOODS", "empirical_risk", "kl_divergence", "entropy", "cross_entropy",
+    "kl_normal_std",
+    "GD", "SGD", "Adam", "AMSGrad", "GenericAdaptive", "sgd_moments", "adam_moments",
+    "regret", "make_optimizer",
+    "Autoencoder", "VAE", "build_model",
+]  # fmt: skip

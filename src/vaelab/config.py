@@ -70,6 +70,8 @@ class TrainConfig:
     """examples per optimisation step"""
     lr: float = 3e-4
     """learning rate α"""
+    lr_decay: float = 1.0
+    """the learning rate falls geometrically per epoch to lr·lr_decay in the last epoch"""
     optimizer: str = "adam"
     """adam, amsgrad, sgd, gd (vaelab.optim) or any torch.optim class name"""
     loss: str = "mse"

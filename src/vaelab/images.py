@@ -9,10 +9,13 @@ normed image domain Ψ' = Ψ/255 ⊂ [0, 1] (Def 1.3.5).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
     "normalize",
@@ -96,3 +99,162 @@ def save_png(path: str | Path, picture: np.ndarray) -> Path:
         arr = arr[:, :, 0]
     Image.fromarray(arr.astype(np.uint8)).save(path)
     return path
+
+
+# --- Image operators (Def 1.3.8–1.3.13) -----------------------------------------------------
+# Batches are (B, C, H, W) floats; H, W play the thesis's resolution (M, N). Windows run over
+# the "valid" positions only (no padding), so a window p and stride s give ⌊(M − p)/s⌋ + 1
+# outputs per axis — M − p + 1 for the thesis's s = 1.
+
+__all__ += ["conv2d", "avg_pool", "min_pool", "max_pool", "POOLS", "ImageLayer"]
+
+
+def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
+    """An int or a pair of positive ints, as (p1, p2)."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)
+    ):
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_images(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{what} expects a batch (B, C, H, W), got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} expects float images (see normalize), got {x.dtype}")
+
+
+def _check_window(x: torch.Tensor, window: tuple[int, int], what: str) -> None:
+    h, w = x.shape[-2:]
+    if window[0] > h or window[1] > w:
+        raise ValueError(f"{what} window {window} is larger than the image ({h}, {w})")
+
+
+def conv2d(x: torch.Tensor, kernel: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """The image convolution operator T_conv of Def 1.3.10 (eq. 1.9), batched.
+
+    (ψ_1)_ij = Σ_{m,n} (ψ_0)_{i+m, j+n} k_mn over the valid positions (indices from 0 here;
+    the thesis's 1-based sum means the same window). This is a cross-correlation — the
+    kernel is not flipped — which is exactly what ``F.conv2d`` computes, so it is used as is.
+    Multi-channel: x (B, C_in, H, W), kernel (C_out, C_in, s1, s2), and every output channel
+    sums over the input channels; a kernel (s1, s2) means C_in = C_out = 1. Output
+    (B, C_out, ⌊(H − s1)/stride⌋ + 1, ⌊(W − s2)/stride⌋ + 1).
+    """
+    _check_images(x, "conv2d")
+    if not isinstance(kernel, torch.Tensor) or kernel.dim() not in (2, 4):
+        shape = tuple(kernel.shape) if isinstance(kernel, torch.Tensor) else type(kernel).__name__
+        raise ValueError(f"conv2d kernel must be (C_out, C_in, s1, s2) or (s1, s2), got {shape}")
+    k = kernel if kernel.dim() == 4 else kernel[None, None]  # (s1, s2) -> (1, 1, s1, s2)
+    if k.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"conv2d kernel has {k.shape[1]} input channels but the images have {x.shape[1]}"
+        )
+    _check_window(x, (k.shape[2], k.shape[3]), "conv2d")
+    s = _pair(stride, "stride")
+    return F.conv2d(x, k.to(x.dtype), stride=s)  # (B, C_in, H, W) -> (B, C_out, H', W')
+
+
+def _windows(
+    x: torch.Tensor, window: int | tuple[int, int], stride: int, what: str
+) -> torch.Tensor:
+    """All p1×p2 windows of x: (B, C, H, W) -> (B, C, p1·p2, H', W')."""
+    _check_images(x, what)
+    p = _pair(window, "window")
+    s = _pair(stride, "stride")
+    _check_window(x, p, what)
+    b, c, h, w = x.shape
+    h_out, w_out = (h - p[0]) // s[0] + 1, (w - p[1]) // s[1] + 1
+    cols = F.unfold(x.reshape(b * c, 1, h, w), kernel_size=p, stride=s)  # (B·C, p1·p2, H'·W')
+    return cols.reshape(b, c, p[0] * p[1], h_out, w_out)
+
+
+POOLS = {
+    "avg": lambda win: win.mean(dim=2),  # eq. 1.10: (1/(p1 p2)) Σ_{(m,n) ∈ I}
+    "min": lambda win: win.amin(dim=2),  # eq. 1.11
+    "max": lambda win: win.amax(dim=2),  # eq. 1.12
+}
+"""Pooling reductions over a window (Def 1.3.11–1.3.13), by name."""
+
+
+def avg_pool(x: torch.Tensor, window: int | tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """Average pooling T_avg (Def 1.3.11, eq. 1.10) with pooling I = p1×p2 and stride s.
+
+    Each output pixel is the mean of one window: (B, C, H, W) -> (B, C, H', W') with
+    H' = ⌊(H − p1)/s⌋ + 1. Computed from the unfolded windows.
+    """
+    return POOLS["avg"](_windows(x, window, stride, "avg_pool"))
+
+
+def min_pool(x: torch.Tensor, window: int | tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """Min pooling T_min (Def 1.3.12, eq. 1.11): the minimum of every window.
+
+    Eq. 1.11 reads min over (ψ_0)_kl; like eq. 1.10 the window is shifted to (i, j).
+    Equals −max_pool(−x).
+    """
+    return POOLS["min"](_windows(x, window, stride, "min_pool"))
+
+
+def max_pool(x: torch.Tensor, window: int | tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """Max pooling T_max (Def 1.3.13, eq. 1.12): the maximum of every window."""
+    return POOLS["max"](_windows(x, window, stride, "max_pool"))
+
+
+class ImageLayer(nn.Module):
+    """A neural layer on images H(ψ) = φ̂(Tψ + b) (Def 1.3.9).
+
+    By default T is a learned convolution operator (Def 1.3.10) with kernel
+    (out_channels, in_channels, s1, s2) and b one bias per output channel. Pass
+    ``operator`` to use any other image operator (Def 1.3.8), e.g. a pooling; a module
+    operator is registered, so its parameters train too. Unlike Def 1.3.8 a convolution
+    may change the number of channels, as usual for multi-channel kernels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+        kernel_size: int | tuple[int, int] = 3,
+        *,
+        stride: int = 1,
+        activation: str = "relu",
+        alpha: float = 0.01,
+        operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        bias: bool = True,
+    ) -> None:
+        from vaelab.nn import _activation_with_alpha
+
+        super().__init__()
+        self.stride = _pair(stride, "stride")
+        self.kernel: nn.Parameter | None = None
+        self.operator = operator
+        if operator is None:
+            for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            s1, s2 = _pair(kernel_size, "kernel_size")
+            self.kernel = nn.Parameter(torch.empty(out_channels, in_channels, s1, s2))
+            nn.init.kaiming_uniform_(self.kernel, a=5**0.5)  # the nn.Conv2d default
+        elif not callable(operator):
+            raise ValueError(f"operator must be callable, got {type(operator).__name__}")
+        if bias:
+            if isinstance(out_channels, bool) or not isinstance(out_channels, int):
+                raise ValueError(f"a bias needs out_channels, got {out_channels!r}")
+            fan_in = self.kernel[0].numel() if self.kernel is not None else 1
+            self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-1, 1) / fan_in**0.5)
+        else:
+            self.register_parameter("bias", None)
+        self.activation = _activation_with_alpha(activation, alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None:
+            t = conv2d(x, self.kernel, self.stride)  # (B, C_in, H, W) -> (B, C_out, H', W')
+        else:
+            t = self.operator(x)
+        if self.bias is not None:
+            t = t + self.bias.view(1, -1, 1, 1)  # (C_out,) broadcast over (B, ·, H', W')
+        return self.activation(t)

@@ -114,6 +114,9 @@ def train(
     try:
         for epoch in range(p.epoch, cfg.train.epochs):
             model.train()
+            lr = epoch_lr(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             bar = tqdm(batches.epoch(skip=p.batch), total=len(batches), initial=p.batch,
                        desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress,
                        leave=False, unit="batch")  # fmt: skip
@@ -161,6 +164,13 @@ def train(
             f"`vaelab train --resume {run.path}`"
         ) from None
     return run.path
+
+
+def epoch_lr(cfg: Config, epoch: int) -> float:
+    """lr · lr_decay^(epoch / (epochs − 1)): from lr in the first epoch to lr·lr_decay in
+    the last (constant for lr_decay = 1)."""
+    t = epoch / max(1, cfg.train.epochs - 1)
+    return cfg.train.lr * cfg.train.lr_decay**t
 
 
 def _default_out(cfg: Config) -> Path:
