@@ -212,10 +212,13 @@ def test_vae_figures(trained_vae, mnist_cache, tmp_path, figure):
     assert out.stat().st_size > 1000
 
 
-def test_ae_has_no_sample_verb(mnist_cache, tmp_path, capsys):
+def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):
     cfg = load_config(None, ["model.widths=[32]", "data.limit=200", "data.test_limit=50",
                              "train.epochs=1"])  # fmt: skip
     run = train.train(cfg, tmp_path / "ae", cache=mnist_cache, progress=False, log=lambda s: None)
-    assert cli.main(["sample", str(run), "--out", str(tmp_path / "x.png")]) == 1
-    assert "model.kind = 'vae'" in capsys.readouterr().err
+    png = tmp_path / "x.png"
+    assert cli.main(["sample", str(run), "--out", str(png), "--cache", str(mnist_cache)]) == 0
+    assert png.exists()
+    assert cli.main(["sample", str(run), "--label", "3", "--cache", str(mnist_cache)]) == 1
+    assert "conditional" in capsys.readouterr().err
     assert Path(run, "model.safetensors").exists()

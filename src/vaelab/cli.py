@@ -111,7 +111,22 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from vaelab.evaluate import evaluate_run, format_table
+    from vaelab.evaluate import append_json, evaluate_run, format_table
+
+    if args.generation:
+        from vaelab.generate import generation_metrics, metrics_table
+
+        if not args.classifier:
+            raise VaelabError(
+                "--generation needs --classifier RUN_DIR (train one with `vaelab classifier train`)"
+            )
+        rows = generation_metrics(args.run, args.classifier, n=args.n, seed=args.seed,
+                                  labels=_labels(args.labels), cache=args.cache)  # fmt: skip
+        print(metrics_table(rows))
+        append_json(
+            Path(args.run) / "eval.json", {"generation": rows, "classifier": str(args.classifier)}
+        )
+        return
 
     result = evaluate_run(args.run, k=args.k, limit=args.limit, seed=args.seed,
                           batch_size=args.batch_size, cache=args.cache,
@@ -120,23 +135,59 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"appended to {Path(args.run) / 'eval.json'}")
 
 
+def _labels(text: str | None) -> list[str] | None:
+    return None if not text else [t.strip() for t in text.split(",") if t.strip()]
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
-    import torch
 
-    from vaelab.images import make_grid, quantize, save_png
-    from vaelab.plots import _need
-    from vaelab.runs import load_run
+    from vaelab.generate import generate, load_generator
+    from vaelab.images import make_grid, save_png
 
-    _, model = load_run(args.run)
-    _need(model, "sample", args.run)
-    x = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
-    u8 = quantize(x)  # (n, C, H, W) uint8, Lemma 1.3.6
+    _, model = load_generator(args.run, cache=args.cache)
+    u8 = generate(model, args.n, _labels(args.label), args.seed)  # (n, C, H, W) uint8
     if args.npz:
         np.savez_compressed(args.npz, images=u8.permute(0, 2, 3, 1).numpy())
         print(f"wrote {args.npz}")
-    out = save_png(args.out, make_grid(u8, nrow=int(args.n**0.5 + 0.999), padding=1))
+    ncol = max(1, round((args.n * u8.shape[2] / u8.shape[3]) ** 0.5))
+    out = save_png(args.out, make_grid(u8, nrow=ncol, padding=1))
     print(f"wrote {out}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from vaelab.generate import export, load_generator
+
+    _, model = load_generator(args.run, cache=args.cache)
+    out = export(model, args.out, args.per_label, _labels(args.labels), args.format, args.seed)
+    print(f"wrote {out} ({args.format})")
+
+
+def cmd_classifier_train(args: argparse.Namespace) -> None:
+    from vaelab.config import load_config
+    from vaelab.evaluate import evaluate_run, format_table
+    from vaelab.train import train
+
+    base = [f"data.name={args.data!r}".replace("'", '"'), f"train.epochs={args.epochs}"]
+    cfg = load_config(CLASSIFIER_CONFIG, base + args.set)
+    path = train(cfg, out=args.out, cache=args.cache, progress=not args.no_progress)
+    print(format_table(evaluate_run(path, cache=args.cache, progress=False)))
+    print(f"run folder: {path}")
+
+
+def cmd_compose(args: argparse.Namespace) -> None:
+    from vaelab import data
+    from vaelab.compose import compose_dataset
+
+    holdout = (
+        None
+        if args.holdout == "auto"
+        else ([] if args.holdout == "none" else _labels(args.holdout))
+    )
+    path = compose_dataset(args.name, args.source, args.digits, args.n, args.n_test, args.seed,
+                           holdout, args.cache)  # fmt: skip
+    print(data.dataset_info(args.name, cache=args.cache))
+    print(f"saved {path}")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -163,6 +214,8 @@ def cmd_optim_demo(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------
+
+CLASSIFIER_CONFIG = Path(__file__).parent / "classifier.toml"
 
 Command = Callable[[argparse.Namespace], "int | None"]
 
@@ -230,6 +283,11 @@ def _plot_args(p: argparse.ArgumentParser) -> None:
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `vaelab train`")
+    p.add_argument("--generation", action="store_true",
+                   help="judge generated images with a classifier instead (needs --classifier)")  # fmt: skip
+    p.add_argument("--classifier", metavar="RUN_DIR", help="classifier run for --generation")
+    p.add_argument("-n", type=int, default=2000, help="--generation: images per row (2000)")
+    p.add_argument("--labels", help="--generation: comma-separated labels to request")
     p.add_argument("--k", type=int, default=5000, help="importance samples per image (5000)")
     p.add_argument("--limit", type=int, default=0, help="only the first N test images")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (0)")
@@ -240,11 +298,51 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN_DIR", help="a run folder of a VAE")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder of a VAE (or AE: fitted Gaussian)")
+    p.add_argument("--label", help="conditional VAE: the label to draw, e.g. 7 or 427")
+    _cache_arg(p)
     p.add_argument("-n", type=int, default=64, help="number of images (64)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (samples.png)")
     p.add_argument("--npz", metavar="FILE", help="also write the images as .npz (N, H, W, C)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (0)")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder of a (conditional) VAE or AE")
+    p.add_argument("--per-label", type=int, default=100, help="images per label (100)")
+    p.add_argument("--labels", help="comma-separated labels (default: all the model's classes)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--format", choices=("png", "npz", "idx"), default="png", help="png (folders), npz or idx"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    _cache_arg(p)
+
+
+def _classifier_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="mnist", help="labelled single-digit data set (mnist)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs (4)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override"
+    )
+    p.add_argument(
+        "--out", default="runs/classifier", metavar="DIR", help="run folder (runs/classifier)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _cache_arg(p)
+
+
+def _compose_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="mnist", help="labelled digit data set (mnist)")
+    p.add_argument("--digits", type=int, default=3, help="digits per image (3: 28x84 canvas)")
+    p.add_argument("--n", type=int, default=60000, help="training composites (60000)")
+    p.add_argument("--n-test", type=int, help="test composites (default n/6)")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--holdout", default="auto",
+                   help="numbers kept out of the training split: comma-separated, 'auto' "
+                        "(10 drawn with the seed) or 'none'")  # fmt: skip
+    p.add_argument("--name", required=True, help="name to store the data set under")
+    _cache_arg(p)
 
 
 def _reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -274,8 +372,11 @@ COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentP
     ("data", "import-idx"):    (cmd_data_import_idx, "import IDX files", _import_idx_args),
     ("data", "import-folder"): (cmd_data_import_folder, "import an image folder", _import_folder_args),
     ("data", "import-npz"):    (cmd_data_import_npz, "import an .npz file", _import_npz_args),
+    ("data", "compose"):       (cmd_compose, "compose multi-digit images from single digits", _compose_args),
     ("train",):                (cmd_train, "train a model from a TOML config", _train_args),
     ("plot",):                 (cmd_plot, "figures of a run: latent, recon, loss", _plot_args),
+    ("generate",):             (cmd_generate, "write N generated images per label (png/npz/idx)", _generate_args),
+    ("classifier", "train"):   (cmd_classifier_train, "train the CNN that judges generated digits", _classifier_args),
     ("eval",):                 (cmd_eval, "test ELBO, NLL (importance sampled), MSE, active units", _eval_args),
     ("sample",):               (cmd_sample, "new images from a VAE's prior", _sample_args),
     ("reproduce",):            (cmd_reproduce, "reproduce the thesis's MNIST experiments", _reproduce_args),

@@ -37,7 +37,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     kind: str = "ae"
-    """ae (autoencoder, Def 2.1.5) or vae"""
+    """ae (autoencoder, Def 2.1.5), vae, or classifier (a CNN judge of generated images)"""
     arch: str = "mlp"
     """mlp (fully connected, Def 2.3.1-2.3.3) or conv (convolution + pooling, §1.3)"""
     widths: list[int] = field(default_factory=lambda: [512, 256, 128])
@@ -58,8 +58,12 @@ class ModelConfig:
     """vae, gaussian likelihood: the fixed σ (initial σ when learn_sigma)"""
     learn_sigma: bool = False
     """vae, gaussian likelihood: learn one σ per pixel"""
+    conditional: bool = False
+    """vae: condition encoder and decoder on the label (a CVAE)"""
     image_shape: list[int] = field(default_factory=list)
     """(C, H, W) of the images; filled in from the data at training time"""
+    classes: list[str] = field(default_factory=list)
+    """class names (conditional VAE, classifier); filled in from the data at training time"""
 
 
 @dataclass

@@ -125,6 +125,7 @@ def save_dataset(
     cache: str | Path | None = None,
     derived: dict[str, tuple[str, int, int]] | None = None,
     source: str = "",
+    extra: dict | None = None,
 ) -> Path:
     """Store ``splits`` (e.g. train/test) as ``<cache>/datasets/<name>.npz``, atomically.
 
@@ -135,7 +136,8 @@ def save_dataset(
         raise DataError(f"data set {name!r}: nothing to save")
     path = _dataset_path(name, cache)
     arrays: dict[str, np.ndarray] = {}
-    meta: dict = {"name": name, "source": source, "splits": {}, "derived": derived or {}}
+    meta: dict = {"name": name, "source": source, "splits": {}, "derived": derived or {},
+                  "extra": extra or {}}  # fmt: skip
     for split, ds in splits.items():
         arrays[f"{split}_images"] = ds.images.numpy()
         if ds.labels is not None:
@@ -375,10 +377,22 @@ def dataset_info(name: str, cache: str | Path | None = None) -> str:
         if ds.labels is not None:
             counts = ds.class_counts()
             names = ds.classes or [str(i) for i in range(len(counts))]
-            lines.append(f"           {len(counts)} classes {names}")
-            lines.append(f"           counts {counts}")
+            if len(counts) <= 20:
+                lines.append(f"           {len(counts)} classes {names}")
+                lines.append(f"           counts {counts}")
+            else:
+                absent = [names[i] for i, c in enumerate(counts) if c == 0]
+                nonzero = sorted(c for c in counts if c)
+                lines.append(f"           {len(counts)} classes ({names[0]!r} … {names[-1]!r}); "
+                             f"per class min {nonzero[0]}, median {nonzero[len(nonzero) // 2]}, "
+                             f"max {nonzero[-1]}")  # fmt: skip
+                if absent:
+                    lines.append(f"           absent: {', '.join(absent[:20])}"
+                                 + (" …" if len(absent) > 20 else ""))  # fmt: skip
     for split, (base, lo, hi) in meta["derived"].items():
         lines.append(f"  {split:<8} {hi - lo:>7,} images = {base}[{lo}:{hi}]")
+    for key, value in meta.get("extra", {}).items():
+        lines.append(f"  {key}: {value}")
     return "\n".join(lines)
 
 

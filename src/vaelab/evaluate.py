@@ -32,15 +32,17 @@ def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> f
 
 
 @torch.no_grad()
-def log_likelihood(model, x: torch.Tensor, k: int, max_rows: int = 32768) -> torch.Tensor:
+def log_likelihood(
+    model, x: torch.Tensor, k: int, c: torch.Tensor | None = None, max_rows: int = 32768
+) -> torch.Tensor:
     """Importance-sampled log p(x) ≈ log (1/k) Σ_i p(x, z_i)/q(z_i | x), z_i ~ q(z | x), per
     image (B,). The k samples are drawn in chunks of at most ``max_rows`` decoder rows
     (images × samples) and combined with a running log-sum-exp, so memory stays bounded."""
-    posterior = model.posterior(x)
+    posterior = model.posterior(x, c)
     chunk = max(1, max_rows // x.shape[0])
     acc = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     for start in range(0, k, chunk):
-        lw = model.log_weights(x, min(chunk, k - start), posterior)  # (B, kc)
+        lw = model.log_weights(x, min(chunk, k - start), posterior, c)  # (B, kc)
         acc = torch.logaddexp(acc, torch.logsumexp(lw.double(), dim=1))
     return acc - math.log(k)
 
@@ -59,12 +61,13 @@ def evaluate_vae(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         bar = tqdm(total=n, desc=f"eval (k={k})", unit="img", disable=not progress, leave=False)
-        for x, _ in batches:
-            mu, _ = model.posterior(x)
+        for x, y in batches:
+            c = model.condition(y)  # None unless conditional
+            mu, logvar = model.posterior(x, c)
             mus.append(mu.double().cpu())
-            sums["elbo"] += float(model.elbo(x).double().sum())
-            sums["ll"] += float(log_likelihood(model, x, k).sum())
-            sums["mse"] += float((model.decode(mu) - x).square().mean(dim=(1, 2, 3)).sum())
+            sums["elbo"] += float(model.elbo(x, c=c).double().sum())
+            sums["ll"] += float(log_likelihood(model, x, k, c).sum())
+            sums["mse"] += float((model.decode(mu, c) - x).square().mean(dim=(1, 2, 3)).sum())
             bar.update(len(x))
         bar.close()
     mu = torch.cat(mus)  # (N, Z)
@@ -96,6 +99,28 @@ def evaluate_ae(model, batches: Batches) -> dict[str, Any]:
             "recon_mse_per_image": per_pixel * math.prod(batches.data.image_shape)}  # fmt: skip
 
 
+@torch.no_grad()
+def evaluate_classifier(model, batches: Batches) -> dict[str, Any]:
+    """Test accuracy and cross-entropy of a classifier."""
+    model.eval()
+    correct, nll = 0, 0.0
+    for x, y in batches:
+        logits = model.logits(x)
+        correct += int((logits.argmax(1) == y).sum())
+        nll += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+    n = len(batches.data)
+    return {"n_images": n, "accuracy": correct / n, "cross_entropy": nll / n}
+
+
+EVALUATIONS = {
+    "vae": lambda model, batches, k, seed, progress: evaluate_vae(
+        model, batches, k, seed, progress
+    ),
+    "ae": lambda model, batches, k, seed, progress: evaluate_ae(model, batches),
+    "classifier": lambda model, batches, k, seed, progress: evaluate_classifier(model, batches),
+}
+
+
 def evaluate_run(
     run_dir: str | Path,
     k: int = 5000,
@@ -107,10 +132,8 @@ def evaluate_run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate a run folder on its test split; the record is appended to ``eval.json``."""
-    import json
     import time
 
-    from vaelab.data import atomic_write
     from vaelab.runs import load_run
 
     cfg, model = load_run(run_dir, device)
@@ -118,19 +141,24 @@ def evaluate_run(
     binarize = "none" if cfg.data.binarize == "none" else "static"
     batches = Batches(test, batch_size, False, 0, binarize, device=device)
     t0 = time.perf_counter()
-    if cfg.model.kind == "vae":
-        result = evaluate_vae(model, batches, k, seed, progress)
-    elif cfg.model.kind == "ae":
-        result = evaluate_ae(model, batches)
-    else:
+    if cfg.model.kind not in EVALUATIONS:
         raise VaelabError(f"no evaluation for model.kind {cfg.model.kind!r}")
+    result = EVALUATIONS[cfg.model.kind](model, batches, k, seed, progress)
     result = {"split": cfg.data.test_split, "binarize": binarize, **result,
               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
-    path = Path(run_dir) / "eval.json"
-    history = json.loads(path.read_text()) if path.exists() else []
-    text = json.dumps([*history, result], indent=1).encode()
-    atomic_write(path, lambda f: f.write(text))
+    append_json(Path(run_dir) / "eval.json", result)
     return result
+
+
+def append_json(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to the JSON list in ``path``, atomically."""
+    import json
+
+    from vaelab.data import atomic_write
+
+    history = json.loads(path.read_text()) if path.exists() else []
+    text = json.dumps([*history, record], indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -18,12 +18,14 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.losses import LIKELIHOODS, LOSS_TAKES_LOGITS, LOSSES, kl_normal_std
 from vaelab.nn import (
+    MLP,
     activation,
     check_decoder_widths,
     check_encoder_widths,
@@ -34,33 +36,57 @@ from vaelab.nn import (
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def condition_table(classes: list[str]) -> torch.Tensor:
+    """Condition vectors (K, D) for class names. When every name is a digit string of one
+    length L ("7", "427"), a name is coded digit by digit as L one-hots (D = 10·L), so a
+    conditional model can be asked for numbers it never saw whole; otherwise it is a
+    one-hot of the class (D = K)."""
+    lengths = {len(c) for c in classes}
+    if classes and len(lengths) == 1 and all(c.isdigit() for c in classes):
+        return torch.stack([digit_code(c) for c in classes])
+    return torch.eye(len(classes))
+
+
+def digit_code(name: str) -> torch.Tensor:
+    """'427' -> the concatenated one-hots of 4, 2 and 7, shape (10·len(name),)."""
+    return F.one_hot(torch.tensor([int(ch) for ch in name]), 10).flatten().float()
+
+
 class LatentModel(nn.Module):
     """The verbs every model shares, built on its ``encode`` and ``decode``.
 
-    Every model speaks one interface, which the trainer, evaluation and plots rely on."""
+    ``c`` is an optional condition (B, D) — label codes from :meth:`condition` — used only
+    by conditional models."""
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    classes: list[str] = []
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+    def condition(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Condition vectors (B, D) for class indices y (B,); None for unconditional models."""
+        return None
+
+    def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.encode(x, c), c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(x)
 
     @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    def interpolate(
+        self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10, c: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Decode ``steps`` evenly spaced points on the line between the codes of two images
         x1, x2 (each (C, H, W) or (1, C, H, W)); returns (steps, C, H, W)."""
-        z1, z2 = (
-            self.encode(x1.reshape(1, *x1.shape[-3:])),
-            self.encode(x2.reshape(1, *x2.shape[-3:])),
-        )
+        z1 = self.encode(x1.reshape(1, *x1.shape[-3:]), c)
+        z2 = self.encode(x2.reshape(1, *x2.shape[-3:]), c)
         t = torch.linspace(0, 1, steps, device=z1.device).unsqueeze(1)  # (steps, 1)
-        return self.decode((1 - t) * z1 + t * z2)  # (steps, Z) -> (steps, C, H, W)
+        cs = None if c is None else c.expand(steps, -1)
+        return self.decode((1 - t) * z1 + t * z2, cs)  # (steps, Z) -> (steps, C, H, W)
 
 
 class Autoencoder(LatentModel):
@@ -68,6 +94,8 @@ class Autoencoder(LatentModel):
 
     ``encoder`` maps (B, C, H, W) to (B, n_b), ``decoder`` maps (B, n_b) to logits of shape
     (B, C, H, W); ``loss`` names a per-example reconstruction loss of :mod:`vaelab.losses`.
+    :meth:`fit_prior` fits a Gaussian to the codes of a data set, after which
+    :meth:`sample` generates from it (the "AE + Gaussian" baseline of generative models).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, loss: str = "mse"):
@@ -75,11 +103,12 @@ class Autoencoder(LatentModel):
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
         self.encoder, self.decoder, self.loss = encoder, decoder, loss
+        self.prior: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, Cholesky factor)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(x)  # (B, C, H, W) -> (B, n_b)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z))  # (B, n_b) -> (B, C, H, W) in [0, 1]
 
     def objective(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,6 +116,25 @@ class Autoencoder(LatentModel):
         logits = self.decoder(self.encode(x))  # (B, C, H, W)
         pred = logits if LOSS_TAKES_LOGITS[self.loss] else torch.sigmoid(logits)
         return LOSSES[self.loss](pred, x)
+
+    @torch.no_grad()
+    def fit_prior(self, x: torch.Tensor, batch: int = 4096) -> None:
+        """Fit N(mean, cov) to the codes of images ``x`` (N, C, H, W) in [0, 1]."""
+        z = torch.cat([self.encode(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
+        cov = torch.cov(z.T).reshape(z.shape[1], z.shape[1])
+        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype))
+        self.prior = (z.mean(0).float(), chol.float())
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode ``n`` draws from the Gaussian fitted by :meth:`fit_prior`."""
+        if self.prior is None:
+            raise ConfigError("an autoencoder samples only after fit_prior(images)")
+        if labels is not None:
+            raise ConfigError("an autoencoder cannot generate by label; train a conditional VAE")
+        mean, chol = self.prior
+        eps = torch.randn(n, len(mean), generator=generator).to(mean.device)
+        return self.decode(mean + eps @ chol.T)
 
 
 class VAE(LatentModel):
@@ -97,6 +145,11 @@ class VAE(LatentModel):
     (B, C, H, W). The per-example objective in nats is −ELBO = −E_q[log p(x | z)] + β·KL
     with one reparameterised sample (β ≠ 1 is the β-VAE), or with ``k`` > 1 the negative
     IWAE bound −log (1/k) Σ_i p(x, z_i)/q(z_i | x) (Burda et al. 2015), where β is unused.
+
+    With ``classes`` the model is conditional (a CVAE): the label's condition vector
+    (:func:`condition_table`) is appended to the encoder's input — to the flattened image
+    (``cond_mode="flat"``) or as constant image planes (``"planes"``) — and to the code z
+    before decoding.
     """
 
     def __init__(
@@ -110,6 +163,8 @@ class VAE(LatentModel):
         sigma: float = 0.1,
         learn_sigma: bool = False,
         image_shape: tuple[int, int, int] | None = None,
+        classes: list[str] | None = None,
+        cond_mode: str = "flat",
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -125,59 +180,141 @@ class VAE(LatentModel):
             self.log_sigma = nn.Parameter(log_sigma)  # one σ per pixel, learned
         else:
             self.register_buffer("log_sigma", log_sigma)
+        self.classes, self.cond_mode = list(classes or []), cond_mode
+        self.register_buffer("cond_table", condition_table(self.classes), persistent=False)
+
+    # ---- conditioning
+    @property
+    def conditional(self) -> bool:
+        return bool(self.classes)
+
+    def condition(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if y is None:
+            raise ConfigError("this conditional VAE needs labels (the data set has none)")
+        return self.cond_table[y]  # (B,) -> (B, D)
+
+    def condition_of(self, names: list[str]) -> torch.Tensor:
+        """Condition vectors (N, D) for label names such as '7' or '427' — also numbers that
+        are not training classes, when labels are coded digit by digit."""
+        if not self.conditional:
+            raise ConfigError(
+                "labels need a conditional model (train with model.conditional = true)"
+            )
+        index = {c: i for i, c in enumerate(self.classes)}
+        width = len(self.classes[0])
+        digitwise = self.cond_table.shape[1] == 10 * width and all(
+            c.isdigit() for c in self.classes
+        )
+        rows = []
+        for name in names:
+            if name in index:
+                rows.append(self.cond_table[index[name]])
+            elif digitwise and name.isdigit() and len(name) == width:
+                rows.append(digit_code(name).to(self.cond_table.device))
+            else:
+                raise ConfigError(
+                    f"unknown label {name!r} (labels: {self.classes[0]!r} … {self.classes[-1]!r})"
+                )
+        return torch.stack(rows)
+
+    def _with(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """The encoder's input: x, with the condition appended when conditional."""
+        if not self.conditional:
+            return x
+        if c is None:
+            raise ConfigError("this conditional VAE needs a label for every image")
+        if self.cond_mode == "planes":
+            planes = c[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (B, D, H, W)
+            return torch.cat([x, planes], dim=1)
+        return torch.cat([x.flatten(1), c], dim=1)  # (B, C·H·W + D)
+
+    def _decoder(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Decoder logits for codes z (B, Z), with the condition appended when conditional."""
+        if not self.conditional:
+            return self.decoder(z)
+        if c is None:
+            raise ConfigError("this conditional VAE needs a label to decode")
+        return self.decoder(torch.cat([z, c], dim=1))  # (B, Z + D)
 
     # ---- the verbs
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(
+        self, x: torch.Tensor, c: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log σ²) of q(z | x), each (B, Z)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=1)  # (B, 2Z) -> 2 x (B, Z)
+        mu, logvar = self.encoder(self._with(x, c)).chunk(2, dim=1)  # (B, 2Z) -> 2 x (B, Z)
         return mu, logvar
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.posterior(x)[0]  # the posterior mean μ(x), (B, Z)
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.posterior(x, c)[0]  # the posterior mean μ(x), (B, Z)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z] in [0, 1], (B, C, H, W)."""
-        return LIKELIHOODS[self.likelihood][1](self.decoder(z), self.log_sigma)
+        return LIKELIHOODS[self.likelihood][1](self._decoder(z, c), self.log_sigma)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode ``n`` draws z ~ N(0, I) of the prior: new images (n, C, H, W) in [0, 1]."""
+    def sample(
+        self, n: int, labels: list[str] | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Decode ``n`` draws z ~ N(0, I) of the prior: new images (n, C, H, W) in [0, 1].
+        A conditional model takes ``labels`` (one name, or n names); without them the
+        labels are drawn uniformly from its classes."""
         device = self.log_sigma.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device)  # (n, Z)
-        return self.decode(z)
+        c = None
+        if self.conditional:
+            if labels is None:
+                pick = torch.randint(len(self.classes), (n,), generator=generator)
+                labels = [self.classes[i] for i in pick]
+            labels = labels * n if len(labels) == 1 else labels
+            if len(labels) != n:
+                raise ConfigError(f"{len(labels)} labels for {n} samples")
+            c = self.condition_of(labels)
+        elif labels is not None:
+            raise ConfigError(
+                "labels need a conditional model (train with model.conditional = true)"
+            )
+        z = torch.randn(n, self.latent_dim, generator=generator).to(device)  # (n, Z)
+        return self.decode(z, c)
 
     # ---- the objectives, per example in nats
     def log_px(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x | z) for decoder outputs ``logits``, (B,)."""
         return LIKELIHOODS[self.likelihood][0](logits, x, self.log_sigma)
 
-    def elbo(self, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    def elbo(
+        self, x: torch.Tensor, beta: float = 1.0, c: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """E_q[log p(x | z)] − β·KL(q(z | x) ‖ p(z)) with one sample z = μ + σ·ε, (B,)."""
-        mu, logvar = self.posterior(x)
+        mu, logvar = self.posterior(x, c)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterisation
-        return self.log_px(self.decoder(z), x) - beta * kl_normal_std(mu, logvar)
+        return self.log_px(self._decoder(z, c), x) - beta * kl_normal_std(mu, logvar)
 
-    def log_weights(self, x: torch.Tensor, k: int, posterior=None) -> torch.Tensor:
+    def log_weights(
+        self, x: torch.Tensor, k: int, posterior=None, c: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log w_i = log p(x | z_i) + log p(z_i) − log q(z_i | x) for k draws z_i ~ q(z | x),
         shape (B, k). ``posterior`` = (μ, log σ²) when already computed."""
-        mu, logvar = self.posterior(x) if posterior is None else posterior
+        mu, logvar = self.posterior(x, c) if posterior is None else posterior
         b, zdim = mu.shape
         eps = torch.randn(b, k, zdim, device=mu.device, dtype=mu.dtype)  # (B, k, Z)
         z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, k, Z)
         log_q = -0.5 * (eps.square() + logvar.unsqueeze(1) + _LOG_2PI).sum(-1)  # (B, k)
         log_p = -0.5 * (z.square() + _LOG_2PI).sum(-1)  # (B, k)
-        logits = self.decoder(z.reshape(b * k, zdim))  # (B·k, Z) -> (B·k, C, H, W)
+        ck = None if c is None else c.repeat_interleave(k, dim=0)  # (B·k, D)
+        logits = self._decoder(z.reshape(b * k, zdim), ck)  # (B·k, Z) -> (B·k, C, H, W)
         xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
         log_px = self.log_px(logits, xk).reshape(b, k)  # (B, k)
         return log_px + log_p - log_q
 
-    def iwae_bound(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def iwae_bound(self, x: torch.Tensor, k: int, c: torch.Tensor | None = None) -> torch.Tensor:
         """log (1/k) Σ_i w_i, the k-sample importance-weighted bound (k = 1: the ELBO), (B,)."""
-        return torch.logsumexp(self.log_weights(x, k), dim=1) - math.log(k)
+        return torch.logsumexp(self.log_weights(x, k, c=c), dim=1) - math.log(k)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """−ELBO (β-weighted) for k = 1, else the negative IWAE bound; (B,) in nats."""
-        return -self.elbo(x, self.beta) if self.k == 1 else -self.iwae_bound(x, self.k)
+        c = self.condition(y)
+        return -self.elbo(x, self.beta, c) if self.k == 1 else -self.iwae_bound(x, self.k, c)
 
 
 # --------------------------------------------------------------------------------------
@@ -185,12 +322,13 @@ class VAE(LatentModel):
 # --------------------------------------------------------------------------------------
 
 
-def mlp_encoder(cfg: ModelConfig, out_dim: int) -> nn.Module:
-    """Flatten (Lemma 1.3.7), then a linear encoder C·H·W ≥ widths… ≥ out_dim (Def 2.3.1)."""
+def mlp_encoder(cfg: ModelConfig, out_dim: int, extra_in: int = 0) -> nn.Module:
+    """Flatten (Lemma 1.3.7), then a linear encoder C·H·W ≥ widths… ≥ out_dim (Def 2.3.1).
+    ``extra_in`` widens the input for a condition appended to the flattened image."""
     c, h, w = cfg.image_shape
     return nn.Sequential(
-        nn.Flatten(),  # (B, C, H, W) -> (B, C·H·W)
-        encoder_mlp([c * h * w, *cfg.widths, out_dim], cfg.activation),
+        nn.Flatten(),  # (B, C, H, W) -> (B, C·H·W); already flat inputs pass unchanged
+        encoder_mlp([c * h * w + extra_in, *cfg.widths, out_dim], cfg.activation),
     )
 
 
@@ -218,19 +356,24 @@ def _pooled_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
     return sizes
 
 
-def conv_encoder(cfg: ModelConfig, out_dim: int) -> nn.Module:
+def conv_features(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int]:
     """Image layers φ(T_conv ψ + b) (Def 1.3.9, 1.3.10) each followed by 2x2 max-pooling
-    (Def 1.3.13), then a linear layer to ``out_dim``. 3x3 kernels with padding 1 keep the
-    resolution, so only the pooling shrinks it."""
-    c = cfg.image_shape[0]
+    (Def 1.3.13), flattened; returns the network and its output width. 3x3 kernels with
+    padding 1 keep the resolution, so only the pooling shrinks it. ``extra_in`` adds input
+    channels (condition planes)."""
+    c = cfg.image_shape[0] + extra_in
     layers: list[nn.Module] = []
     for ch in cfg.channels:
         layers += [nn.Conv2d(c, ch, 3, padding=1), activation(cfg.activation), nn.MaxPool2d(2)]
         c = ch
     h, w = _pooled_sizes(cfg)[-1]
-    flat = c * h * w
-    layers += [nn.Flatten(), encoder_mlp([flat, *cfg.widths, out_dim], cfg.activation)]
-    return nn.Sequential(*layers)  # (B, C, H, W) -> (B, out_dim)
+    return nn.Sequential(*layers, nn.Flatten()), c * h * w  # (B, C, H, W) -> (B, c·h·w)
+
+
+def conv_encoder(cfg: ModelConfig, out_dim: int, extra_in: int = 0) -> nn.Module:
+    """:func:`conv_features`, then a linear encoder to ``out_dim``."""
+    features, flat = conv_features(cfg, extra_in)
+    return nn.Sequential(features, encoder_mlp([flat, *cfg.widths, out_dim], cfg.activation))
 
 
 def conv_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
@@ -256,22 +399,29 @@ def conv_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
     return nn.Sequential(*layers)  # (B, in_dim) -> (B, C, H, W) logits
 
 
-ARCHS: dict[str, tuple[Callable[[ModelConfig, int], nn.Module], ...]] = {
-    "mlp": (mlp_encoder, mlp_decoder),
-    "conv": (conv_encoder, conv_decoder),
+ARCHS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]] = {
+    # arch: (encoder builder, decoder builder, how a VAE appends a condition to the image)
+    "mlp": (mlp_encoder, mlp_decoder, "flat"),
+    "conv": (conv_encoder, conv_decoder, "planes"),
 }
 
 
 def build_autoencoder(cfg: ModelConfig, loss: str) -> Autoencoder:
-    make_encoder, make_decoder = _arch(cfg)
+    make_encoder, make_decoder, _ = _arch(cfg)
+    if cfg.conditional:
+        raise ConfigError("model.conditional needs model.kind = 'vae'")
     return Autoencoder(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss)
 
 
 def build_vae(cfg: ModelConfig, loss: str) -> VAE:
-    make_encoder, make_decoder = _arch(cfg)
+    make_encoder, make_decoder, cond_mode = _arch(cfg)
+    classes = cfg.classes if cfg.conditional else []
+    if cfg.conditional and not classes:
+        raise ConfigError("model.conditional needs a labelled data set (model.classes is empty)")
+    d = condition_table(classes).shape[1] if classes else 0  # condition width D
     return VAE(
-        make_encoder(cfg, 2 * cfg.bottleneck),  # (μ, log σ²)
-        make_decoder(cfg, cfg.bottleneck),
+        make_encoder(cfg, 2 * cfg.bottleneck, d),  # (μ, log σ²)
+        make_decoder(cfg, cfg.bottleneck + d),
         cfg.bottleneck,
         cfg.likelihood,
         cfg.beta,
@@ -279,16 +429,67 @@ def build_vae(cfg: ModelConfig, loss: str) -> VAE:
         cfg.sigma,
         cfg.learn_sigma,
         tuple(cfg.image_shape),
+        classes,
+        cond_mode,
     )
+
+
+class Classifier(nn.Module):
+    """A small CNN (conv features of §1.3, then a dense head) that reads class labels; the
+    judge of generated images. ``features`` is its penultimate layer (for Fréchet
+    distances). Images wider than it was trained on are read slot by slot: a 28x84
+    composite is three 28x28 digits (:meth:`read`)."""
+
+    def __init__(self, features: nn.Module, head: nn.Module, classes: list[str], image_shape):
+        super().__init__()
+        self.body, self.head = features, head
+        self.classes, self.image_shape = list(classes), tuple(image_shape)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (B, C, H, W) -> (B, F)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy −log p(y | x) per example, (B,) in nats."""
+        if y is None:
+            raise ConfigError("a classifier trains on a labelled data set")
+        return F.cross_entropy(self.logits(x), y, reduction="none")
+
+    @torch.no_grad()
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """Class indices (B, S) for images of width S·W (S slots of the trained width W)."""
+        w = self.image_shape[2]
+        if x.shape[-1] % w or x.shape[-2] != self.image_shape[1]:
+            raise ConfigError(
+                f"cannot read images of {tuple(x.shape[-2:])} with a {self.image_shape[1:]} classifier"
+            )
+        slots = x.shape[-1] // w
+        tiles = x.unflatten(-1, (slots, w)).permute(0, 3, 1, 2, 4)  # (B, S, C, H, W)
+        return self.logits(tiles.flatten(0, 1)).argmax(1).reshape(x.shape[0], slots)
+
+
+def build_classifier(cfg: ModelConfig, loss: str) -> Classifier:
+    if not cfg.classes:
+        raise ConfigError("a classifier needs a labelled data set (model.classes is empty)")
+    features, flat = conv_features(cfg)
+    head = MLP([flat, *cfg.widths, len(cfg.classes)], cfg.activation)
+    return Classifier(nn.Sequential(features, *list(head)[:-2]), nn.Sequential(*list(head)[-2:]),
+                      cfg.classes, cfg.image_shape)  # fmt: skip
 
 
 MODELS: dict[str, Callable[[ModelConfig, str], nn.Module]] = {
     "ae": build_autoencoder,
     "vae": build_vae,
+    "classifier": build_classifier,
 }
 
 
-def _arch(cfg: ModelConfig) -> tuple[Callable[[ModelConfig, int], nn.Module], ...]:
+def _arch(cfg: ModelConfig) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]:
     if cfg.arch not in ARCHS:
         raise ConfigError(f"unknown model.arch {cfg.arch!r} (known: {', '.join(ARCHS)})")
     if len(cfg.image_shape) != 3:

@@ -32,9 +32,15 @@ Panels = Sequence[tuple[str, str | Path]]
 def encode_dataset(model: torch.nn.Module, data: ImageDataset, batch: int = 2048) -> torch.Tensor:
     """Latent codes (N, n_b) of every image of ``data``."""
     codes = [
-        model.encode(normalize(data.images[i : i + batch])) for i in range(0, len(data), batch)
+        model.encode(normalize(data.images[i : i + batch]), _cond(model, data, slice(i, i + batch)))
+        for i in range(0, len(data), batch)
     ]
     return torch.cat(codes)
+
+
+def _cond(model, data: ImageDataset, index) -> torch.Tensor | None:
+    """Condition vectors of the examples at ``index`` (None for unconditional models)."""
+    return model.condition(None if data.labels is None else data.labels[index])
 
 
 def _test_split(run_dir: str | Path, cache: str | Path | None) -> tuple:
@@ -84,7 +90,7 @@ def reconstruction_figure(panels: Panels, out: str | Path, cache=None, per_class
         _, model, data = _test_split(run, cache)
         picks = _per_class(data, per_class)
         x = normalize(data.images[picks])  # (K·n, C, H, W)
-        recon = model.reconstruct(x)
+        recon = model.reconstruct(x, _cond(model, data, picks))
         k = len(picks) // per_class
         rows = [torch.cat([x[i * per_class : (i + 1) * per_class],
                            recon[i * per_class : (i + 1) * per_class]]) for i in range(k)]  # fmt: skip
@@ -155,18 +161,15 @@ def _image_figure(picture, title: str, out: str | Path, scale: float = 0.02) -> 
     return _save(fig, out)
 
 
-def _need(model, verb: str, run: str | Path):
-    if not hasattr(model, verb):
-        raise VaelabError(f"{run} holds a model without `{verb}` (train a model.kind = 'vae')")
-
-
 @torch.no_grad()
 def samples_figure(panels: Panels, out: str | Path, cache=None, n: int = 64, seed: int = 0) -> Path:
-    """``n`` new images decoded from prior draws z ~ N(0, I)."""
+    """``n`` new images decoded from prior draws z ~ N(0, I) (an autoencoder: from a Gaussian
+    fitted to its codes; a conditional model: labels drawn uniformly)."""
+    from vaelab.generate import generate, load_generator
+
     (title, run), *_ = panels
-    _, model = load_run(run)
-    _need(model, "sample", run)
-    x = model.sample(n, generator=torch.Generator().manual_seed(seed))
+    _, model = load_generator(run, cache)
+    x = generate(model, n, None, seed)
     return _image_figure(make_grid(x, nrow=int(math.ceil(math.sqrt(n))), padding=1),
                          f"{title}: {n} samples from the prior", out)  # fmt: skip
 
@@ -199,7 +202,9 @@ def interpolation_figure(
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data), generator=g)[: 2 * pairs]
     x = normalize(data.images[idx])
-    rows = [torch.cat([x[2 * i : 2 * i + 1], model.interpolate(x[2 * i], x[2 * i + 1], steps),
+    c = _cond(model, data, idx)  # conditional models: interpolate under the first image's label
+    rows = [torch.cat([x[2 * i : 2 * i + 1],
+                       model.interpolate(x[2 * i], x[2 * i + 1], steps, None if c is None else c[2 * i : 2 * i + 1]),
                        x[2 * i + 1 : 2 * i + 2]]) for i in range(pairs)]  # fmt: skip
     return _image_figure(make_grid(torch.cat(rows), nrow=steps + 2, padding=1),
                          f"{title}: interpolations (first and last columns: originals)", out)  # fmt: skip
@@ -213,13 +218,15 @@ def traversal_figure(
     −span to +span (others fixed)."""
     (title, run), *_ = panels
     _, model, data = _test_split(run, cache)
-    z0 = model.encode(normalize(data.images[:1]))  # (1, Z)
+    c0 = _cond(model, data, slice(0, 1))
+    z0 = model.encode(normalize(data.images[:1]), c0)  # (1, Z)
     zdim = z0.shape[1]
     sweep = torch.linspace(-span, span, steps)
     z = z0.repeat(zdim * steps, 1)  # (Z·steps, Z)
     for d in range(zdim):
         z[d * steps : (d + 1) * steps, d] = sweep
-    return _image_figure(make_grid(model.decode(z), nrow=steps, padding=1),
+    cz = None if c0 is None else c0.expand(len(z), -1)
+    return _image_figure(make_grid(model.decode(z, cz), nrow=steps, padding=1),
                          f"{title}: traversal of each of {zdim} latent dims over ±{span}", out)  # fmt: skip
 
 

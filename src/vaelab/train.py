@@ -75,6 +75,10 @@ def train(
     # ---- data: whole splits resident on the device
     train_set, test_set = load_splits(cfg, cache)
     cfg.model.image_shape = list(train_set.image_shape)
+    if cfg.model.conditional or cfg.model.kind == "classifier":
+        if train_set.labels is None:
+            raise VaelabError(f"{cfg.model.kind} training needs labels; {cfg.data.name} has none")
+        cfg.model.classes = list(train_set.classes)
     test_binarize = "none" if cfg.data.binarize == "none" else "static"
     seed = cfg.train.seed
     batches = Batches(train_set, cfg.train.batch_size, True, seed, cfg.data.binarize, device=device)

@@ -1,0 +1,117 @@
+"""Composed multi-digit images (thesis §2.3: composing MNIST digits to make new data).
+
+Each composite places ``digits`` source digits side by side on a 28 x (28·digits) canvas,
+each scaled and shifted by a seeded random amount; its label is the digit string ("427").
+All numbers with that many digits are classes ("000" … "999"), so train and test share
+one class list; numbers held out of the training split appear only in the test split.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vaelab.data import ImageDataset, load_dataset, save_dataset
+from vaelab.errors import DataError
+from vaelab.images import normalize, quantize
+
+
+def number_classes(digits: int) -> list[str]:
+    """All digit strings of length ``digits``: '00', '01', … '99' for 2."""
+    return [str(i).zfill(digits) for i in range(10**digits)]
+
+
+def default_holdout(digits: int, seed: int, count: int = 10) -> list[str]:
+    """``count`` numbers drawn with ``seed``, to be held out of the training split."""
+    if digits < 2:
+        return []
+    g = torch.Generator().manual_seed(seed + 7919)
+    picks = torch.randperm(10**digits, generator=g)[:count].sort().values
+    return [str(int(i)).zfill(digits) for i in picks]
+
+
+def compose_digits(
+    source: ImageDataset,
+    digits: int,
+    n: int,
+    seed: int,
+    holdout: list[str] | None = None,
+    scale: tuple[float, float] = (0.75, 1.0),
+    jitter: float = 2.0,
+    name: str = "",
+) -> ImageDataset:
+    """``n`` composites of ``digits`` digits from a labelled single-digit ``source``.
+
+    Labels are drawn uniformly from the numbers not in ``holdout``; each slot takes a
+    random source image of its digit, scaled by s ~ U(scale) and shifted by up to
+    ``jitter`` pixels in x and y (bilinear resampling), so composites are reproducible
+    from ``seed``."""
+    if source.labels is None or source.image_shape[0] != 1:
+        raise DataError("composing needs a labelled single-channel digit data set such as mnist")
+    if not 1 <= digits <= 6:
+        raise DataError(f"--digits must be between 1 and 6, got {digits}")
+    g = torch.Generator().manual_seed(seed)
+    classes = number_classes(digits)
+    allowed = torch.ones(len(classes), dtype=torch.bool)
+    known = set(classes)
+    for number in holdout or []:
+        if number not in known:
+            raise DataError(f"held-out number {number!r} is not a {digits}-digit string")
+        allowed[int(number)] = False
+    pool = torch.nonzero(allowed).flatten()
+    numbers = pool[torch.randint(len(pool), (n,), generator=g)]  # (n,) class = the number
+    places = 10 ** torch.arange(digits - 1, -1, -1)  # (digits,) 100, 10, 1
+    slot_digits = (numbers[:, None] // places) % 10  # (n, digits) digit in each slot
+
+    by_digit = [torch.nonzero(source.labels == d).flatten() for d in range(10)]
+    if any(len(ix) == 0 for ix in by_digit):
+        raise DataError("the source data set lacks some digit 0-9")
+    pick = torch.empty_like(slot_digits)
+    for d in range(10):
+        mask = slot_digits == d
+        ix = by_digit[d]
+        pick[mask] = ix[torch.randint(len(ix), (int(mask.sum()),), generator=g)]
+
+    h, w = source.image_shape[1:]
+    x = normalize(source.images[pick.flatten()])  # (n·digits, 1, H, W)
+    m = x.shape[0]
+    s = scale[0] + (scale[1] - scale[0]) * torch.rand(m, generator=g)  # (m,)
+    shift = (torch.rand(m, 2, generator=g) * 2 - 1) * jitter  # (m, 2) pixels
+    theta = torch.zeros(m, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / s  # sampling grid: zoom out by s
+    theta[:, 0, 2] = -shift[:, 0] * 2 / w / s
+    theta[:, 1, 2] = -shift[:, 1] * 2 / h / s
+    grid = F.affine_grid(theta, [m, 1, h, w], align_corners=False)
+    placed = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    canvas = placed.reshape(n, digits, 1, h, w).permute(0, 2, 3, 1, 4).reshape(n, 1, h, digits * w)
+    return ImageDataset(quantize(canvas), numbers.to(torch.int64), classes, name)
+
+
+def compose_dataset(
+    name: str,
+    source: str = "mnist",
+    digits: int = 3,
+    n: int = 60000,
+    n_test: int | None = None,
+    seed: int = 0,
+    holdout: list[str] | None = None,
+    cache=None,
+):
+    """Build and cache data set ``name``: train composites from the source's train split
+    (without ``holdout``), test composites from its test split (all numbers)."""
+    if holdout is None:
+        holdout = default_holdout(digits, seed)
+    n_test = n // 6 if n_test is None else n_test
+    train = compose_digits(
+        load_dataset(source, "train", cache), digits, n, seed, holdout, name=name
+    )
+    test = compose_digits(
+        load_dataset(source, "test", cache), digits, n_test, seed + 1, [], name=name
+    )
+    return save_dataset(
+        name,
+        {"train": train, "test": test},
+        cache,
+        source=f"compose --source {source} --digits {digits} --n {n} --seed {seed}",
+        extra={"holdout": holdout, "digits": digits},
+    )
