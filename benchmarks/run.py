@@ -86,7 +86,9 @@ def baseline_steps(train, batch: int, steps: int):
     torch.manual_seed(0)
     model = ExamplesVAE()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(PILDataset(train.images, train.labels), batch_size=batch, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        PILDataset(train.images, train.labels), batch_size=batch, shuffle=True
+    )
 
     def run() -> float:
         t0, done = time.perf_counter(), 0

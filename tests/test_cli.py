@@ -20,6 +20,37 @@ def test_help_lists_commands():
     assert "import-idx" in out.stdout and "fetch" in out.stdout
 
 
+def test_a_group_without_its_command_shows_its_help():
+    out = run("data")
+    assert out.returncode == 2 and "import-idx" in out.stdout and "fetch" in out.stdout
+    out = run()
+    assert out.returncode == 2 and "classifier" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "run", "--k", "0"],
+        ["eval", "run", "-n", "-3"],
+        ["eval", "run", "--batch-size", "x"],
+        ["eval", "run", "--limit", "-1"],
+        ["sample", "run", "-n", "0"],
+        ["generate", "run", "--out", "o", "--per-label", "0"],
+        ["classifier", "train", "--epochs", "0"],
+        ["reproduce", "thesis", "--epochs", "0"],
+        ["optim", "demo", "reddi", "--steps", "0"],
+        ["data", "compose", "--name", "c", "--n", "0"],
+        ["data", "compose", "--name", "c", "--n-test", "0"],
+        ["data", "compose", "--name", "c", "--digits", "0"],
+    ],
+)
+def test_counts_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "must be" in capsys.readouterr().err
+
+
 def test_unknown_dataset_is_one_line_error(tmp_path):
     out = run("data", "info", "nope", "--cache", str(tmp_path))
     assert out.returncode == 1

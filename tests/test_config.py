@@ -36,6 +36,43 @@ def test_bad_keys_and_types_are_named(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+        ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+        ("data.limit=-1", "data.limit must be >= 0, got -1"),
+        ("data.test_limit=-5", "data.test_limit must be >= 0, got -5"),
+        ("train.lr=-0.1", "train.lr must be a finite number >= 0, got -0.1"),
+        ("train.lr=nan", "train.lr must be a finite number >= 0, got nan"),
+        ("train.lr_decay=0", "train.lr_decay must be a finite number > 0, got 0.0"),
+        ("train.threads=-1", "train.threads must be >= 0, got -1"),
+        ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
+        ("train.early_stopping=-1", "train.early_stopping must be >= 0, got -1"),
+        ("model.bottleneck=0", "model.bottleneck must be >= 1, got 0"),
+        ("model.k=0", "model.k must be >= 1, got 0"),
+        ("model.sigma=0", "model.sigma must be a finite number > 0, got 0.0"),
+        ("model.beta=-1", "model.beta must be a finite number >= 0, got -1.0"),
+        (
+            "data.binarize=sometimes",
+            "data.binarize must be one of none, dynamic, static, got 'sometimes'",
+        ),
+        ("model.widths=[64,0]", r"model.widths must be a list of positive integers, got \[64, 0\]"),
+        ("model.channels=[-4]", r"model.channels must be a list of positive integers, got \[-4\]"),
+        ('data.test_split="train"', "data.split and data.test_split are both 'train'"),
+    ],
+)
+def test_out_of_range_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_range_checks_apply_to_files(tmp_path):
+    (tmp_path / "c.toml").write_text("[train]\nepochs = -3\n")
+    with pytest.raises(ConfigError, match="train.epochs must be >= 1, got -3"):
+        load_config(tmp_path / "c.toml")
+
+
 def test_file_round_trip(tmp_path):
     cfg = load_config(None, ["model.widths=[10,5]", 'data.name="x"', "train.seed=7"])
     (tmp_path / "c.toml").write_text(dumps(cfg))

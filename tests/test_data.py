@@ -82,6 +82,14 @@ def test_read_idx_corrupt_gzip(tmp_path):
         data.read_idx(p)
 
 
+def test_read_idx_corrupt_deflate_stream(tmp_path):
+    raw = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abcde")
+    p = tmp_path / "deflate.gz"
+    p.write_bytes(raw[:10] + b"\xff" * 12 + raw[-8:])  # a valid header, garbage blocks: zlib.error
+    with pytest.raises(DataError, match="deflate.gz"):
+        data.read_idx(p)
+
+
 # ---------------------------------------------------------------- batching
 def _toy(n=103, labels=True):
     imgs = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8)
@@ -113,6 +121,27 @@ def test_batches_are_seeded_and_resumable():
     assert not torch.equal(next(iter(data.Batches(ds, 16, seed=2)))[0], first[0])
 
 
+def test_mid_epoch_state_after_loading_is_the_epoch_start():
+    ds = _toy()
+    a = data.Batches(ds, 16, seed=1)
+    next(iter(a))  # one epoch begun
+    b = data.Batches(ds, 16, seed=9)
+    b.load_state_dict(a.state_dict(mid_epoch=True))
+    # saved again before its first batch, b still describes the start of a's epoch
+    assert torch.equal(b.state_dict(mid_epoch=True)["generator"], a.state_dict(True)["generator"])
+
+
+def test_random_streams_are_independent():
+    ds = _toy()
+    seeds = []
+    for s in range(20):
+        b = data.Batches(ds, 16, seed=s)
+        seeds += [b.generator.initial_seed(), b.noise.initial_seed()]
+        seeds += [data.derive_seed(s, "static"), data.derive_seed(s, "torch")]
+    assert len(set(seeds)) == len(seeds)  # e.g. seed s's noise is not seed s + 1's order
+    assert data.derive_seed(3, "noise") == data.derive_seed(3, "noise")
+
+
 def test_drop_last_and_float_range():
     batches = data.Batches(_toy(), 10, drop_last=True)
     xs = [x for x, _ in batches]
@@ -138,6 +167,26 @@ def test_dataset_shape_checks():
         data.ImageDataset(torch.zeros(3, 1, 2, 2))
     with pytest.raises(DataError, match="labels"):
         data.ImageDataset(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(4))
+    images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(DataError, match="labels must be >= 0, got -1"):
+        data.ImageDataset(images, torch.tensor([0, -1, 1]))
+    with pytest.raises(DataError, match="label 2 but only 2 class names"):
+        data.ImageDataset(images, torch.tensor([0, 2, 1]), ["a", "b"])
+
+
+def test_load_split_checks_the_image_shape(tmp_path):
+    data.save_dataset("toy", {"train": _toy(20), "test": _toy(5)}, tmp_path)
+    assert len(data.load_split("toy", "train", tmp_path, limit=7, image_shape=[1, 4, 4])) == 7
+    with pytest.raises(DataError, match="holds 1x4x4 images, but the model takes 1x28x28"):
+        data.load_split("toy", "test", tmp_path, image_shape=[1, 28, 28])
+
+
+def test_heldout_batches_binarise_once_and_alike():
+    ds = _toy(40)
+    a, b = data.heldout_batches(ds, "dynamic", 16), data.heldout_batches(ds, "dynamic", 16)
+    assert a.binarize == "static" and torch.equal(a.images, b.images)
+    assert data.heldout_batches(ds, "none", 16).binarize == "none"
+    assert torch.equal(torch.cat([y for _, y in a]), ds.labels)  # in order
 
 
 # ---------------------------------------------------------------- cache and imports
@@ -228,6 +277,21 @@ def test_npz_import(tmp_path):
     np.savez(tmp_path / "f.npz", images=x.astype(np.float32))
     with pytest.raises(DataError, match="uint8"):
         data.read_npz(tmp_path / "f.npz")
+    np.savez(tmp_path / "neg.npz", images=x, labels=np.array([0, 1, -2, 0, 1, 0]))
+    with pytest.raises(DataError, match=r"neg.npz.*>= 0"):
+        data.read_npz(tmp_path / "neg.npz")
+    np.savez(tmp_path / "k.npz", images=x, labels=np.arange(6), classes=np.array(["a", "b"]))
+    with pytest.raises(DataError, match=r"k.npz.*label 5 but only 2 class names"):
+        data.read_npz(tmp_path / "k.npz")
+
+
+def test_an_npz_path_is_not_a_data_set_name(tmp_path, monkeypatch):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 3), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="invalid data set name"):
+        data.load_dataset(str(tmp_path / "d.npz"), cache=tmp_path / "cache")
+    with pytest.raises(DataError, match="no data set named 'd.npz'"):
+        data.load_dataset("d.npz", cache=tmp_path / "cache")
 
 
 def test_parse_size():

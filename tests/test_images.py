@@ -56,3 +56,14 @@ def test_make_grid_places_images(tmp_path):
     from PIL import Image
 
     assert np.asarray(Image.open(path)).shape == (11, 22)
+
+
+def test_save_png_writes_exactly_the_name_given(tmp_path):
+    from PIL import Image
+
+    picture = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+    out = save_png(tmp_path / "sub" / "picture", picture)  # no suffix: still a PNG
+    assert out == tmp_path / "sub" / "picture"
+    with Image.open(out) as im:
+        assert im.format == "PNG" and np.array_equal(np.asarray(im), picture[:, :, 0])
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["picture"]  # no temporary left

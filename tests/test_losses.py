@@ -248,3 +248,28 @@ def test_kl_normal_std_matches_torch():
     torch.testing.assert_close(out, D.kl_divergence(q, prior), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\(6, 4\).*\(6, 3\)"):
         kl_normal_std(mu, logvar[:, :3])
+
+
+def test_normal_log_prob_matches_torch():
+    from torch.distributions import Independent, Normal
+
+    from vaelab.losses import normal_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    z, mu, logvar = (torch.randn(4, 3, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    ref = Independent(Normal(mu, torch.exp(0.5 * logvar)), 1).log_prob(z)
+    out = normal_log_prob(z, mu, logvar)
+    assert out.shape == (4, 3)
+    torch.testing.assert_close(out, ref)
+    zero = z.new_zeros(())
+    std = Independent(Normal(torch.zeros_like(z), torch.ones_like(z)), 1).log_prob(z)
+    torch.testing.assert_close(normal_log_prob(z, zero, zero), std)
+
+
+def test_continuous_bernoulli_nan_logits_give_nan_not_an_exception():
+    from vaelab.losses import LIKELIHOODS
+
+    log_prob, mean = LIKELIHOODS["continuous_bernoulli"]
+    logits = torch.full((2, 1, 3, 3), float("nan"))
+    assert torch.isnan(log_prob(logits, torch.rand(2, 1, 3, 3))).all()
+    assert torch.isnan(mean(logits)).all()

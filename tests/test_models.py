@@ -49,11 +49,28 @@ def test_injected_networks():
 
 
 def test_width_rules_are_enforced():
-    with pytest.raises(ConfigError, match="never grow"):
+    with pytest.raises(ConfigError, match=r"model.widths = \[32, 64\].*never grow"):
         build_model(cfg(widths=[32, 64]), "mse")
-    with pytest.raises(ConfigError, match="never grow"):
+    with pytest.raises(ConfigError, match=r"model.widths = \[1000\].*784 inputs.*never grow"):
         build_model(cfg(widths=[1000]), "mse")  # 784 -> 1000 grows
+    # conv: the rule applies to the flattened features (4 channels x 14 x 14 = 784)
+    with pytest.raises(ConfigError, match=r"model.widths = \[1000\].*784 inputs.*never grow"):
+        build_model(cfg(arch="conv", channels=[4], widths=[1000]), "mse")
+    # ... which may be wider than the image: 16 x 4 x 4 = 256 features of a 1x8x8 image
+    model = build_model(cfg(arch="conv", image_shape=[1, 8, 8], channels=[16], widths=[100]), "mse")
+    assert model.encode(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+    with pytest.raises(ConfigError, match="bottleneck|widths"):
+        build_model(cfg(bottleneck=0), "mse")
     with pytest.raises(ConfigError, match="unknown model.arch"):
         build_model(cfg(arch="rnn"), "mse")
     with pytest.raises(ConfigError, match="too many"):
         build_model(cfg(arch="conv", channels=[4] * 6), "mse")
+
+
+def test_classifier_config_is_checked():
+    base = dict(kind="classifier", arch="conv", channels=[4], widths=[16], classes=["0", "1"])
+    assert build_model(cfg(**base), "mse").logits(torch.rand(3, 1, 28, 28)).shape == (3, 2)
+    with pytest.raises(ConfigError, match="a classifier has model.arch = 'conv', got 'mlp'"):
+        build_model(cfg(**{**base, "arch": "mlp"}), "mse")
+    with pytest.raises(ConfigError, match=r"model.image_shape must be \(C, H, W\)"):
+        build_model(cfg(**{**base, "image_shape": [28, 28]}), "mse")

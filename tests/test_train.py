@@ -1,7 +1,9 @@
 """End-to-end training on real MNIST subsets: the CLI, resume, checkpoints, refusals."""
 
 import json
+import os
 import pickle
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,17 +11,37 @@ import torch
 
 from vaelab import cli, runs, train
 from vaelab.config import load_config
-from vaelab.errors import CheckpointError
+from vaelab.data import ImageDataset
+from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
+from vaelab.optim import Adam
 
 TINY = ["data.limit=1000", "data.test_limit=200", "model.widths=[64,32]", "train.batch_size=100"]
+VAE = ["model.kind=vae", "data.binarize=dynamic", "model.activation=tanh"]
 
 
 def tiny(*extra):
     return load_config(None, TINY + list(extra))
 
 
+def quiet(cfg, out=None, **kw):
+    return train.train(cfg, out, progress=False, log=lambda s: None, **kw)
+
+
 def weights(run_dir):
     return runs.read_tensors(run_dir / "model.safetensors")[0]
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def straight_ae(mnist_cache, tmp_path_factory):
+    """A tiny autoencoder trained for 2 epochs without a break."""
+    return quiet(
+        tiny("train.epochs=2"), tmp_path_factory.mktemp("straight") / "r", cache=mnist_cache
+    )
 
 
 def test_cli_train_loss_falls(mnist_cache, tmp_path, capsys):
@@ -52,35 +74,129 @@ def test_resume_is_bitwise(mnist_cache, tmp_path, optimizer):
     assert [m["train_loss"] for m in la] == [m["train_loss"] for m in lb]
 
 
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(mnist_cache, tmp_path, monkeypatch):
-    cfg = tiny("train.epochs=2")
-    straight = train.train(
-        cfg, tmp_path / "a", cache=mnist_cache, progress=False, log=lambda s: None
+@pytest.mark.parametrize("kind", ["ae", "vae-dynamic"])
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
+    kind, mnist_cache, tmp_path, monkeypatch, straight_ae
+):
+    extra = ["train.epochs=2"] + (VAE if kind == "vae-dynamic" else [])
+    straight = (
+        straight_ae if kind == "ae" else quiet(tiny(*extra), tmp_path / "a", cache=mnist_cache)
     )
+    real_step, steps = Adam.step, {"n": 0}
 
-    from vaelab.data import Batches
+    def step_then_ctrl_c(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 13:  # 10 batches per epoch: epoch 2, batch 3
+            # the trainer's handler must be installed, else this would stop pytest itself
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the step
+        return real_step(self, *args, **kwargs)
 
-    real_epoch = Batches.epoch
-    calls = {"n": 0}
-
-    def interrupting(self, skip=0):
-        for item in real_epoch(self, skip):
-            calls["n"] += 1
-            if calls["n"] == 13:  # 10 train batches + 1 test batch per epoch: epoch 2, batch 2
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(Batches, "epoch", interrupting)
+    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
     with pytest.raises(train.TrainingInterrupted, match="--resume"):
-        train.train(tiny("train.epochs=2"), tmp_path / "b", cache=mnist_cache, progress=False,
-                    log=lambda s: None)  # fmt: skip
+        quiet(tiny(*extra), tmp_path / "b", cache=mnist_cache)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     state = runs.RunFolder(tmp_path / "b").read_state()
-    assert (state["epoch"], state["batch"]) == (1, 1)
-    monkeypatch.setattr(Batches, "epoch", real_epoch)
-    train.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache, progress=False,
-                log=lambda s: None)  # fmt: skip
-    a, b = weights(straight), weights(tmp_path / "b")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 3, 13)  # the step finished
+    monkeypatch.setattr(Adam, "step", real_step)
+    quiet(tiny(*extra), resume=tmp_path / "b", cache=mnist_cache)
+    assert_same_weights(straight, tmp_path / "b")
+    a, b = runs.RunFolder(straight).read_metrics(), runs.RunFolder(tmp_path / "b").read_metrics()
+    assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
+
+
+def test_second_ctrl_c_interrupts_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with train.deferred_interrupts() as interrupted:
+        assert signal.getsignal(signal.SIGINT) is not before
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT)
+        assert not interrupted()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # let the handler run
+                pass
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_rng_is_forked_and_checkpointed(mnist_cache, tmp_path):
+    from vaelab.evaluate import seeded
+
+    device = torch.device("cuda")
+    torch.cuda.manual_seed(1)
+    before = torch.cuda.get_rng_state(device)
+    with seeded(3, device):
+        a = torch.randn(4, device=device)
+    assert torch.equal(torch.cuda.get_rng_state(device), before)
+    with seeded(3, device):
+        assert torch.equal(torch.randn(4, device=device), a)
+    run = quiet(
+        tiny("train.epochs=1", "train.device=cuda", *VAE), tmp_path / "r", cache=mnist_cache
+    )
+    rng = runs.RunFolder(run).read_state()["rng"]
+    assert rng["device"] == "cuda" and "cuda" in rng
+
+
+class Crash(Exception):
+    """A simulated crash (power cut) in the middle of a checkpoint."""
+
+
+def test_checkpoint_cut_before_state_json_resumes_from_the_previous(
+    mnist_cache, tmp_path, monkeypatch, straight_ae
+):
+    real, writes = runs.atomic_write, []
+
+    def cut(path, write):
+        if path.name == "state.json":
+            writes.append(path)
+            if len(writes) == 2:  # the checkpoint of epoch 2
+                raise Crash
+        return real(path, write)
+
+    monkeypatch.setattr(runs, "atomic_write", cut)
+    run = tmp_path / "r"
+    with pytest.raises(Crash):
+        quiet(tiny("train.epochs=2"), run, cache=mnist_cache)
+    monkeypatch.setattr(runs, "atomic_write", real)
+    assert (run / "model.safetensors.next").exists()  # epoch 2's weights, not described
+    assert runs.RunFolder(run, writer=False).read_state()["epoch"] == 1
+    runs.load_run(run)  # epoch 1's files load
+    assert len(runs.RunFolder(run).read_metrics()) == 2  # epoch 2 was logged before the cut
+    quiet(tiny("train.epochs=2"), resume=run, cache=mnist_cache)
+    assert not list(run.glob("*.next"))
+    assert_same_weights(straight_ae, run)
+    a, b = runs.RunFolder(straight_ae).read_metrics(), runs.RunFolder(run).read_metrics()
+    assert [m["epoch"] for m in b] == [1, 2]  # epoch 2 logged once, after the resume
+    assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
+
+
+def test_checkpoint_cut_before_the_renames_rolls_forward(
+    mnist_cache, tmp_path, monkeypatch, straight_ae
+):
+    real, commits = runs.RunFolder._commit, []
+
+    def cut(self, names):
+        commits.append(names)
+        if len(commits) == 2:  # the checkpoint of epoch 2
+            raise Crash
+        return real(self, names)
+
+    monkeypatch.setattr(runs.RunFolder, "_commit", cut)
+    run = tmp_path / "r"
+    with pytest.raises(Crash):
+        quiet(tiny("train.epochs=2"), run, cache=mnist_cache)
+    monkeypatch.setattr(runs.RunFolder, "_commit", real)
+    assert runs.RunFolder(run, writer=False).read_state()["epoch"] == 2
+    saved, in_place = weights(straight_ae), weights(run)
+    assert any(not torch.equal(saved[k], in_place[k]) for k in saved)  # still epoch 1's
+    _, model = runs.load_run(run)  # a reader finds epoch 2's files under their pending names
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert (run / "model.safetensors.next").exists()  # a reader moves nothing
+    quiet(tiny("train.epochs=2"), resume=run, cache=mnist_cache)  # the writer rolls forward
+    assert not list(run.glob("*.next"))
+    assert_same_weights(straight_ae, run)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(mnist_cache, tmp_path, monkeypatch):
@@ -102,6 +218,51 @@ def test_nan_stops_and_keeps_last_good_checkpoint(mnist_cache, tmp_path, monkeyp
     assert runs.RunFolder(tmp_path / "r").read_state()["epoch"] == 1
     cfg, model = runs.load_run(tmp_path / "r")  # the kept checkpoint loads
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_test_loss_stops_and_says_no_checkpoint_yet(mnist_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "mean_objective", lambda *a, **kw: float("nan"))
+    with pytest.raises(
+        train.TrainingDiverged, match="test loss is nan after epoch 1.*no checkpoint was written"
+    ):
+        quiet(tiny("train.epochs=2"), tmp_path / "r", cache=mnist_cache)
+    assert not (tmp_path / "r" / "state.json").exists()
+
+
+def test_unavailable_device_is_a_config_error(mnist_cache, tmp_path):
+    with pytest.raises(ConfigError, match="train.device = 'gpu'"):
+        quiet(tiny("train.device=gpu"), tmp_path / "r", cache=mnist_cache)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device = 'cuda'"):
+            quiet(tiny("train.device=cuda"), tmp_path / "r", cache=mnist_cache)
+
+
+def test_test_labels_must_be_training_classes():
+    cfg = tiny("model.kind=vae", "model.conditional=true")
+    images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    digits = [str(i) for i in range(10)]
+    train_set = ImageDataset(images, torch.tensor([0, 1, 2, 1]), digits[:3], "t")
+    ok = ImageDataset(images, torch.tensor([0, 2, 2, 1]), digits[:3], "t")
+    assert train._classes(cfg, train_set, ok) == ["0", "1", "2"]
+    beyond = ImageDataset(images, torch.tensor([0, 1, 7, 1]), digits, "t")
+    with pytest.raises(DataError, match="label 7.*3 classes"):
+        train._classes(cfg, train_set, beyond)
+    with pytest.raises(DataError, match="needs labels"):
+        train._classes(cfg, train_set, ImageDataset(images, None, [], "t"))
+
+
+def test_a_new_run_starts_a_fresh_metrics_file(mnist_cache, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 7, "train_loss": 1.0}\nnot json\n')
+    quiet(tiny("train.epochs=1"), run, cache=mnist_cache)
+    assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1]
+
+
+def test_malformed_metrics_line_is_named(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2\n')
+    with pytest.raises(CheckpointError, match=r"metrics.jsonl, line 2"):
+        runs.RunFolder(tmp_path).read_metrics()
 
 
 def test_early_stopping(mnist_cache, tmp_path):
@@ -127,8 +288,9 @@ def test_checkpoint_save_load_equality(trained):
     assert cfg.model.image_shape == [1, 28, 28]
 
 
-def test_optimizer_state_round_trip(trained):
-    from vaelab.models import build_model
+def test_optimizer_state_round_trip(trained, tmp_path):
+    import copy
+
     from vaelab.optim import make_optimizer
 
     cfg, model = runs.load_run(trained)
@@ -139,7 +301,25 @@ def test_optimizer_state_round_trip(trained):
     saved, saved_meta, _ = runs.read_tensors(trained / "optimizer.safetensors")
     assert tensors.keys() == saved.keys() and all(torch.equal(tensors[k], saved[k]) for k in saved)
     assert json.loads(meta["param_groups"]) == json.loads(saved_meta["param_groups"])
-    assert build_model  # imported for symmetry with load_run
+    # N more steps from the optimizer in memory and from its round trip through a file (as a
+    # checkpoint takes it) give the same weights
+    runs.write_tensors(tmp_path / "opt.safetensors", tensors, meta)
+    back, back_meta, _ = runs.read_tensors(tmp_path / "opt.safetensors")
+    twin = copy.deepcopy(model)
+    twin_opt = make_optimizer(cfg.train.optimizer, twin.parameters(), lr=cfg.train.lr)
+    runs.optimizer_from_tensors(twin_opt, back, back_meta)
+    x = torch.rand(6, 50, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    before = [t.clone() for t in model.parameters()]
+    for net, optimizer in ((model, opt), (twin, twin_opt)):
+        net.train()
+        for batch in x:
+            optimizer.zero_grad()
+            net.objective(batch).mean().backward()
+            optimizer.step()
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True)
+    )
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 class _Payload:
@@ -187,7 +367,24 @@ def test_refuses_to_overwrite_a_run(trained, mnist_cache):
 
 def test_resume_cannot_change_the_model(trained, capsys):
     assert cli.main(["train", "--resume", str(trained), "--set", "model.bottleneck=5"]) == 1
-    assert "only train.*" in capsys.readouterr().err
+    assert "--set model.bottleneck cannot change on --resume" in capsys.readouterr().err
+
+
+def test_resume_overrides_are_few_and_warn_on_a_stretched_schedule(capsys):
+    cfg = tiny("train.epochs=4")
+    for key in ("train.lr=0.1", "train.seed=3", "train.optimizer=sgd", "data.limit=10"):
+        with pytest.raises(VaelabError, match=f"--set {key.split('=')[0]} cannot change"):
+            cli._apply_resume_overrides(cfg, [key])
+    new = cli._apply_resume_overrides(cfg, ["train.epochs=8", "train.early_stopping=2",
+                                            "train.checkpoint_every=3", "train.threads=1",
+                                            "train.device=cpu"])  # fmt: skip
+    assert (new.train.epochs, new.train.early_stopping, new.train.checkpoint_every) == (8, 2, 3)
+    assert "warning" not in capsys.readouterr().err  # lr_decay = 1: nothing stretches
+    decaying = tiny("train.epochs=4", "train.lr_decay=0.1")
+    cli._apply_resume_overrides(decaying, ["train.epochs=8"])
+    assert "vaelab: warning: train.epochs 4 -> 8" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="train.epochs must be >= 1"):
+        cli._apply_resume_overrides(cfg, ["train.epochs=0"])
 
 
 @pytest.mark.slow

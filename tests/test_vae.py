@@ -66,6 +66,22 @@ def test_elbo_kl_term_matches_torch():
     torch.testing.assert_close(beta_model.elbo(x, 4.0), ref - 3.0 * kl_divergence(q, p))
 
 
+def test_objective_uses_the_configured_beta_and_k():
+    x = torch.rand(5, 1, 6, 6).round()
+    beta_model = small_vae(beta=4.0)  # built from a config with model.beta = 4
+    torch.manual_seed(1)
+    objective = beta_model.objective(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(objective, -beta_model.elbo(x, 4.0))
+    torch.manual_seed(1)
+    assert not torch.allclose(objective, -beta_model.elbo(x, 1.0))  # β really matters here
+    iwae = small_vae(k=5)  # model.k = 5: the IWAE bound, not the ELBO
+    torch.manual_seed(2)
+    objective = iwae.objective(x)
+    torch.manual_seed(2)
+    torch.testing.assert_close(objective, -iwae.iwae_bound(x, 5))
+
+
 def test_log_weights_match_torch_densities():
     model = small_vae()
     x = torch.rand(3, 1, 6, 6).round()
@@ -96,7 +112,9 @@ def test_iwae_bound_grows_with_k_and_equals_elbo_at_1(trained_vae, mnist_cache):
     }
     means = {k: float(v.mean()) for k, v in bounds.items()}
     se = {k: float(v.std() / math.sqrt(reps)) for k, v in bounds.items()}
-    assert means[1] + 3 * se[1] < means[5] + 3 * se[5] and means[5] < means[50] + 3 * se[50]
+    # one-sided: each larger k is higher by more than 3 standard errors of the difference
+    for lo, hi in ((1, 5), (5, 50)):
+        assert means[hi] - means[lo] > 3 * math.hypot(se[lo], se[hi]), (lo, hi, means, se)
     assert means[50] - means[1] > 0.5  # the gap is real, not noise
     elbos = torch.stack([model.elbo(x).mean() for _ in range(reps)])
     assert (
@@ -161,6 +179,47 @@ def _test_images():
     return ImageDataset((torch.rand(200, 1, 6, 6) * 255).to(torch.uint8))
 
 
+def test_mean_objective_leaves_the_callers_rng_alone():
+    from vaelab.evaluate import mean_objective
+
+    model = small_vae()
+    batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = mean_objective(model, batches, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert mean_objective(model, batches, seed=4) == first  # seeded: reproducible
+    assert mean_objective(model, batches, seed=5) != first  # and the seed matters
+
+
+def test_evaluations_share_one_signature():
+    from vaelab.evaluate import EVALUATIONS
+
+    batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
+    ae = build_model(ModelConfig(image_shape=[1, 6, 6], widths=[16], bottleneck=3), "mse")
+    for kind, model in (("vae", small_vae()), ("ae", ae)):
+        result = EVALUATIONS[kind](model, batches, k=3, seed=0, progress=False)
+        assert result["n_images"] == 200 and result["recon_mse_per_pixel"] > 0
+
+
+def test_corrupt_eval_json_is_a_checkpoint_error(tmp_path):
+    import json
+
+    from vaelab.errors import CheckpointError
+    from vaelab.evaluate import append_json
+
+    path = tmp_path / "eval.json"
+    append_json(path, {"a": 1})
+    append_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == [{"a": 1}, {"a": 2}]
+    path.write_text('[{"a": 1}, {"a"')
+    with pytest.raises(CheckpointError, match="eval.json is corrupt"):
+        append_json(path, {"a": 3})
+    path.write_text('{"a": 1}')
+    with pytest.raises(CheckpointError, match="eval.json is not a JSON list"):
+        append_json(path, {"a": 3})
+
+
 def test_evaluation_is_deterministic():
     model = small_vae()
     batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
@@ -190,7 +249,7 @@ def test_cli_train_eval_sample(trained_vae, mnist_cache, tmp_path, capsys):
                      str(mnist_cache), "--no-progress"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "nll" in out and "bits_per_dim" in out and "active_units" in out
-    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    png, npz = tmp_path / "s.png", tmp_path / "s.images"  # written under exactly that name
     assert (
         cli.main(["sample", str(trained_vae), "-n", "16", "--out", str(png), "--npz", str(npz)])
         == 0
@@ -199,6 +258,24 @@ def test_cli_train_eval_sample(trained_vae, mnist_cache, tmp_path, capsys):
 
     arr = np.load(npz)["images"]
     assert arr.shape == (16, 28, 28, 1) and arr.dtype == np.uint8 and png.exists()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    capsys.readouterr()
+    assert cli.main(["sample", str(trained_vae), "--out", str(blocker / "s.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vaelab: error: ") and err.count("\n") == 1 and "a-file" in err
+
+
+def test_data_of_another_image_shape_is_refused(trained_vae, tmp_path, capsys):
+    from vaelab import data
+
+    cache = tmp_path / "cache"
+    tiny = ImageDataset(torch.zeros(8, 1, 4, 4, dtype=torch.uint8), name="mnist")
+    data.save_dataset("mnist", {"train": tiny, "test": tiny}, cache)
+    for argv in (["eval", str(trained_vae), "--k", "2"], ["plot", str(trained_vae), "recon"]):
+        assert cli.main([*argv, "--cache", str(cache)]) == 1
+        assert "holds 1x4x4 images, but the model takes 1x28x28" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -88,18 +88,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run folder: {path}")
 
 
+RESUME_OVERRIDES = ("train.epochs", "train.early_stopping", "train.checkpoint_every",
+                    "train.device", "train.threads")  # fmt: skip
+"""The settings ``--set`` may change on ``--resume``; the rest is fixed by the checkpoint."""
+
+
 def _apply_resume_overrides(cfg, overrides: list[str]):
-    """On resume only [train] keys may change (e.g. more epochs); the model and data are
-    fixed by the checkpoint."""
+    """``cfg`` with the ``--set`` overrides of :data:`RESUME_OVERRIDES` applied."""
     from vaelab.config import from_dict, parse_override, to_dict
 
     raw = to_dict(cfg)
     for text in overrides:
         section, key, value = parse_override(text)
-        if section != "train":
-            raise VaelabError(f"--set {text}: only train.* settings can change on --resume")
+        if f"{section}.{key}" not in RESUME_OVERRIDES:
+            raise VaelabError(
+                f"--set {section}.{key} cannot change on --resume (only "
+                f"{', '.join(RESUME_OVERRIDES)} can)"
+            )
         raw[section][key] = value
-    return from_dict(raw)
+    new = from_dict(raw)
+    if new.train.epochs != cfg.train.epochs and cfg.train.lr_decay != 1:
+        print(f"vaelab: warning: train.epochs {cfg.train.epochs} -> {new.train.epochs} with "
+              f"train.lr_decay = {cfg.train.lr_decay} stretches the learning-rate schedule "
+              "over the new length", file=sys.stderr)  # fmt: skip
+    return new
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -142,13 +154,15 @@ def _labels(text: str | None) -> list[str] | None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from vaelab.data import atomic_write
     from vaelab.generate import generate, load_generator
     from vaelab.images import make_grid, save_png
 
     _, model = load_generator(args.run, cache=args.cache)
     u8 = generate(model, args.n, _labels(args.label), args.seed)  # (n, C, H, W) uint8
     if args.npz:
-        np.savez_compressed(args.npz, images=u8.permute(0, 2, 3, 1).numpy())
+        hwc = u8.permute(0, 2, 3, 1).numpy()  # (n, C, H, W) -> (n, H, W, C)
+        atomic_write(Path(args.npz), lambda f: np.savez_compressed(f, images=hwc))
         print(f"wrote {args.npz}")
     ncol = max(1, round((args.n * u8.shape[2] / u8.shape[3]) ** 0.5))
     out = save_png(args.out, make_grid(u8, nrow=ncol, padding=1))
@@ -168,8 +182,8 @@ def cmd_classifier_train(args: argparse.Namespace) -> None:
     from vaelab.evaluate import evaluate_run, format_table
     from vaelab.train import train
 
-    base = [f"data.name={args.data!r}".replace("'", '"'), f"train.epochs={args.epochs}"]
-    cfg = load_config(CLASSIFIER_CONFIG, base + args.set)
+    cfg = load_config(CLASSIFIER_CONFIG, args.set)
+    cfg.data.name, cfg.train.epochs = args.data, args.epochs
     path = train(cfg, out=args.out, cache=args.cache, progress=not args.no_progress)
     print(format_table(evaluate_run(path, cache=args.cache, progress=False)))
     print(f"run folder: {path}")
@@ -216,6 +230,25 @@ def cmd_optim_demo(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 CLASSIFIER_CONFIG = Path(__file__).parent / "classifier.toml"
+
+
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: integers >= ``low``, anything else refused as not ``what``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
 
 Command = Callable[[argparse.Namespace], "int | None"]
 
@@ -286,12 +319,18 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generation", action="store_true",
                    help="judge generated images with a classifier instead (needs --classifier)")  # fmt: skip
     p.add_argument("--classifier", metavar="RUN_DIR", help="classifier run for --generation")
-    p.add_argument("-n", type=int, default=2000, help="--generation: images per row (2000)")
+    p.add_argument(
+        "-n", type=positive_int, default=2000, help="--generation: images per row (2000)"
+    )
     p.add_argument("--labels", help="--generation: comma-separated labels to request")
-    p.add_argument("--k", type=int, default=5000, help="importance samples per image (5000)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    p.add_argument(
+        "--k", type=positive_int, default=5000, help="importance samples per image (5000)"
+    )
+    p.add_argument("--limit", type=non_negative_int, default=0, help="only the first N test images")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (0)")
-    p.add_argument("--batch-size", type=int, default=100, help="test images per batch (100)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=100, help="test images per batch (100)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, …")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _cache_arg(p)
@@ -301,7 +340,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="a run folder of a VAE (or AE: fitted Gaussian)")
     p.add_argument("--label", help="conditional VAE: the label to draw, e.g. 7 or 427")
     _cache_arg(p)
-    p.add_argument("-n", type=int, default=64, help="number of images (64)")
+    p.add_argument("-n", type=positive_int, default=64, help="number of images (64)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (samples.png)")
     p.add_argument("--npz", metavar="FILE", help="also write the images as .npz (N, H, W, C)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (0)")
@@ -309,7 +348,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="a run folder of a (conditional) VAE or AE")
-    p.add_argument("--per-label", type=int, default=100, help="images per label (100)")
+    p.add_argument("--per-label", type=positive_int, default=100, help="images per label (100)")
     p.add_argument("--labels", help="comma-separated labels (default: all the model's classes)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -321,7 +360,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 def _classifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist", help="labelled single-digit data set (mnist)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs (4)")
+    p.add_argument("--epochs", type=positive_int, default=4, help="epochs (4)")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override"
     )
@@ -334,9 +373,11 @@ def _classifier_args(p: argparse.ArgumentParser) -> None:
 
 def _compose_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="mnist", help="labelled digit data set (mnist)")
-    p.add_argument("--digits", type=int, default=3, help="digits per image (3: 28x84 canvas)")
-    p.add_argument("--n", type=int, default=60000, help="training composites (60000)")
-    p.add_argument("--n-test", type=int, help="test composites (default n/6)")
+    p.add_argument(
+        "--digits", type=positive_int, default=3, help="digits per image (3: 28x84 canvas)"
+    )
+    p.add_argument("--n", type=positive_int, default=60000, help="training composites (60000)")
+    p.add_argument("--n-test", type=positive_int, help="test composites (default n/6)")
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
     p.add_argument("--holdout", default="auto",
                    help="numbers kept out of the training split: comma-separated, 'auto' "
@@ -349,7 +390,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", choices=("thesis",), help="thesis: §2.3, Figures 2.4-2.10")
     p.add_argument("--preset", choices=("demo", "default"), default="default",
                    help="demo: a minute; default: <= 15 minutes on 2 CPU cores")  # fmt: skip
-    p.add_argument("--epochs", type=int, help="epochs per model (overrides the preset)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per model (overrides the preset)")
     p.add_argument("--full", action="store_true", help="the thesis's 10,000 epochs per model")
     p.add_argument("--out", default="runs/thesis", help="output folder (runs/thesis)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -358,7 +399,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
 
 def _optim_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("problem", choices=("reddi",), help="reddi: Reddi et al. 2018, §5")
-    p.add_argument("--steps", type=int, help="number of online steps T")
+    p.add_argument("--steps", type=positive_int, help="number of online steps T")
     p.add_argument("--out", default="runs/reddi", help="folder for reddi.png (runs/reddi)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic variant")
 
@@ -402,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                 sub = groups[words[: depth - 1]].add_parser(
                     prefix[-1], help=f"{prefix[-1]} commands"
                 )
+                sub.set_defaults(parser=sub)  # shown when its sub-command is missing
                 groups[prefix] = sub.add_subparsers(dest=f"command{depth}", metavar="COMMAND")
         p = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
         build(p)
@@ -413,13 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
-        # a group without its sub-command: show the help of the deepest group named
-        words = [w for w in sys.argv[1:] if not w.startswith("-")] if argv is None else argv
-        parser.parse_args([*words[:1], "--help"] if words else ["--help"])
+        # no command, or a group without its sub-command: show the help of the deepest group
+        getattr(args, "parser", parser).print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except VaelabError as e:
+    except (VaelabError, OSError) as e:  # bad input, or a file that cannot be written/read
         if args.debug:
             raise
         print(f"vaelab: error: {e}", file=sys.stderr)

@@ -8,24 +8,26 @@ is a :class:`~vaelab.errors.ConfigError` that names it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from vaelab.data import BINARIZE
 from vaelab.errors import ConfigError
 
 
 @dataclass
 class DataConfig:
     name: str = "mnist"
-    """data set name in the cache (``vaelab data list``) or a path to an .npz file"""
+    """data set name in the cache (``vaelab data list``; import files with ``vaelab data import-*``)"""
     split: str = "train"
     """split to train on"""
     test_split: str = "test"
-    """split for the per-epoch test (validation) loss and early stopping"""
+    """split for the per-epoch test (validation) loss and early stopping; not ``split``"""
     limit: int = 0
     """use only the first N training images (0 = all)"""
     test_limit: int = 0
@@ -86,7 +88,8 @@ class TrainConfig:
     checkpoint_every: int = 1
     """write a checkpoint every N epochs (and always at the end)"""
     early_stopping: int = 0
-    """stop after N epochs without a better test loss (0 = off)"""
+    """stop after N epochs without a better test loss (0 = off); the run keeps the weights of
+    its last epoch, not those of the best one"""
     device: str = "cpu"
     """cpu, cuda, cuda:1, mps …"""
     threads: int = 0
@@ -132,7 +135,49 @@ def from_dict(raw: dict[str, Any]) -> Config:
             if key not in hints:
                 raise ConfigError(f"unknown config key {section}.{key} (known: {', '.join(hints)})")
             setattr(obj, key, _check_value(f"{section}.{key}", value, hints[key]))
+    validate(cfg)
     return cfg
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low}"
+
+
+_POSITIVE_LIST = ((lambda v: all(w >= 1 for w in v)), "a list of positive integers")
+
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.limit": _at_least(0),
+    "data.test_limit": _at_least(0),
+    "data.binarize": ((lambda v: v in BINARIZE), f"one of {', '.join(BINARIZE)}"),
+    "model.widths": _POSITIVE_LIST,
+    "model.channels": _POSITIVE_LIST,
+    "model.bottleneck": _at_least(1),
+    "model.k": _at_least(1),
+    "model.sigma": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
+    "model.beta": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.lr": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
+    "train.lr_decay": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
+    "train.threads": _at_least(0),
+    "train.checkpoint_every": _at_least(1),
+    "train.early_stopping": _at_least(0),
+}
+"""Range checks per ``section.key``: (test of the value, the rule in words)."""
+
+
+def validate(cfg: Config) -> None:
+    """Check the values of ``cfg`` against :data:`CHECKS`; a ConfigError names the key."""
+    for key, (ok, rule) in CHECKS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise ConfigError(f"{key} must be {rule}, got {value!r}")
+    if cfg.data.split == cfg.data.test_split:
+        raise ConfigError(
+            f"data.split and data.test_split are both {cfg.data.split!r}: the test loss must "
+            "come from held-out images"
+        )
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,15 @@ class ImageDataset:
                     f"{tuple(self.labels.shape)}"
                 )
             self.labels = self.labels.to(torch.int64)
+            if len(self.labels) and int(self.labels.min()) < 0:
+                raise DataError(
+                    f"data set {self.name!r}: labels must be >= 0, got {int(self.labels.min())}"
+                )
+            if self.classes and len(self.labels) and int(self.labels.max()) >= len(self.classes):
+                raise DataError(
+                    f"data set {self.name!r}: label {int(self.labels.max())} but only "
+                    f"{len(self.classes)} class names"
+                )
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -191,10 +201,7 @@ def _load_meta(name: str, cache: str | Path | None) -> dict:
 
 
 def load_dataset(name: str, split: str = "train", cache: str | Path | None = None) -> ImageDataset:
-    """Load split ``split`` of the cached data set ``name`` (or of an ``.npz`` file path)."""
-    if name.endswith(".npz") and Path(name).exists():
-        ds = read_npz(Path(name))
-        return ds
+    """Load split ``split`` of the cached data set ``name``."""
     path, npz = _open(name, cache)
     with npz:
         meta = _read_meta(npz, path)
@@ -444,7 +451,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e})") from e
     return parse_idx(raw, str(path))
 
@@ -468,17 +475,34 @@ def idx_dataset(
 ) -> ImageDataset:
     """An :class:`ImageDataset` from an IDX image file (N, H, W) and optional label file (N,)."""
     x = read_idx(images)
-    if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise DataError(f"{images}: expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, H, W[, C]) -> (N, C, H, W)
+    y = None if labels is None else read_idx(labels)
+    return from_arrays(x, y, [], name, f"{images}" + (f" + {labels}" if labels else ""))
+
+
+def from_arrays(
+    images: np.ndarray, labels: np.ndarray | None, classes: list[str], name: str, where: str
+) -> ImageDataset:
+    """An :class:`ImageDataset` from uint8 ``images`` (N, H, W) or (N, H, W, C) and optional
+    integer ``labels`` (N,); without ``classes`` they are named '0' … 'max label'."""
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(
+            f"{where}: images must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}"
+        )
+    x = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
     y = None
     if labels is not None:
-        y = read_idx(labels)
-        if y.ndim != 1 or len(y) != len(x):
-            raise DataError(f"{labels}: {y.shape} labels for {len(x)} images in {images}")
-        y = torch.from_numpy(y.astype(np.int64))
-    classes = [str(i) for i in range(int(y.max()) + 1)] if y is not None and len(y) else []
-    return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), y, classes, name)
+        if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(
+                f"{where}: labels must be integers of shape ({len(x)},), got "
+                f"{labels.dtype} {labels.shape}"
+            )
+        y = torch.from_numpy(labels.astype(np.int64))
+        if not classes and len(y):
+            classes = [str(i) for i in range(int(y.max()) + 1)]
+    try:
+        return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), y, classes, name)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from e
 
 
 def find_idx_splits(folder: Path) -> dict[str, tuple[Path, Path | None]]:
@@ -612,21 +636,7 @@ def read_npz(path: str | Path, name: str = "") -> ImageDataset:
             classes = [str(c) for c in npz["classes"]] if "classes" in npz.files else []
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: cannot read as .npz ({e})") from e
-    if x.dtype != np.uint8 or x.ndim not in (3, 4):
-        raise DataError(f"{path}: 'images' must be uint8 (N, H, W[, C]), got {x.dtype} {x.shape}")
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
-    labels = None
-    if y is not None:
-        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(
-                f"{path}: 'labels' must be integers of shape ({len(x)},), got {y.shape}"
-            )
-        labels = torch.from_numpy(y.astype(np.int64))
-        if not classes and len(y):
-            classes = [str(i) for i in range(int(y.max()) + 1)]
-    return ImageDataset(
-        torch.from_numpy(np.ascontiguousarray(x)), labels, classes, name or path.stem
-    )
+    return from_arrays(x, y, classes, name or path.stem, str(path))
 
 
 def import_npz(
@@ -670,11 +680,12 @@ class Batches:
             raise DataError(f"data set {data.name!r} is empty")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.binarize, self.drop_last, self.device = binarize, drop_last, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)  # permutations, on the CPU
-        self.noise = torch.Generator(device=self.device).manual_seed(seed + 1)  # binarisation
+        # independent streams: permutations (on the CPU), dynamic and static binarisation
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, "order"))
+        self.noise = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "noise"))
         self.images = normalize(data.images).to(self.device)  # (N, C, H, W) float32 in [0, 1]
         if binarize == "static":
-            g = torch.Generator().manual_seed(seed + 1_000_003)
+            g = torch.Generator().manual_seed(derive_seed(seed, "static"))
             self.images = torch.bernoulli(self.images.cpu(), generator=g).to(self.device)
         self.labels = None if data.labels is None else data.labels.to(self.device)
         self._epoch_start = self.generator.get_state()
@@ -710,3 +721,39 @@ class Batches:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.noise.set_state(state["noise"])
+        self._epoch_start = self.generator.get_state()
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A seed for the random stream named ``stream`` (e.g. "order", "noise") of run seed
+    ``seed``: a hash of both, so no two (seed, stream) pairs share a seed."""
+    digest = hashlib.sha256(f"vaelab:{stream}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def heldout_batches(
+    data: ImageDataset, binarize: str, batch_size: int = 2048, device: str | torch.device = "cpu"
+) -> Batches:
+    """Fixed-order batches of a held-out split for a run that trains with ``binarize``: the
+    images are binarised once, with the same seed for every run, unless it is "none"."""
+    fixed = "none" if binarize == "none" else "static"
+    return Batches(data, batch_size, shuffle=False, seed=0, binarize=fixed, device=device)
+
+
+def load_split(
+    name: str,
+    split: str,
+    cache: str | Path | None = None,
+    limit: int = 0,
+    image_shape: list[int] | tuple[int, ...] | None = None,
+) -> ImageDataset:
+    """The first ``limit`` examples (0 = all) of a split; with ``image_shape`` (C, H, W) given,
+    a split of other images is a DataError."""
+    ds = load_dataset(name, split, cache).limit(limit)
+    if image_shape and tuple(ds.image_shape) != tuple(image_shape):
+        shown = "x".join(map(str, image_shape))
+        raise DataError(
+            f"data set {name!r} split {split!r} holds {'x'.join(map(str, ds.image_shape))} "
+            f"images, but the model takes {shown}"
+        )
+    return ds

@@ -4,15 +4,36 @@ active units, batched so that k = 5000 samples fit in bounded memory."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.data import Batches, load_dataset
-from vaelab.errors import VaelabError
+from vaelab.data import Batches, atomic_write
+from vaelab.errors import CheckpointError, VaelabError
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the block with torch's CPU RNG — and for a CUDA ``device`` that device's RNG —
+    seeded to ``seed``; the caller's RNG states come back afterwards."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            yield
+        return
+    index = torch.cuda.current_device() if device.index is None else device.index
+    with torch.random.fork_rng(devices=[index], device_type="cuda"), torch.cuda.device(index):
+        torch.random.default_generator.manual_seed(seed)
+        torch.cuda.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
@@ -23,8 +44,7 @@ def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> f
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed, batches.device):
         for x, y in batches:
             total += model.objective(x, y).sum().double().cpu()  # (B,) -> ()
     model.train(was_training)
@@ -47,9 +67,14 @@ def log_likelihood(
     return acc - math.log(k)
 
 
+def _sum_mse_per_pixel(recon: torch.Tensor, x: torch.Tensor) -> float:
+    """Σ over images of the per-pixel mean squared error of reconstructions (B, C, H, W)."""
+    return float((recon - x).square().mean(dim=(1, 2, 3)).sum())
+
+
 @torch.no_grad()
 def evaluate_vae(
-    model, batches: Batches, k: int = 5000, seed: int = 0, progress: bool = True
+    model, batches: Batches, *, k: int = 5000, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
     """Test ELBO, NLL with k importance samples (nats and bits/dim), reconstruction MSE per
     pixel and active units (Var_x[μ_j(x)] > 0.01, Burda et al. 2015) over ``batches``."""
@@ -58,8 +83,7 @@ def evaluate_vae(
     dims = math.prod(batches.data.image_shape)
     sums = {"elbo": 0.0, "ll": 0.0, "mse": 0.0}
     mus = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed, batches.device):
         bar = tqdm(total=n, desc=f"eval (k={k})", unit="img", disable=not progress, leave=False)
         for x, y in batches:
             c = model.condition(y)  # None unless conditional
@@ -67,7 +91,7 @@ def evaluate_vae(
             mus.append(mu.double().cpu())
             sums["elbo"] += float(model.elbo(x, c=c).double().sum())
             sums["ll"] += float(log_likelihood(model, x, k, c).sum())
-            sums["mse"] += float((model.decode(mu, c) - x).square().mean(dim=(1, 2, 3)).sum())
+            sums["mse"] += _sum_mse_per_pixel(model.decode(mu, c), x)
             bar.update(len(x))
         bar.close()
     mu = torch.cat(mus)  # (N, Z)
@@ -87,12 +111,15 @@ def evaluate_vae(
 
 
 @torch.no_grad()
-def evaluate_ae(model, batches: Batches) -> dict[str, Any]:
-    """Reconstruction MSE per pixel and per image (the thesis's MSE, Ex 2.2.2)."""
+def evaluate_ae(
+    model, batches: Batches, *, k: int = 0, seed: int = 0, progress: bool = False
+) -> dict[str, Any]:
+    """Reconstruction MSE per pixel and per image (the thesis's MSE, Ex 2.2.2); ``k``,
+    ``seed`` and ``progress`` are unused (nothing is sampled)."""
     model.eval()
     total = 0.0
     for x, _ in batches:
-        total += float((model.reconstruct(x) - x).square().mean(dim=(1, 2, 3)).sum())
+        total += _sum_mse_per_pixel(model.reconstruct(x), x)
     n = len(batches.data)
     per_pixel = total / n
     return {"n_images": n, "recon_mse_per_pixel": per_pixel,
@@ -100,8 +127,11 @@ def evaluate_ae(model, batches: Batches) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_classifier(model, batches: Batches) -> dict[str, Any]:
-    """Test accuracy and cross-entropy of a classifier."""
+def evaluate_classifier(
+    model, batches: Batches, *, k: int = 0, seed: int = 0, progress: bool = False
+) -> dict[str, Any]:
+    """Test accuracy and cross-entropy of a classifier; ``k``, ``seed`` and ``progress`` are
+    unused."""
     model.eval()
     correct, nll = 0, 0.0
     for x, y in batches:
@@ -112,13 +142,8 @@ def evaluate_classifier(model, batches: Batches) -> dict[str, Any]:
     return {"n_images": n, "accuracy": correct / n, "cross_entropy": nll / n}
 
 
-EVALUATIONS = {
-    "vae": lambda model, batches, k, seed, progress: evaluate_vae(
-        model, batches, k, seed, progress
-    ),
-    "ae": lambda model, batches, k, seed, progress: evaluate_ae(model, batches),
-    "classifier": lambda model, batches, k, seed, progress: evaluate_classifier(model, batches),
-}
+EVALUATIONS = {"vae": evaluate_vae, "ae": evaluate_ae, "classifier": evaluate_classifier}
+"""model.kind -> its evaluation, each called as ``(model, batches, *, k, seed, progress)``."""
 
 
 def evaluate_run(
@@ -132,19 +157,15 @@ def evaluate_run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate a run folder on its test split; the record is appended to ``eval.json``."""
-    import time
-
-    from vaelab.runs import load_run
+    from vaelab.runs import load_run, load_test_batches
 
     cfg, model = load_run(run_dir, device)
-    test = load_dataset(cfg.data.name, cfg.data.test_split, cache).limit(limit)
-    binarize = "none" if cfg.data.binarize == "none" else "static"
-    batches = Batches(test, batch_size, False, 0, binarize, device=device)
-    t0 = time.perf_counter()
     if cfg.model.kind not in EVALUATIONS:
         raise VaelabError(f"no evaluation for model.kind {cfg.model.kind!r}")
-    result = EVALUATIONS[cfg.model.kind](model, batches, k, seed, progress)
-    result = {"split": cfg.data.test_split, "binarize": binarize, **result,
+    batches = load_test_batches(cfg, cache, limit, batch_size, device)
+    t0 = time.perf_counter()
+    result = EVALUATIONS[cfg.model.kind](model, batches, k=k, seed=seed, progress=progress)
+    result = {"split": cfg.data.test_split, "binarize": batches.binarize, **result,
               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     append_json(Path(run_dir) / "eval.json", result)
     return result
@@ -152,11 +173,14 @@ def evaluate_run(
 
 def append_json(path: Path, record: dict[str, Any]) -> None:
     """Append ``record`` to the JSON list in ``path``, atomically."""
-    import json
-
-    from vaelab.data import atomic_write
-
-    history = json.loads(path.read_text()) if path.exists() else []
+    history = []
+    if path.exists():
+        try:
+            history = json.loads(path.read_text())
+        except ValueError as e:  # also bad UTF-8
+            raise CheckpointError(f"{path} is corrupt ({e}); move it away to start afresh") from e
+        if not isinstance(history, list):
+            raise CheckpointError(f"{path} is not a JSON list; move it away to start afresh")
     text = json.dumps([*history, record], indent=1).encode()
     atomic_write(path, lambda f: f.write(text))
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaelab.data import load_dataset, write_idx
+from vaelab.data import atomic_write, load_split, write_idx
 from vaelab.errors import VaelabError
 from vaelab.images import normalize, quantize, save_png
 from vaelab.models import Autoencoder, Classifier
@@ -31,7 +31,7 @@ def load_generator(run_dir: str | Path, cache=None, fit_images: int = 20000):
     if not hasattr(model, "sample"):
         raise VaelabError(f"{run_dir} holds a {cfg.model.kind}, which cannot generate images")
     if isinstance(model, Autoencoder):
-        train = load_dataset(cfg.data.name, cfg.data.split, cache).limit(fit_images)
+        train = load_split(cfg.data.name, cfg.data.split, cache, fit_images, cfg.model.image_shape)
         model.fit_prior(normalize(train.images))
     return cfg, model
 
@@ -91,14 +91,15 @@ def export(
         arrays = {"images": hwc}
         if conditional:
             arrays |= {"labels": y, "classes": np.array(names)}
-        np.savez_compressed(out / "generated.npz", **arrays)
+        atomic_write(out / "generated.npz", lambda f: np.savez_compressed(f, **arrays))
     else:
         write_idx(out / "images-idx3-ubyte.gz", hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
         if conditional:
             write_idx(
                 out / "labels-idx1-ubyte.gz", y.astype(np.uint8 if len(names) <= 256 else np.int32)
             )
-            (out / "classes.txt").write_text("\n".join(names) + "\n")
+            text = ("\n".join(names) + "\n").encode()
+            atomic_write(out / "classes.txt", lambda f: f.write(text))
     return out
 
 
@@ -200,8 +201,8 @@ def generation_metrics(
     _, clf = load_run(classifier_dir)
     if not isinstance(clf, Classifier):
         raise VaelabError(f"{classifier_dir} is not a classifier run (vaelab classifier train)")
-    test = load_dataset(cfg.data.name, cfg.data.test_split, cache)
-    train = load_dataset(cfg.data.name, cfg.data.split, cache)
+    test = load_split(cfg.data.name, cfg.data.test_split, cache, 0, cfg.model.image_shape)
+    train = load_split(cfg.data.name, cfg.data.split, cache, 0, cfg.model.image_shape)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(test), generator=g)[:n]
     real = test.subset(pick)

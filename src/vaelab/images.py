@@ -89,16 +89,17 @@ def make_grid(
 
 
 def save_png(path: str | Path, picture: np.ndarray) -> Path:
-    """Write an (H, W) or (H, W, C) uint8 array as a PNG (grey for C = 1)."""
+    """Write an (H, W) or (H, W, C) uint8 array as a PNG (grey for C = 1), atomically and
+    under exactly the name ``path``."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from vaelab.data import atomic_write
+
     arr = np.asarray(picture)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    Image.fromarray(arr.astype(np.uint8)).save(path)
-    return path
+    image = Image.fromarray(arr.astype(np.uint8))
+    return atomic_write(Path(path), lambda f: image.save(f, format="png"))
 
 
 # --- Image operators (Def 1.3.8–1.3.13) -----------------------------------------------------

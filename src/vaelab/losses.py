@@ -36,6 +36,7 @@ __all__ = [
     "entropy",
     "cross_entropy",
     "kl_normal_std",
+    "normal_log_prob",
     "MC_SAMPLES",
 ]
 
@@ -364,6 +365,11 @@ def kl_normal_std(mu: Tensor, logvar: Tensor) -> Tensor:
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def normal_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; μ, diag exp(log σ²)) summed over the last dimension: (..., D) -> (...)."""
+    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + _LOG_2PI).sum(dim=-1)
+
+
 def bernoulli_log_prob(logits: Tensor, x: Tensor, log_sigma: Tensor | None = None) -> Tensor:
     """log p(x | z) = Σ_i x_i log p_i + (1 − x_i) log(1 − p_i), p = sigmoid(logits); (B,).
     For grey values in [0, 1] this is the usual cross-entropy reconstruction term."""
@@ -397,12 +403,13 @@ def continuous_bernoulli_log_prob(
 ) -> Tensor:
     """log CB(x; λ = sigmoid(logits)) summed over pixels (Loaiza-Ganem & Cunningham 2019):
     the Bernoulli term plus its normalising constant, a proper density on [0, 1]; (B,)."""
-    dist = torch.distributions.ContinuousBernoulli(logits=logits)
+    # no argument validation: NaN logits give a NaN loss (TrainingDiverged), not a ValueError
+    dist = torch.distributions.ContinuousBernoulli(logits=logits, validate_args=False)
     return dist.log_prob(x).reshape(x.shape[0], -1).sum(dim=1)
 
 
 def _cb_mean(logits: Tensor, log_sigma: Tensor | None = None) -> Tensor:
-    return torch.distributions.ContinuousBernoulli(logits=logits).mean
+    return torch.distributions.ContinuousBernoulli(logits=logits, validate_args=False).mean
 
 
 def _sigmoid_mean(logits: Tensor, log_sigma: Tensor | None = None) -> Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
-from vaelab.losses import LIKELIHOODS, LOSS_TAKES_LOGITS, LOSSES, kl_normal_std
+from vaelab.losses import LIKELIHOODS, LOSS_TAKES_LOGITS, LOSSES, kl_normal_std, normal_log_prob
 from vaelab.nn import (
     MLP,
     activation,
@@ -32,8 +32,6 @@ from vaelab.nn import (
     decoder_mlp,
     encoder_mlp,
 )
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def condition_table(classes: list[str]) -> torch.Tensor:
@@ -299,8 +297,9 @@ class VAE(LatentModel):
         b, zdim = mu.shape
         eps = torch.randn(b, k, zdim, device=mu.device, dtype=mu.dtype)  # (B, k, Z)
         z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, k, Z)
-        log_q = -0.5 * (eps.square() + logvar.unsqueeze(1) + _LOG_2PI).sum(-1)  # (B, k)
-        log_p = -0.5 * (z.square() + _LOG_2PI).sum(-1)  # (B, k)
+        log_q = normal_log_prob(z, mu.unsqueeze(1), logvar.unsqueeze(1))  # (B, k)
+        zero = z.new_zeros(())
+        log_p = normal_log_prob(z, zero, zero)  # the prior N(0, I), (B, k)
         ck = None if c is None else c.repeat_interleave(k, dim=0)  # (B·k, D)
         logits = self._decoder(z.reshape(b * k, zdim), ck)  # (B·k, Z) -> (B·k, C, H, W)
         xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
@@ -322,13 +321,37 @@ class VAE(LatentModel):
 # --------------------------------------------------------------------------------------
 
 
+def _checked(check: Callable[[list[int]], object], sizes: list[int], cfg: ModelConfig) -> list[int]:
+    """``sizes`` after the encoder's or decoder's width rule ``check``; a violation is a
+    ConfigError that names model.widths."""
+    try:
+        check(sizes)
+    except ValueError as e:
+        raise ConfigError(
+            f"model.widths = {cfg.widths} between {sizes[0]} inputs and {sizes[-1]} outputs: {e}"
+        ) from e
+    return sizes
+
+
+def _encoder_head(cfg: ModelConfig, in_dim: int, out_dim: int) -> nn.Module:
+    """The dense part of an encoder: in_dim ≥ widths… ≥ out_dim (Def 2.1.1)."""
+    sizes = _checked(check_encoder_widths, [in_dim, *cfg.widths, out_dim], cfg)
+    return encoder_mlp(sizes, cfg.activation)
+
+
+def _decoder_head(cfg: ModelConfig, in_dim: int, out_dim: int) -> nn.Module:
+    """The dense part of a decoder: in_dim ≤ mirrored widths… ≤ out_dim (Def 2.1.2)."""
+    sizes = _checked(check_decoder_widths, [in_dim, *reversed(cfg.widths), out_dim], cfg)
+    return decoder_mlp(sizes, cfg.activation)
+
+
 def mlp_encoder(cfg: ModelConfig, out_dim: int, extra_in: int = 0) -> nn.Module:
     """Flatten (Lemma 1.3.7), then a linear encoder C·H·W ≥ widths… ≥ out_dim (Def 2.3.1).
     ``extra_in`` widens the input for a condition appended to the flattened image."""
     c, h, w = cfg.image_shape
     return nn.Sequential(
         nn.Flatten(),  # (B, C, H, W) -> (B, C·H·W); already flat inputs pass unchanged
-        encoder_mlp([c * h * w + extra_in, *cfg.widths, out_dim], cfg.activation),
+        _encoder_head(cfg, c * h * w + extra_in, out_dim),
     )
 
 
@@ -336,7 +359,7 @@ def mlp_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
     """A linear decoder in_dim ≤ mirrored widths… ≤ C·H·W (Def 2.3.2), then unflatten."""
     c, h, w = cfg.image_shape
     return nn.Sequential(
-        decoder_mlp([in_dim, *reversed(cfg.widths), c * h * w], cfg.activation),
+        _decoder_head(cfg, in_dim, c * h * w),
         nn.Unflatten(1, (c, h, w)),  # (B, C·H·W) -> (B, C, H, W)
     )
 
@@ -373,7 +396,7 @@ def conv_features(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, i
 def conv_encoder(cfg: ModelConfig, out_dim: int, extra_in: int = 0) -> nn.Module:
     """:func:`conv_features`, then a linear encoder to ``out_dim``."""
     features, flat = conv_features(cfg, extra_in)
-    return nn.Sequential(features, encoder_mlp([flat, *cfg.widths, out_dim], cfg.activation))
+    return nn.Sequential(features, _encoder_head(cfg, flat, out_dim))
 
 
 def conv_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
@@ -384,7 +407,7 @@ def conv_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
     chans = [cfg.image_shape[0], *cfg.channels]
     h, w = sizes[-1]
     layers: list[nn.Module] = [
-        decoder_mlp([in_dim, *reversed(cfg.widths), chans[-1] * h * w], cfg.activation),
+        _decoder_head(cfg, in_dim, chans[-1] * h * w),
         activation(cfg.activation),
         nn.Unflatten(1, (chans[-1], h, w)),  # (B, c·h·w) -> (B, c, h, w)
     ]
@@ -474,6 +497,9 @@ class Classifier(nn.Module):
 
 
 def build_classifier(cfg: ModelConfig, loss: str) -> Classifier:
+    if cfg.arch != "conv":
+        raise ConfigError(f"a classifier has model.arch = 'conv', got {cfg.arch!r}")
+    _check_image_shape(cfg)
     if not cfg.classes:
         raise ConfigError("a classifier needs a labelled data set (model.classes is empty)")
     features, flat = conv_features(cfg)
@@ -489,18 +515,15 @@ MODELS: dict[str, Callable[[ModelConfig, str], nn.Module]] = {
 }
 
 
+def _check_image_shape(cfg: ModelConfig) -> None:
+    if len(cfg.image_shape) != 3 or min(cfg.image_shape) < 1:
+        raise ConfigError(f"model.image_shape must be (C, H, W), got {cfg.image_shape}")
+
+
 def _arch(cfg: ModelConfig) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]:
     if cfg.arch not in ARCHS:
         raise ConfigError(f"unknown model.arch {cfg.arch!r} (known: {', '.join(ARCHS)})")
-    if len(cfg.image_shape) != 3:
-        raise ConfigError(f"model.image_shape must be (C, H, W), got {cfg.image_shape}")
-    if cfg.bottleneck < 1:
-        raise ConfigError(f"model.bottleneck must be positive, got {cfg.bottleneck}")
-    try:
-        check_encoder_widths([math.prod(cfg.image_shape), *cfg.widths, cfg.bottleneck])
-        check_decoder_widths([cfg.bottleneck, *reversed(cfg.widths), math.prod(cfg.image_shape)])
-    except ValueError as e:
-        raise ConfigError(f"model.widths {cfg.widths}: {e}") from e
+    _check_image_shape(cfg)
     return ARCHS[cfg.arch]
 
 

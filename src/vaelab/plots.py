@@ -7,6 +7,7 @@ left, AMSGrad on the right" and a single run's figure are the same code.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -20,39 +21,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from vaelab.data import ImageDataset, load_dataset  # noqa: E402
+from vaelab.data import Batches, atomic_write  # noqa: E402
 from vaelab.errors import VaelabError  # noqa: E402
-from vaelab.images import make_grid, normalize  # noqa: E402
-from vaelab.runs import RunFolder, load_run  # noqa: E402
+from vaelab.images import make_grid  # noqa: E402
+from vaelab.runs import RunFolder, load_run, load_test_batches  # noqa: E402
 
 Panels = Sequence[tuple[str, str | Path]]
 
 
 @torch.no_grad()
-def encode_dataset(model: torch.nn.Module, data: ImageDataset, batch: int = 2048) -> torch.Tensor:
-    """Latent codes (N, n_b) of every image of ``data``."""
-    codes = [
-        model.encode(normalize(data.images[i : i + batch]), _cond(model, data, slice(i, i + batch)))
-        for i in range(0, len(data), batch)
-    ]
-    return torch.cat(codes)
+def encode_dataset(model: torch.nn.Module, batches: Batches) -> torch.Tensor:
+    """Latent codes (N, n_b) of every image of ``batches``, in order."""
+    return torch.cat([model.encode(x, model.condition(y)) for x, y in batches])
 
 
-def _cond(model, data: ImageDataset, index) -> torch.Tensor | None:
+def _cond(model, data: Batches, index) -> torch.Tensor | None:
     """Condition vectors of the examples at ``index`` (None for unconditional models)."""
     return model.condition(None if data.labels is None else data.labels[index])
 
 
-def _test_split(run_dir: str | Path, cache: str | Path | None) -> tuple:
+def _test_split(run_dir: str | Path, cache: str | Path | None, limit: int = 0) -> tuple:
+    """(config, model, test batches) of a run: the images as its test loss saw them."""
     cfg, model = load_run(run_dir)
-    data = load_dataset(cfg.data.name, cfg.data.test_split, cache)
-    return cfg, model, data
+    return cfg, model, load_test_batches(cfg, cache, limit)
 
 
 def latent_figure(panels: Panels, out: str | Path, cache=None, limit: int = 10_000) -> Path:
     """Scatter of the encoded test split coloured by label, with a colour bar. A 2-D
     latent gives one panel per run; a 3-D latent two viewing angles per run (two rows)."""
-    loaded = [(title, *_test_split(run, cache)) for title, run in panels]
+    loaded = [(title, *_test_split(run, cache, limit)) for title, run in panels]
     dims = {cfg.model.bottleneck for _, cfg, _, _ in loaded}
     if len(dims) != 1 or dims.pop() not in (2, 3):
         raise VaelabError("latent plots need runs with the same bottleneck of 2 or 3")
@@ -60,9 +57,8 @@ def latent_figure(panels: Panels, out: str | Path, cache=None, limit: int = 10_0
     views = [(25, -60), (10, 30)] if three_d else [None]
     fig = plt.figure(figsize=(5.2 * len(loaded), 4.4 * len(views)))
     for col, (title, _cfg, model, data) in enumerate(loaded):
-        data = data.limit(limit)
         z = encode_dataset(model, data).numpy()
-        c = data.labels.numpy() if data.labels is not None else None
+        c = data.labels.cpu().numpy() if data.labels is not None else None
         for row, view in enumerate(views):
             idx = row * len(loaded) + col + 1
             if three_d:
@@ -84,17 +80,16 @@ def latent_figure(panels: Panels, out: str | Path, cache=None, limit: int = 10_0
 @torch.no_grad()
 def reconstruction_figure(panels: Panels, out: str | Path, cache=None, per_class: int = 10) -> Path:
     """For each class (digit) a row of ``per_class`` test originals, then their
-    reconstructions beside them."""
+    reconstructions beside them (fewer per row when the test split has fewer; unlabelled
+    data: rows of consecutive images)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 3.6), squeeze=False)
     for ax, (title, run) in zip(axes[0], panels, strict=True):
         _, model, data = _test_split(run, cache)
-        picks = _per_class(data, per_class)
-        x = normalize(data.images[picks])  # (K·n, C, H, W)
+        picks, n = _per_class(data, per_class)
+        x = data.images[picks]  # (rows·n, C, H, W)
         recon = model.reconstruct(x, _cond(model, data, picks))
-        k = len(picks) // per_class
-        rows = [torch.cat([x[i * per_class : (i + 1) * per_class],
-                           recon[i * per_class : (i + 1) * per_class]]) for i in range(k)]  # fmt: skip
-        grid = make_grid(torch.cat(rows), nrow=2 * per_class, padding=1)
+        rows = [torch.cat([x[i : i + n], recon[i : i + n]]) for i in range(0, len(picks), n)]
+        grid = make_grid(torch.cat(rows), nrow=2 * n, padding=1)
         ax.imshow(grid.squeeze(-1), cmap="gray", vmin=0, vmax=255)
         ax.axvline(grid.shape[1] / 2 - 0.5, color="tab:red", lw=1.2)
         ax.set_title(f"{title}: originals | reconstructions", fontsize=10)
@@ -102,14 +97,18 @@ def reconstruction_figure(panels: Panels, out: str | Path, cache=None, per_class
     return _save(fig, out)
 
 
-def _per_class(data: ImageDataset, n: int) -> torch.Tensor:
-    """Indices of the first ``n`` examples of each class, class by class."""
+def _per_class(data: Batches, n: int) -> tuple[torch.Tensor, int]:
+    """(indices, m): the first m examples of each class that has m, class by class, with
+    m = n or the size of the largest class when that is smaller (unlabelled data: up to
+    10 rows of m consecutive examples)."""
+    size = len(data.data)
     if data.labels is None:
-        return torch.arange(min(len(data), 10 * n))
-    picks = [
-        torch.nonzero(data.labels == k).flatten()[:n] for k in range(int(data.labels.max()) + 1)
-    ]
-    return torch.cat([p for p in picks if len(p) == n])
+        m = min(n, size)
+        return torch.arange(min(size // m, 10) * m), m
+    labels = data.labels.cpu()
+    by_class = [torch.nonzero(labels == k).flatten() for k in range(int(labels.max()) + 1)]
+    m = min(n, max(len(idx) for idx in by_class))
+    return torch.cat([idx[:m] for idx in by_class if len(idx) >= m]), m
 
 
 def loss_figure(panels: Panels, out: str | Path, cache=None) -> Path:
@@ -120,9 +119,12 @@ def loss_figure(panels: Panels, out: str | Path, cache=None) -> Path:
         if not metrics:
             raise VaelabError(f"{run} has no metrics.jsonl yet")
         epochs = [m["epoch"] for m in metrics]
-        ax.plot(epochs, [m["train_loss"] for m in metrics], label="training loss")
-        ax.plot(epochs, [m["test_loss"] for m in metrics], "--", label="test loss")
-        ax.set_yscale("log")
+        train_loss = [m["train_loss"] for m in metrics]
+        test_loss = [m["test_loss"] for m in metrics]
+        ax.plot(epochs, train_loss, label="training loss")
+        ax.plot(epochs, test_loss, "--", label="test loss")
+        if all(v is not None and v > 0 for v in train_loss + test_loss):
+            ax.set_yscale("log")  # only positive losses have a logarithm
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss per image")
         ax.set_title(title, fontsize=10)
@@ -132,12 +134,12 @@ def loss_figure(panels: Panels, out: str | Path, cache=None) -> Path:
 
 
 def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``fig`` as a PNG at ``out`` (exactly that name), atomically, and close it."""
+    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return out
+    return atomic_write(Path(out), lambda f: f.write(buf.getvalue()))
 
 
 FIGURES = {"latent": latent_figure, "recon": reconstruction_figure, "loss": loss_figure}
@@ -200,8 +202,8 @@ def interpolation_figure(
     (title, run), *_ = panels
     _, model, data = _test_split(run, cache)
     g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(data), generator=g)[: 2 * pairs]
-    x = normalize(data.images[idx])
+    idx = torch.randperm(len(data.data), generator=g)[: 2 * pairs]
+    x = data.images[idx]
     c = _cond(model, data, idx)  # conditional models: interpolate under the first image's label
     rows = [torch.cat([x[2 * i : 2 * i + 1],
                        model.interpolate(x[2 * i], x[2 * i + 1], steps, None if c is None else c[2 * i : 2 * i + 1]),
@@ -219,7 +221,7 @@ def traversal_figure(
     (title, run), *_ = panels
     _, model, data = _test_split(run, cache)
     c0 = _cond(model, data, slice(0, 1))
-    z0 = model.encode(normalize(data.images[:1]), c0)  # (1, Z)
+    z0 = model.encode(data.images[:1], c0)  # (1, Z)
     zdim = z0.shape[1]
     sweep = torch.linspace(-span, span, steps)
     z = z0.repeat(zdim * steps, 1)  # (Z·steps, Z)

@@ -11,12 +11,10 @@ import time
 from pathlib import Path
 
 from vaelab.config import load_config
-from vaelab.data import Batches, fetch
-from vaelab.models import build_model
-from vaelab.optim import make_optimizer
+from vaelab.data import atomic_write, fetch
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
 from vaelab.runs import RunFolder
-from vaelab.train import load_splits, train
+from vaelab.train import setup, train
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
@@ -32,12 +30,7 @@ def thesis_config(optimizer: str, bottleneck: int, epochs: int):
 
 def projected_seconds(epochs: int, cache=None, steps: int = 30) -> float:
     """Time ``steps`` training steps of one model and project the four runs' total."""
-    cfg = thesis_config("adam", 2, epochs)
-    train_set, _ = load_splits(cfg, cache)
-    cfg.model.image_shape = list(train_set.image_shape)
-    model = build_model(cfg.model, cfg.train.loss)
-    opt = make_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr)
-    batches = Batches(train_set, cfg.train.batch_size)
+    model, opt, batches, _, _ = setup(thesis_config("adam", 2, epochs), cache)
     t0, done = time.perf_counter(), 0
     while done < steps:
         for x, _ in batches:
@@ -114,9 +107,8 @@ def _report(out: Path, rows, figures: list[Path], epochs: int) -> Path:
         )
     lines += ["", "Figures (Adam left, AMSGrad right):", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures]
-    path = out / "reproduction.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    text = ("\n".join(lines) + "\n").encode()
+    return atomic_write(out / "reproduction.md", lambda f: f.write(text))
 
 
 def _hms(seconds: float) -> str:

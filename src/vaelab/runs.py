@@ -13,14 +13,20 @@ A run folder, as the trainer writes it::
     optimizer.safetensors  optimizer state (tensors; scalars and groups in its metadata)
     state.json             epoch, step, RNG states, best loss, file hashes
     metrics.jsonl          one JSON record per epoch, appended as it happens
+
+A checkpoint writes the new tensor files as ``*.safetensors.next``, then ``state.json``
+(atomically, with their hashes), then renames them into place; a reader finds the files
+``state.json`` describes at either name, and the writer finishes (or discards) the renames.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -31,8 +37,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vaelab.config import Config, dumps, load_config
-from vaelab.data import atomic_write
-from vaelab.errors import CheckpointError, VaelabError
+from vaelab.data import Batches, atomic_write, heldout_batches, load_split, sha256_file
+from vaelab.errors import CheckpointError, ConfigError, VaelabError
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"}
 CONFIG, MODEL, OPTIMIZER, STATE, METRICS = (
@@ -42,6 +48,7 @@ CONFIG, MODEL, OPTIMIZER, STATE, METRICS = (
     "state.json",
     "metrics.jsonl",
 )
+PENDING = ".next"  # suffix of tensor files written but not yet moved into place
 
 
 # --------------------------------------------------------------------------------------
@@ -179,19 +186,49 @@ class RunFolder:
             with open(self.file(METRICS), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def reset_metrics(self, upto_epoch: int = 0) -> None:
+        """Rewrite ``metrics.jsonl`` atomically with only the records of epochs up to
+        ``upto_epoch`` (those of the checkpoint a run resumes from; 0: none)."""
+        if self.writer:
+            kept = (
+                [m for m in self.read_metrics() if m["epoch"] <= upto_epoch] if upto_epoch else []
+            )
+            text = "".join(json.dumps(m) + "\n" for m in kept).encode()
+            atomic_write(self.file(METRICS), lambda f: f.write(text))
+
     def save_checkpoint(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]
     ) -> None:
-        """Weights, optimizer and state, each written atomically; ``state.json`` last, with
-        the hashes of the two tensor files, so it only ever describes complete files."""
+        """Weights and optimizer as ``*.next`` files, then ``state.json`` with their hashes,
+        then the renames into place (:meth:`_commit`): at every moment ``state.json``
+        describes complete files, under their final or their pending name."""
         if not self.writer:
             return
-        hashes = {MODEL: write_tensors(self.file(MODEL), model.state_dict())}
+        hashes = {MODEL: write_tensors(self.file(MODEL + PENDING), model.state_dict())}
         if optimizer is not None:
             tensors, meta = optimizer_to_tensors(optimizer)
-            hashes[OPTIMIZER] = write_tensors(self.file(OPTIMIZER), tensors, meta)
+            hashes[OPTIMIZER] = write_tensors(self.file(OPTIMIZER + PENDING), tensors, meta)
         text = json.dumps({**state, "files": hashes}, indent=1).encode()
         atomic_write(self.file(STATE), lambda f: f.write(text))
+        self._commit(list(hashes))
+
+    def _commit(self, names: list[str]) -> None:
+        """Move the pending tensor files ``names`` into place."""
+        for name in names:
+            os.replace(self.file(name + PENDING), self.file(name))
+
+    def _roll_forward(self, state: dict[str, Any]) -> None:
+        """Finish a checkpoint cut off between ``state.json`` and the renames: move pending
+        files that ``state.json`` describes into place, delete those it does not."""
+        files = state.get("files", {})
+        for name in (MODEL, OPTIMIZER):
+            pending = self.file(name + PENDING)
+            if not pending.exists():
+                continue
+            if sha256_file(pending) == files.get(name):
+                self._commit([name])
+            else:
+                pending.unlink()
 
     # ---- reading
     def read_config(self) -> Config:
@@ -204,23 +241,49 @@ class RunFolder:
             raise CheckpointError(f"{self.file(CONFIG)}: {e}") from e
 
     def read_state(self) -> dict[str, Any]:
+        """``state.json``; a writer also finishes a checkpoint that was cut off."""
         self.check_no_pickles()
         try:
-            return json.loads(self.file(STATE).read_text())
+            state = json.loads(self.file(STATE).read_text())
         except FileNotFoundError as e:
             raise CheckpointError(f"{self.path} has no checkpoint yet (no {STATE})") from e
         except ValueError as e:
             raise CheckpointError(f"{self.file(STATE)} is corrupt ({e})") from e
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{self.file(STATE)} is corrupt (not a JSON object)")
+        if self.writer:
+            self._roll_forward(state)
+        return state
 
     def read_metrics(self) -> list[dict[str, Any]]:
         self.check_no_pickles()
-        if not self.file(METRICS).exists():
+        path = self.file(METRICS)
+        if not path.exists():
             return []
-        return [json.loads(line) for line in self.file(METRICS).read_text().splitlines() if line]
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise CheckpointError(f"{path}, line {number}: not a JSON record ({e})") from e
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise CheckpointError(f"{path}, line {number}: not a metrics record")
+            records.append(record)
+        return records
 
     def _verified(self, name: str, state: dict[str, Any]) -> tuple[dict, dict]:
-        tensors, meta, digest = read_tensors(self.file(name))
+        """The tensor file ``name`` that ``state.json`` describes: in place, or still pending
+        when a checkpoint was cut off before its renames."""
         expected = state.get("files", {}).get(name)
+        pending = self.file(name + PENDING)
+        if pending.exists():
+            with contextlib.suppress(CheckpointError):  # e.g. renamed meanwhile: use the other
+                tensors, meta, digest = read_tensors(pending)
+                if digest == expected:
+                    return tensors, meta
+        tensors, meta, digest = read_tensors(self.file(name))
         if expected != digest:
             raise CheckpointError(
                 f"{self.file(name)} does not match the checkpoint's recorded sha256 "
@@ -244,17 +307,42 @@ class RunFolder:
         optimizer_from_tensors(optimizer, tensors, meta)
 
 
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """The torch device called ``name``, checked to exist here; a ConfigError names ``key``."""
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)  # unknown names, torch built without it, no such GPU
+    except (RuntimeError, AssertionError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{key} = {name!r} is not available here ({reason})") from e
+    return device
+
+
 def load_run(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Config, torch.nn.Module]:
     """The config and trained model of a run folder (in eval mode)."""
     from vaelab.models import build_model
 
+    device = resolve_device(str(device), "device")
     run = RunFolder(path, writer=False)
     cfg = run.read_config()
     model = build_model(cfg.model, cfg.train.loss)
     run.load_weights(model)
     return cfg, model.to(device).eval()
+
+
+def load_test_batches(
+    cfg: Config,
+    cache: str | Path | None = None,
+    limit: int = 0,
+    batch_size: int = 2048,
+    device: str | torch.device = "cpu",
+) -> Batches:
+    """The test split of a run's data set (its first ``limit`` images, 0 = all) as fixed
+    batches, binarised as the run's test loss was; images of another shape are a DataError."""
+    test = load_split(cfg.data.name, cfg.data.test_split, cache, limit, cfg.model.image_shape)
+    return heldout_batches(test, cfg.data.binarize, batch_size, device)
 
 
 def finite_or_none(x: float) -> float | None:

@@ -7,9 +7,12 @@ Read :func:`train` top to bottom; everything it writes goes through one
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab.config import Config
-from vaelab.data import Batches, ImageDataset, load_dataset
-from vaelab.errors import CheckpointError, VaelabError
+from vaelab.data import Batches, ImageDataset, derive_seed, heldout_batches, load_split
+from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.evaluate import mean_objective
 from vaelab.models import build_model
 from vaelab.optim import make_optimizer
-from vaelab.runs import RunFolder, decode_bytes, encode_bytes, finite_or_none
+from vaelab.runs import RunFolder, decode_bytes, encode_bytes, finite_or_none, resolve_device
 
 
 class TrainingDiverged(VaelabError):
@@ -30,7 +33,7 @@ class TrainingDiverged(VaelabError):
 
 
 class TrainingInterrupted(VaelabError):
-    """Ctrl-C during training; a checkpoint was saved."""
+    """Ctrl-C (or SIGTERM) during training; a checkpoint was saved."""
 
 
 @dataclass
@@ -47,10 +50,78 @@ class Progress:
 
 
 def load_splits(cfg: Config, cache: str | Path | None = None) -> tuple[ImageDataset, ImageDataset]:
+    """The (limited) training and test splits of ``cfg.data``; both must hold images of one
+    shape, and of ``cfg.model.image_shape`` when that is filled in (a resumed run)."""
     d = cfg.data
-    train = load_dataset(d.name, d.split, cache).limit(d.limit)
-    test = load_dataset(d.name, d.test_split, cache).limit(d.test_limit)
+    train = load_split(d.name, d.split, cache, d.limit, cfg.model.image_shape)
+    test = load_split(d.name, d.test_split, cache, d.test_limit, train.image_shape)
     return train, test
+
+
+def _classes(cfg: Config, train_set: ImageDataset, test_set: ImageDataset) -> list[str]:
+    """The training split's class names, for a model that reads labels; both splits must be
+    labelled, the test labels within those classes."""
+    for split, ds in ((cfg.data.split, train_set), (cfg.data.test_split, test_set)):
+        if ds.labels is None:
+            raise DataError(
+                f"{cfg.model.kind} training needs labels; split {split!r} of {cfg.data.name} "
+                "has none"
+            )
+    classes = list(train_set.classes)
+    top = int(test_set.labels.max()) if len(test_set.labels) else -1
+    if top >= len(classes):
+        raise DataError(
+            f"split {cfg.data.test_split!r} of {cfg.data.name} has label {top}, but the "
+            f"training split {cfg.data.split!r} has {len(classes)} classes"
+        )
+    return classes
+
+
+def setup(
+    cfg: Config, cache: str | Path | None = None
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Batches, ImageDataset, ImageDataset]:
+    """What training starts from: (model, optimizer, training batches, training split, test
+    split), on ``cfg.train.device``. Fills in ``cfg.model.image_shape`` (and ``classes``)
+    from the data; the model is initialised from ``cfg.train.seed``."""
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    train_set, test_set = load_splits(cfg, cache)
+    cfg.model.image_shape = list(train_set.image_shape)
+    if cfg.model.conditional or cfg.model.kind == "classifier":
+        cfg.model.classes = _classes(cfg, train_set, test_set)
+    seed = cfg.train.seed
+    batches = Batches(train_set, cfg.train.batch_size, True, seed, cfg.data.binarize, device=device)
+    torch.manual_seed(derive_seed(seed, "torch"))  # initialisation, then the model's sampling
+    model = build_model(cfg.model, cfg.train.loss).to(device)
+    try:
+        optimizer = make_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr)
+    except ValueError as e:
+        raise ConfigError(f"train.optimizer: {e}") from e
+    return model, optimizer, batches, train_set, test_set
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[Callable[[], bool]]:
+    """Within the block SIGINT (Ctrl-C) and SIGTERM only set a flag, which the yielded
+    function reads, so training can stop at a batch boundary; a second signal raises
+    KeyboardInterrupt at once. Outside the main thread nothing changes."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(caught)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
 def train(
@@ -65,57 +136,63 @@ def train(
     """Train the model ``cfg`` describes into run folder ``out`` (or continue ``resume``).
 
     Returns the run folder. Raises :class:`TrainingDiverged` on a NaN/inf loss (the last
-    good checkpoint stays) and :class:`TrainingInterrupted` on Ctrl-C (after saving).
+    good checkpoint stays) and :class:`TrainingInterrupted` on Ctrl-C or SIGTERM (after
+    saving at the next batch boundary; a second Ctrl-C stops at once, without saving).
     """
     run = RunFolder(resume or out or _default_out(cfg), writer=writer)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = torch.device(cfg.train.device)
+    if not resume and run.file("state.json").exists():
+        raise CheckpointError(
+            f"{run.path} already holds a run; use --resume {run.path} or another --out"
+        )
 
-    # ---- data: whole splits resident on the device
-    train_set, test_set = load_splits(cfg, cache)
-    cfg.model.image_shape = list(train_set.image_shape)
-    if cfg.model.conditional or cfg.model.kind == "classifier":
-        if train_set.labels is None:
-            raise VaelabError(f"{cfg.model.kind} training needs labels; {cfg.data.name} has none")
-        cfg.model.classes = list(train_set.classes)
-    test_binarize = "none" if cfg.data.binarize == "none" else "static"
+    # ---- data resident on the device, the seeded model and optimizer
+    model, optimizer, batches, train_set, test_set = setup(cfg, cache)
     seed = cfg.train.seed
-    batches = Batches(train_set, cfg.train.batch_size, True, seed, cfg.data.binarize, device=device)
     # the test split is binarised once with a fixed seed, the same for every run
-    test_batches = Batches(test_set, 2048, False, 0, test_binarize, device=device)
+    test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device)
 
-    # ---- model and optimizer (seeded), or both restored from the checkpoint
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, cfg.train.loss).to(device)
-    try:
-        optimizer = make_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr)
-    except ValueError as e:
-        raise VaelabError(f"train.optimizer: {e}") from e
+    # ---- a new run folder, or the state of the checkpoint to continue
     p = Progress()
     if resume:
-        p = _restore(run, model, optimizer, batches)
+        p = _restore(run, model, optimizer, batches, log)
+        run.reset_metrics(upto_epoch=p.epoch)
         log(f"resuming {run.path} at epoch {p.epoch}, step {p.step}")
     else:
-        if run.file("state.json").exists():
-            raise CheckpointError(
-                f"{run.path} already holds a run; use --resume {run.path} or another --out"
-            )
         run.path.mkdir(parents=True, exist_ok=True)
+        run.reset_metrics()
     run.write_config(cfg)
     n_params = sum(t.numel() for t in model.parameters())
     log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters) on "
         f"{len(train_set):,} {cfg.data.name} images -> {run.path}")  # fmt: skip
 
-    saved = [p.epoch]  # epoch of the last checkpoint written
+    saved = p.epoch if resume else None  # completed epochs of the last checkpoint written
+    t0 = time.perf_counter() - p.seconds
 
     def checkpoint(mid_epoch: bool = False) -> None:
+        nonlocal saved
         run.save_checkpoint(model, optimizer, _state(p, batches, mid_epoch))
-        saved[0] = p.epoch
+        saved = p.epoch
+
+    def diverged(what: str) -> TrainingDiverged:
+        kept = (
+            "no checkpoint was written yet"
+            if saved is None
+            else f"the last good checkpoint (epoch {saved}) is kept in {run.path}"
+        )
+        return TrainingDiverged(f"{what}; stopped. {kept}")
+
+    def halt_if(requested: bool) -> None:
+        """On Ctrl-C or SIGTERM: checkpoint where training stands, then stop."""
+        if requested:
+            p.seconds = time.perf_counter() - t0
+            checkpoint(mid_epoch=p.batch > 0)
+            raise TrainingInterrupted(
+                f"interrupted at epoch {p.epoch + 1}, step {p.step}; checkpoint saved, continue "
+                f"with `vaelab train --resume {run.path}`"
+            )
 
     # ---- the loop
-    t0 = time.perf_counter() - p.seconds
-    try:
+    with deferred_interrupts() as interrupted:
         for epoch in range(p.epoch, cfg.train.epochs):
             model.train()
             lr = epoch_lr(cfg, epoch)
@@ -128,10 +205,7 @@ def train(
                 losses = model.objective(x, y)  # (B,) per-example loss
                 loss = losses.mean()  # empirical risk of the batch (Def 1.2.4)
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {p.step + 1}; stopped. "
-                        f"The last good checkpoint (epoch {saved[0]}) is kept in {run.path}"
-                    )
+                    raise diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {p.step + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -142,31 +216,28 @@ def train(
                     bar.set_postfix(
                         loss=f"{p.train_sum / min(p.batch * batches.batch_size, len(train_set)):.4g}"
                     )
+                halt_if(interrupted())
             # ---- end of epoch: test loss, metrics, checkpoint, early stopping
             train_loss = p.train_sum / len(train_set)
             test_loss = mean_objective(model, test_batches, seed=seed)
+            if not math.isfinite(test_loss):
+                raise diverged(f"test loss is {test_loss} after epoch {epoch + 1}")
             p.epoch, p.batch, p.train_sum = epoch + 1, 0, 0.0
             p.seconds = time.perf_counter() - t0
             improved = test_loss < p.best
             p.best, p.stale = (test_loss, 0) if improved else (p.best, p.stale + 1)
             run.append_metrics({"epoch": p.epoch, "step": p.step, "train_loss": train_loss,
-                                "test_loss": finite_or_none(test_loss), "seconds": round(p.seconds, 3)})  # fmt: skip
+                                "test_loss": test_loss, "seconds": round(p.seconds, 3)})  # fmt: skip
             log(f"epoch {p.epoch:>4}/{cfg.train.epochs}  train {train_loss:.4f}  "
                 f"test {test_loss:.4f}  {p.seconds:7.1f}s")  # fmt: skip
             last = p.epoch == cfg.train.epochs
             stop = cfg.train.early_stopping and p.stale >= cfg.train.early_stopping
-            if last or stop or p.epoch % max(1, cfg.train.checkpoint_every) == 0:
+            if last or stop or p.epoch % cfg.train.checkpoint_every == 0:
                 checkpoint()
             if stop:
                 log(f"early stopping: no better test loss for {p.stale} epochs")
                 break
-    except KeyboardInterrupt:
-        p.seconds = time.perf_counter() - t0
-        checkpoint(mid_epoch=True)
-        raise TrainingInterrupted(
-            f"interrupted at epoch {p.epoch + 1}, step {p.step}; checkpoint saved, continue with "
-            f"`vaelab train --resume {run.path}`"
-        ) from None
+            halt_if(interrupted())
     return run.path
 
 
@@ -183,27 +254,43 @@ def _default_out(cfg: Config) -> Path:
 
 
 def _state(p: Progress, batches: Batches, mid_epoch: bool) -> dict:
+    """Progress and every RNG state a resumed run needs to draw the same numbers."""
     loader = batches.state_dict(mid_epoch=mid_epoch)
+    device = batches.device
+    rng = {
+        "device": device.type,
+        "torch": encode_bytes(torch.get_rng_state()),
+        "generator": encode_bytes(loader["generator"]),
+        "noise": encode_bytes(loader["noise"].cpu()),
+    }
+    if device.type == "cuda":
+        rng["cuda"] = encode_bytes(torch.cuda.get_rng_state(device))
     return {
         **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in vars(p).items()},
-        "rng": {
-            "torch": encode_bytes(torch.get_rng_state()),
-            "generator": encode_bytes(loader["generator"]),
-            "noise": encode_bytes(loader["noise"].cpu()),
-        },
+        "rng": rng,
     }
 
 
-def _restore(run: RunFolder, model, optimizer, batches: Batches) -> Progress:
+def _restore(
+    run: RunFolder, model, optimizer, batches: Batches, log: Callable[[str], None]
+) -> Progress:
+    """Load a checkpoint's weights, optimizer, RNG states and progress."""
     state = run.read_state()
     run.load_weights(model, state)
     run.load_optimizer(optimizer, state)
+    device = batches.device
     try:
         rng = state["rng"]
         torch.set_rng_state(decode_bytes(rng["torch"]))
-        batches.load_state_dict(
-            {"generator": decode_bytes(rng["generator"]), "noise": decode_bytes(rng["noise"])}
-        )
+        loader = {"generator": decode_bytes(rng["generator"]), "noise": batches.noise.get_state()}
+        if rng.get("device", "cpu") == device.type:
+            loader["noise"] = decode_bytes(rng["noise"])
+            if "cuda" in rng:
+                torch.cuda.set_rng_state(decode_bytes(rng["cuda"]), device)
+        else:
+            log(f"note: the checkpoint ran on {rng.get('device', 'cpu')}, this run on "
+                f"{device.type}; random draws on the device will differ from an unbroken run")  # fmt: skip
+        batches.load_state_dict(loader)
         fields = {k: state[k] for k in vars(Progress())}
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{run.file('state.json')} is incomplete ({e})") from e

@@ -1,0 +1,56 @@
+"""Figures: exact output names, the loss plot's scale, reconstructions of small test splits."""
+
+import json
+
+import pytest
+import torch
+
+from vaelab import cli, data, plots, train
+from vaelab.config import load_config
+
+
+def test_save_writes_a_png_under_exactly_the_name_given(tmp_path):
+    fig, ax = plots.plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = plots._save(fig, tmp_path / "figure")  # no suffix: matplotlib would append .png
+    assert out == tmp_path / "figure" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["figure"]
+
+
+@pytest.mark.parametrize("losses, scale", [([3.0, 2.0, 1.0], "log"), ([1.0, -0.5, -2.0], "linear")])
+def test_loss_figure_uses_a_log_scale_only_for_positive_losses(
+    tmp_path, monkeypatch, losses, scale
+):
+    records = [{"epoch": i + 1, "train_loss": v, "test_loss": v} for i, v in enumerate(losses)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or out)
+    plots.loss_figure([("run", tmp_path)], tmp_path / "loss.png")
+    assert figures[0].axes[0].get_yscale() == scale
+
+
+@pytest.fixture(scope="module")
+def ae_run(mnist_cache, tmp_path_factory):
+    cfg = load_config(None, ["model.widths=[32]", "data.limit=200", "data.test_limit=50",
+                             "train.epochs=1", "train.batch_size=100"])  # fmt: skip
+    out = tmp_path_factory.mktemp("ae") / "run"
+    return train.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [torch.tensor([0, 0, 0, 1, 2]), torch.tensor([4, 4]), None],
+    ids=["classes-smaller-than-a-row", "one-class", "unlabelled"],
+)
+def test_reconstructions_of_a_small_test_split(ae_run, mnist_small, tmp_path, labels):
+    _, test = mnist_small
+    n = 5 if labels is None else len(labels)
+    small = data.ImageDataset(
+        test.images[:n], labels, [str(i) for i in range(5)] if labels is not None else []
+    )
+    cache = tmp_path / "cache"
+    data.save_dataset("mnist", {"train": small, "test": small}, cache)
+    out = tmp_path / "recon.png"
+    argv = ["plot", str(ae_run), "recon", "--out", str(out), "--cache", str(cache)]
+    assert cli.main(argv) == 0
+    assert out.stat().st_size > 1000
