@@ -398,3 +398,20 @@ def test_plots_of_a_run(trained, mnist_cache, tmp_path):
             == 0
         )
         assert Image.open(out).size[0] > 300
+
+
+def test_compile_falls_back_to_eager(monkeypatch):
+    """A torch.compile that fails at the first call leaves training running eagerly."""
+
+    def broken_compile(fn):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(train.torch, "compile", broken_compile)
+    messages = []
+    fn = train.compiled(lambda x, y: x + 1, True, messages.append)
+    assert fn(1, None) == 2 and fn(2, None) == 3
+    assert len(messages) == 1 and "torch.compile failed" in messages[0]
+    assert train.compiled(len, False, messages.append) is len

@@ -83,13 +83,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = load_config(args.config, args.set)
     else:
         raise VaelabError("give a CONFIG file (e.g. configs/mnist_ae.toml) or --resume RUN_DIR")
+    if args.compile is not None:
+        cfg.train.compile = args.compile
     path = train(cfg, out=args.out, resume=args.resume, cache=args.cache,
                  progress=not args.no_progress)  # fmt: skip
     print(f"run folder: {path}")
 
 
 RESUME_OVERRIDES = ("train.epochs", "train.early_stopping", "train.checkpoint_every",
-                    "train.device", "train.threads")  # fmt: skip
+                    "train.device", "train.threads", "train.compile")  # fmt: skip
 """The settings ``--set`` may change on ``--resume``; the rest is fixed by the checkpoint."""
 
 
@@ -301,6 +303,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<data>-<kind>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="compile the objective with torch.compile (train.compile = true)")  # fmt: skip
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="run eagerly (train.compile = false)")  # fmt: skip
     _cache_arg(p)
 
 

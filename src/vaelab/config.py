@@ -90,6 +90,8 @@ class TrainConfig:
     early_stopping: int = 0
     """stop after N epochs without a better test loss (0 = off); the run keeps the weights of
     its last epoch, not those of the best one"""
+    compile: bool = False
+    """compile the objective with torch.compile (eager again, with a warning, where that fails)"""
     device: str = "cpu"
     """cpu, cuda, cuda:1, mps …"""
     threads: int = 0

@@ -101,6 +101,26 @@ def setup(
     return model, optimizer, batches, train_set, test_set
 
 
+def compiled(fn: Callable, enabled: bool, log: Callable[[str], None]) -> Callable:
+    """``fn`` under torch.compile when ``enabled``; if compiling or the first compiled call
+    fails (no compiler, unsupported platform), warn once and run ``fn`` eagerly."""
+    if not enabled:
+        return fn
+    current = {"fn": torch.compile(fn)}
+
+    def call(*args):
+        try:
+            return current["fn"](*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+            if current["fn"] is fn:
+                raise
+            log(f"warning: torch.compile failed ({type(e).__name__}); continuing without it")
+            current["fn"] = fn
+            return fn(*args)
+
+    return call
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[Callable[[], bool]]:
     """Within the block SIGINT (Ctrl-C) and SIGTERM only set a flag, which the yielded
@@ -165,6 +185,7 @@ def train(
     log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters) on "
         f"{len(train_set):,} {cfg.data.name} images -> {run.path}")  # fmt: skip
 
+    objective = compiled(model.objective, cfg.train.compile, log)
     saved = p.epoch if resume else None  # completed epochs of the last checkpoint written
     t0 = time.perf_counter() - p.seconds
 
@@ -202,7 +223,7 @@ def train(
                        desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress,
                        leave=False, unit="batch")  # fmt: skip
             for x, y in bar:
-                losses = model.objective(x, y)  # (B,) per-example loss
+                losses = objective(x, y)  # (B,) per-example loss
                 loss = losses.mean()  # empirical risk of the batch (Def 1.2.4)
                 if not torch.isfinite(loss):
                     raise diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {p.step + 1}")
