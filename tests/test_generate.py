@@ -134,3 +134,12 @@ def test_frechet_and_nearest_distance_references():
     # float32 expansion |q|² − 2q·r + |r|²: exact copies come out within ~1e-3
     torch.testing.assert_close(d[:5], torch.zeros(5), atol=5e-3, rtol=0)
     assert (d[5:] <= 0.4 + 1e-5).all()
+
+
+def test_temperature_scales_the_prior(cvae):
+    _, model = load_run(cvae)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    cold = model.sample(8, ["3"], generator=g(), temperature=0.0)
+    assert torch.allclose(cold, cold[:1].expand_as(cold))  # T = 0: every draw is z = 0
+    warm = model.sample(8, ["3"], generator=g(), temperature=1.0)
+    assert not torch.allclose(warm, warm[:1].expand_as(warm))

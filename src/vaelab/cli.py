@@ -135,7 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
                 "--generation needs --classifier RUN_DIR (train one with `vaelab classifier train`)"
             )
         rows = generation_metrics(args.run, args.classifier, n=args.n, seed=args.seed,
-                                  labels=_labels(args.labels), cache=args.cache)  # fmt: skip
+                                  labels=_labels(args.labels), cache=args.cache,
+                                  temperatures=_floats(args.temperatures, "--temperatures"))  # fmt: skip
         print(metrics_table(rows))
         append_json(
             Path(args.run) / "eval.json", {"generation": rows, "classifier": str(args.classifier)}
@@ -153,6 +154,16 @@ def _labels(text: str | None) -> list[str] | None:
     return None if not text else [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError as e:
+        raise VaelabError(f"{what} must be comma-separated numbers, got {text!r}") from e
+    if not values or min(values) <= 0:
+        raise VaelabError(f"{what} must be positive numbers, got {text!r}")
+    return values
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -161,7 +172,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from vaelab.images import make_grid, save_png
 
     _, model = load_generator(args.run, cache=args.cache)
-    u8 = generate(model, args.n, _labels(args.label), args.seed)  # (n, C, H, W) uint8
+    u8 = generate(model, args.n, _labels(args.label), args.seed, temperature=args.temperature)
     if args.npz:
         hwc = u8.permute(0, 2, 3, 1).numpy()  # (n, C, H, W) -> (n, H, W, C)
         atomic_write(Path(args.npz), lambda f: np.savez_compressed(f, images=hwc))
@@ -175,7 +186,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from vaelab.generate import export, load_generator
 
     _, model = load_generator(args.run, cache=args.cache)
-    out = export(model, args.out, args.per_label, _labels(args.labels), args.format, args.seed)
+    out = export(model, args.out, args.per_label, _labels(args.labels), args.format, args.seed,
+                 args.temperature)  # fmt: skip
     print(f"wrote {out} ({args.format})")
 
 
@@ -329,6 +341,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         "-n", type=positive_int, default=2000, help="--generation: images per row (2000)"
     )
     p.add_argument("--labels", help="--generation: comma-separated labels to request")
+    p.add_argument("--temperatures", default="1",
+                   help="--generation: comma-separated prior temperatures, one row each (1)")  # fmt: skip
     p.add_argument(
         "--k", type=positive_int, default=5000, help="importance samples per image (5000)"
     )
@@ -350,6 +364,8 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="samples.png", help="PNG grid to write (samples.png)")
     p.add_argument("--npz", metavar="FILE", help="also write the images as .npz (N, H, W, C)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the prior's standard deviation (1; < 1: more typical images)")  # fmt: skip
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -361,6 +377,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
         "--format", choices=("png", "npz", "idx"), default="png", help="png (folders), npz or idx"
     )
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the prior's standard deviation (1; < 1: more typical images)")  # fmt: skip
     _cache_arg(p)
 
 

@@ -38,9 +38,15 @@ def load_generator(run_dir: str | Path, cache=None, fit_images: int = 20000):
 
 @torch.no_grad()
 def generate(
-    model, n: int, labels: list[str] | None = None, seed: int = 0, batch: int = 1000
+    model,
+    n: int,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    batch: int = 1000,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """``n`` generated images (n, C, H, W) as uint8 (Lemma 1.3.6), in batches."""
+    """``n`` generated images (n, C, H, W) as uint8 (Lemma 1.3.6), in batches; ``temperature``
+    scales the prior's standard deviation (1 = the model's prior)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n, batch):
@@ -50,7 +56,7 @@ def generate(
             if labels is None
             else (labels * m if len(labels) == 1 else labels[start : start + m])
         )
-        out.append(quantize(model.sample(m, names, generator=g).cpu()))
+        out.append(quantize(model.sample(m, names, generator=g, temperature=temperature).cpu()))
     return torch.cat(out)
 
 
@@ -64,6 +70,7 @@ def export(
     labels: list[str] | None,
     fmt: str = "png",
     seed: int = 0,
+    temperature: float = 1.0,
 ) -> Path:
     """Write ``per_label`` images for each label (all of the model's classes when ``labels``
     is None; unconditional models: ``per_label`` unlabelled images) to ``out``.
@@ -79,7 +86,7 @@ def export(
     names = (labels or list(model.classes)) if conditional else [""]
     if labels and not conditional:
         raise VaelabError("--labels need a conditional model")
-    images = torch.cat([generate(model, per_label, [nm] if conditional else None, seed + i)
+    images = torch.cat([generate(model, per_label, [nm] if conditional else None, seed + i, temperature=temperature)
                         for i, nm in enumerate(names)])  # fmt: skip
     y = np.repeat(np.arange(len(names)), per_label)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,10 +200,12 @@ def generation_metrics(
     seed: int = 0,
     labels: list[str] | None = None,
     cache=None,
+    temperatures: tuple[float, ...] = (1.0,),
 ) -> dict[str, dict[str, Any]]:
-    """Rows ``real test`` and ``model`` of :func:`judge` for a run, judged by a classifier
-    run. A conditional model generates for ``labels`` (default: its classes, cycled) and
-    is scored on reading them back; the real row uses the test split's own labels."""
+    """Rows ``real test`` and one per sampling temperature of :func:`judge` for a run,
+    judged by a classifier run. A conditional model generates for ``labels`` (default: its
+    classes, cycled) and is scored on reading them back; the real row uses the test split's
+    own labels."""
     cfg, model = load_generator(run_dir, cache)
     _, clf = load_run(classifier_dir)
     if not isinstance(clf, Classifier):
@@ -212,15 +221,17 @@ def generation_metrics(
     real_labels = [test.classes[int(k)] for k in real.labels] if real.labels is not None else None
     rows = {"real test": judge(clf, real.images, real_labels, ref_feats, train_ref)}
     conditional = bool(getattr(model, "classes", None))
+    wanted = None
     if conditional:
         names = labels or list(model.classes)
         wanted = [names[i % len(names)] for i in range(n)]
-        images = generate(model, n, wanted, seed)
-    else:
-        wanted, images = None, generate(model, n, None, seed)
-    rows[cfg.model.kind + (" (conditional)" if conditional else "")] = judge(
-        clf, images, wanted, ref_feats, train_ref
-    )
+    name = cfg.model.kind + ("+gaussian" if cfg.model.kind == "ae" else "")
+    name += " (conditional)" if conditional else ""
+    for t in temperatures:
+        images = generate(model, n, wanted, seed, temperature=t)
+        rows[name + ("" if t == 1.0 else f", T={t:g}")] = judge(
+            clf, images, wanted, ref_feats, train_ref
+        )
     return rows
 
 

@@ -124,14 +124,20 @@ class Autoencoder(LatentModel):
         self.prior = (z.mean(0).float(), chol.float())
 
     @torch.no_grad()
-    def sample(self, n: int, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        labels=None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         """Decode ``n`` draws from the Gaussian fitted by :meth:`fit_prior`."""
         if self.prior is None:
             raise ConfigError("an autoencoder samples only after fit_prior(images)")
         if labels is not None:
             raise ConfigError("an autoencoder cannot generate by label; train a conditional VAE")
         mean, chol = self.prior
-        eps = torch.randn(n, len(mean), generator=generator).to(mean.device)
+        eps = temperature * torch.randn(n, len(mean), generator=generator).to(mean.device)
         return self.decode(mean + eps @ chol.T)
 
 
@@ -253,11 +259,16 @@ class VAE(LatentModel):
 
     @torch.no_grad()
     def sample(
-        self, n: int, labels: list[str] | None = None, generator: torch.Generator | None = None
+        self,
+        n: int,
+        labels: list[str] | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """Decode ``n`` draws z ~ N(0, I) of the prior: new images (n, C, H, W) in [0, 1].
         A conditional model takes ``labels`` (one name, or n names); without them the
-        labels are drawn uniformly from its classes."""
+        labels are drawn uniformly from its classes. ``temperature`` < 1 draws z ~ N(0, T² I),
+        trading variety for typical images (1 = the model's own prior)."""
         device = self.log_sigma.device
         c = None
         if self.conditional:
@@ -272,7 +283,7 @@ class VAE(LatentModel):
             raise ConfigError(
                 "labels need a conditional model (train with model.conditional = true)"
             )
-        z = torch.randn(n, self.latent_dim, generator=generator).to(device)  # (n, Z)
+        z = temperature * torch.randn(n, self.latent_dim, generator=generator).to(device)  # (n, Z)
         return self.decode(z, c)
 
     # ---- the objectives, per example in nats
