@@ -84,7 +84,13 @@ def evaluate_vae(
     sums = {"elbo": 0.0, "ll": 0.0, "mse": 0.0}
     mus = []
     with seeded(seed, batches.device):
-        bar = tqdm(total=n, desc=f"eval (k={k})", unit="img", disable=not progress, leave=False)
+        bar = tqdm(
+            total=n,
+            desc=f"eval (k={k})",
+            unit="img",
+            disable=None if progress else True,
+            leave=False,
+        )  # None: off when not a terminal
         for x, y in batches:
             c = model.condition(y)  # None unless conditional
             mu, logvar = model.posterior(x, c)

@@ -220,7 +220,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             bar = tqdm(batches.epoch(skip=p.batch), total=len(batches), initial=p.batch,
-                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress,
+                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True,
                        leave=False, unit="batch")  # fmt: skip
             for x, y in bar:
                 losses = objective(x, y)  # (B,) per-example loss
