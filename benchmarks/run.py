@@ -13,7 +13,6 @@ import argparse
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -228,16 +227,20 @@ def eval_benchmark(test, images: int, k: int) -> dict:
 
 
 def peak_memory_mib(epochs: int = 1) -> float:
-    """Peak resident memory of a `vaelab train` child process (one MNIST epoch)."""
+    """Peak resident memory of a `vaelab train` process (one MNIST epoch), read by a fresh
+    wrapper process whose only child is the training, so that nothing else this benchmark
+    started (e.g. torch.compile's worker processes) is counted."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "vaelab", "train", str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml"),
                "--set", f"train.epochs={epochs}", "--out", f"{tmp}/run", "--no-progress"]  # fmt: skip
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        subprocess.run(cmd, check=True, capture_output=True)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(peak, before) / 1024  # KiB -> MiB (Linux)
+        wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+                   "capture_output=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True
+        )
+    return int(out.stdout.split()[-1]) / 1024  # KiB -> MiB (Linux)
 
 
 # --------------------------------------------------------------------------------------
