@@ -261,8 +261,8 @@ def main() -> None:
     fetch("mnist")
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     lines = [START, "", "## Speed and memory (`make bench`)", "", f"Machine: {machine()}; "
-             f"{time.strftime('%Y-%m-%d')}. Command: `python benchmarks/run.py`"
-             f"{' --quick' if args.quick else ''}.", ""]  # fmt: skip
+             f"{time.strftime('%Y-%m-%d')}. Command: `python benchmarks/run.py"
+             f"{' --quick' if args.quick else ''}`.", ""]  # fmt: skip
 
     # 1 + 2: training throughput against the examples loop and the matmul ceiling
     rows = []
