@@ -384,7 +384,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 def _classifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist", help="labelled single-digit data set (mnist)")
-    p.add_argument("--epochs", type=positive_int, default=6, help="epochs (6)")
+    p.add_argument("--epochs", type=positive_int, default=8, help="epochs (8)")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override"
     )
