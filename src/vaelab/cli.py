@@ -222,7 +222,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from vaelab.reproduce import reproduce_thesis
 
     reproduce_thesis(out=Path(args.out), preset="full" if args.full else args.preset,
-                     epochs=args.epochs, cache=args.cache, progress=not args.no_progress)  # fmt: skip
+                     epochs=args.epochs, cache=args.cache, progress=not args.no_progress,
+                     fuse=not args.no_fuse)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -417,6 +418,8 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help="epochs per model (overrides the preset)")
     p.add_argument("--full", action="store_true", help="the thesis's 10,000 epochs per model")
     p.add_argument("--out", default="runs/thesis", help="output folder (runs/thesis)")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="train the four models one by one instead of in fused pairs")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _cache_arg(p)
 

@@ -53,11 +53,14 @@ def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> f
 
 @torch.no_grad()
 def log_likelihood(
-    model, x: torch.Tensor, k: int, c: torch.Tensor | None = None, max_rows: int = 32768
+    model, x: torch.Tensor, k: int, c: torch.Tensor | None = None, max_rows: int = 1024
 ) -> torch.Tensor:
     """Importance-sampled log p(x) ≈ log (1/k) Σ_i p(x, z_i)/q(z_i | x), z_i ~ q(z | x), per
     image (B,). The k samples are drawn in chunks of at most ``max_rows`` decoder rows
-    (images × samples) and combined with a running log-sum-exp, so memory stays bounded."""
+    (images × samples) and combined with a running log-sum-exp, so memory stays bounded.
+    Small chunks are also fast: a 1024-row chunk (3 MiB of logits for MNIST) stays in the
+    CPU caches and reuses freed memory, where 32768-row chunks ran 1.7x slower, mostly in
+    page faults of fresh 100 MiB allocations."""
     posterior = model.posterior(x, c)
     chunk = max(1, max_rows // x.shape[0])
     acc = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)

@@ -14,7 +14,7 @@ from vaelab.config import load_config
 from vaelab.data import atomic_write, fetch
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
 from vaelab.runs import RunFolder
-from vaelab.train import setup, train
+from vaelab.train import setup_data, setup_model, step_function, train, train_many
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
@@ -28,48 +28,69 @@ def thesis_config(optimizer: str, bottleneck: int, epochs: int):
                                 f"train.epochs={epochs}"])  # fmt: skip
 
 
-def projected_seconds(epochs: int, cache=None, steps: int = 30) -> float:
-    """Time ``steps`` training steps of one model and project the four runs' total."""
-    model, opt, batches, _, _ = setup(thesis_config("adam", 2, epochs), cache)
+def projected_seconds(epochs: int, cache=None, fuse: bool = True, steps: int = 30) -> float:
+    """Time ``steps`` training steps (fused: of both optimizers' models at once) and
+    project the four runs' total."""
+    cfgs = [thesis_config(opt, 2, epochs) for opt in (OPTIMIZERS if fuse else ["adam"])]
+    batches = setup_data(cfgs[0], cache)[0]
+    for c in cfgs:
+        c.model.image_shape = list(batches.data.image_shape)
+    made = [setup_model(c, batches.device) for c in cfgs]
+    step = step_function([m for m, _ in made], [o for _, o in made])
     t0, done = time.perf_counter(), 0
     while done < steps:
-        for x, _ in batches:
-            loss = model.objective(x).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        for x, y in batches:
+            step(x, y)
             done += 1
             if done == 5:
                 t0 = time.perf_counter()  # leave out warm-up
             if done == steps:
                 break
     per_step = (time.perf_counter() - t0) / (steps - 5)
-    return per_step * len(batches) * epochs * len(OPTIMIZERS) * len(BOTTLENECKS)
+    return per_step * len(batches) * epochs * len(OPTIMIZERS) * len(BOTTLENECKS) / len(cfgs)
 
 
 def reproduce_thesis(
-    out: Path, preset: str = "default", epochs: int | None = None, cache=None, progress=True
+    out: Path,
+    preset: str = "default",
+    epochs: int | None = None,
+    cache=None,
+    progress: bool = True,
+    fuse: bool = True,
 ) -> Path:
     """Train the four models (or continue them where a previous call stopped), write the
-    figures and ``reproduction.md`` into ``out``; returns the report's path."""
+    figures and ``reproduction.md`` into ``out``; returns the report's path. With ``fuse``
+    the Adam and AMSGrad models of each bottleneck train together in one fused step
+    (:func:`~vaelab.train.train_many`), with the same results as one by one."""
     epochs = epochs or PRESETS[preset]
     fetch("mnist", cache=cache)
-    estimate = projected_seconds(epochs, cache)
-    print(f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each; "
-          f"projected training time {_hms(estimate)} on this machine")  # fmt: skip
+    estimate = projected_seconds(epochs, cache, fuse)
+    print(f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each"
+          f"{', fused in pairs' if fuse else ''}; projected training time {_hms(estimate)} "
+          "on this machine")  # fmt: skip
     rows = []
     for nb in BOTTLENECKS:
+        todo, points = [], set()
         for opt in OPTIMIZERS:
             run_dir = out / f"{opt}-nb{nb}"
-            cfg = thesis_config(opt, nb, epochs)
-            done = RunFolder(run_dir).file("state.json").exists()
-            if done and RunFolder(run_dir).read_state()["epoch"] >= epochs:
-                print(f"{run_dir}: already trained, kept")
-            else:
-                print(f"--- {OPTIMIZERS[opt]}, n_b = {nb}")
-                train(cfg, out=run_dir, resume=run_dir if done else None, cache=cache,
-                      progress=progress)  # fmt: skip
             rows.append((opt, nb, run_dir))
+            run = RunFolder(run_dir)
+            state = run.read_state() if run.file("state.json").exists() else None
+            if state and state["epoch"] >= epochs:
+                print(f"{run_dir}: already trained, kept")
+                continue
+            todo.append((thesis_config(opt, nb, epochs), run_dir, state is not None))
+            points.add((state["epoch"], state["batch"]) if state else None)
+        if not todo:
+            continue
+        print(f"--- n_b = {nb}: {', '.join(OPTIMIZERS[c.train.optimizer] for c, _, _ in todo)}")
+        if fuse and len(todo) > 1 and len(points) == 1:  # all new, or all at the same step
+            train_many([c for c, _, _ in todo], [d for _, d, _ in todo], resume=todo[0][2],
+                       cache=cache, progress=progress)  # fmt: skip
+            continue
+        for cfg, run_dir, resume in todo:
+            train(cfg, out=run_dir, resume=run_dir if resume else None, cache=cache,
+                  progress=progress)  # fmt: skip
     figures = _figures(out, cache)
     report = _report(out, rows, figures, epochs)
     print(f"wrote {report} and {len(figures)} figures in {out}")

@@ -23,6 +23,7 @@ from vaelab.config import Config
 from vaelab.data import Batches, ImageDataset, derive_seed, heldout_batches, load_split
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.evaluate import mean_objective
+from vaelab.fused import Fused
 from vaelab.models import build_model
 from vaelab.optim import make_optimizer
 from vaelab.runs import RunFolder, decode_bytes, encode_bytes, finite_or_none, resolve_device
@@ -77,12 +78,12 @@ def _classes(cfg: Config, train_set: ImageDataset, test_set: ImageDataset) -> li
     return classes
 
 
-def setup(
+def setup_data(
     cfg: Config, cache: str | Path | None = None
-) -> tuple[torch.nn.Module, torch.optim.Optimizer, Batches, ImageDataset, ImageDataset]:
-    """What training starts from: (model, optimizer, training batches, training split, test
-    split), on ``cfg.train.device``. Fills in ``cfg.model.image_shape`` (and ``classes``)
-    from the data; the model is initialised from ``cfg.train.seed``."""
+) -> tuple[Batches, ImageDataset, ImageDataset]:
+    """The training batches (on ``cfg.train.device``, seeded by ``cfg.train.seed``), the
+    training split and the test split. Fills in ``cfg.model.image_shape`` (and ``classes``)
+    from the data."""
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -90,15 +91,30 @@ def setup(
     cfg.model.image_shape = list(train_set.image_shape)
     if cfg.model.conditional or cfg.model.kind == "classifier":
         cfg.model.classes = _classes(cfg, train_set, test_set)
-    seed = cfg.train.seed
-    batches = Batches(train_set, cfg.train.batch_size, True, seed, cfg.data.binarize, device=device)
-    torch.manual_seed(derive_seed(seed, "torch"))  # initialisation, then the model's sampling
+    batches = Batches(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.data.binarize,
+                      device=device)  # fmt: skip
+    return batches, train_set, test_set
+
+
+def setup_model(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The model, initialised from ``cfg.train.seed`` (which then seeds its sampling), and
+    its optimizer; ``cfg.model.image_shape`` must be filled in."""
+    torch.manual_seed(derive_seed(cfg.train.seed, "torch"))
     model = build_model(cfg.model, cfg.train.loss).to(device)
     try:
         optimizer = make_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr)
     except ValueError as e:
         raise ConfigError(f"train.optimizer: {e}") from e
-    return model, optimizer, batches, train_set, test_set
+    return model, optimizer
+
+
+def setup(
+    cfg: Config, cache: str | Path | None = None
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Batches, ImageDataset, ImageDataset]:
+    """What training starts from: (model, optimizer, training batches, training split, test
+    split), on ``cfg.train.device``; see :func:`setup_data` and :func:`setup_model`."""
+    batches, train_set, test_set = setup_data(cfg, cache)
+    return (*setup_model(cfg, batches.device), batches, train_set, test_set)
 
 
 def compiled(fn: Callable, enabled: bool, log: Callable[[str], None]) -> Callable:
@@ -144,6 +160,39 @@ def deferred_interrupts() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
+FUSABLE = ("optimizer", "lr", "lr_decay")
+"""The train.* fields in which models trained together (:func:`train_many`) may differ."""
+
+
+def unfusable(cfgs: list[Config]) -> str | None:
+    """Why ``cfgs`` cannot be trained in one fused step, or None if they can: same data,
+    model and training settings except :data:`FUSABLE`, and no early stopping."""
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        if cfg.data != first.data or cfg.model != first.model:
+            return "fused runs need the same [data] and [model] settings"
+        diff = [f for f in vars(cfg.train) if f not in FUSABLE
+                and getattr(cfg.train, f) != getattr(first.train, f)]  # fmt: skip
+        if diff:
+            return f"fused runs may differ only in train.{{{','.join(FUSABLE)}}}, not in {diff}"
+    if first.train.early_stopping:
+        return "fused runs cannot stop early one by one (train.early_stopping must be 0)"
+    return None
+
+
+@dataclass
+class Member:
+    """One model of a training call and what is its own: config, run folder, optimizer,
+    progress and the epoch of its last checkpoint."""
+
+    cfg: Config
+    run: RunFolder
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    p: Progress
+    saved: int | None = None
+
+
 def train(
     cfg: Config,
     out: str | Path | None = None,
@@ -159,107 +208,207 @@ def train(
     good checkpoint stays) and :class:`TrainingInterrupted` on Ctrl-C or SIGTERM (after
     saving at the next batch boundary; a second Ctrl-C stops at once, without saving).
     """
-    run = RunFolder(resume or out or _default_out(cfg), writer=writer)
-    if not resume and run.file("state.json").exists():
-        raise CheckpointError(
-            f"{run.path} already holds a run; use --resume {run.path} or another --out"
-        )
+    path = Path(resume or out or _default_out(cfg))
+    return _train([cfg], [path], resume is not None, cache, progress, log, writer)[0]
 
-    # ---- data resident on the device, the seeded model and optimizer
-    model, optimizer, batches, train_set, test_set = setup(cfg, cache)
+
+def train_many(
+    cfgs: list[Config],
+    outs: list[str | Path],
+    resume: bool = False,
+    cache: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Train same-shaped models, which differ only in optimizer, lr or lr_decay, together in
+    one fused step (:class:`~vaelab.fused.Fused`), each into its own run folder as
+    :func:`train` would; ``resume`` continues them all, which must stand at the same step."""
+    if len(cfgs) != len(outs) or not cfgs:
+        raise ValueError("train_many needs one output folder per config")
+    why = unfusable(cfgs)
+    if why:
+        raise ConfigError(why)
+    return _train(cfgs, [Path(o) for o in outs], resume, cache, progress, log, True)
+
+
+def _train(
+    cfgs: list[Config],
+    outs: list[Path],
+    resume: bool,
+    cache: str | Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    writer: bool,
+) -> list[Path]:
+    """:func:`train` for one config, :func:`train_many` for several (fused)."""
+    runs = [RunFolder(o, writer=writer) for o in outs]
+    for run in runs:
+        if not resume and run.file("state.json").exists():
+            raise CheckpointError(
+                f"{run.path} already holds a run; use --resume {run.path} or another --out"
+            )
+
+    # ---- data resident on the device (shared), the seeded models and optimizers
+    cfg = cfgs[0]  # what all members share: data, model, batches, epochs
+    batches, train_set, test_set = setup_data(cfg, cache)
+    for other in cfgs[1:]:
+        other.model.image_shape, other.model.classes = cfg.model.image_shape, cfg.model.classes
+    members = [Member(c, run, *setup_model(c, batches.device), Progress()) for c, run in zip(cfgs, runs, strict=True)]  # fmt: skip
     seed = cfg.train.seed
     # the test split is binarised once with a fixed seed, the same for every run
     test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device)
 
-    # ---- a new run folder, or the state of the checkpoint to continue
-    p = Progress()
-    if resume:
-        p = _restore(run, model, optimizer, batches, log)
-        run.reset_metrics(upto_epoch=p.epoch)
-        log(f"resuming {run.path} at epoch {p.epoch}, step {p.step}")
-    else:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.reset_metrics()
-    run.write_config(cfg)
-    n_params = sum(t.numel() for t in model.parameters())
-    log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters) on "
-        f"{len(train_set):,} {cfg.data.name} images -> {run.path}")  # fmt: skip
+    # ---- new run folders, or the state of the checkpoints to continue
+    for m in members:
+        if resume:
+            m.p = _restore(m.run, m.model, m.optimizer, batches, log)
+            m.saved = m.p.epoch
+            m.run.reset_metrics(upto_epoch=m.p.epoch)
+            log(f"resuming {m.run.path} at epoch {m.p.epoch}, step {m.p.step}")
+        else:
+            m.run.path.mkdir(parents=True, exist_ok=True)
+            m.run.reset_metrics()
+        m.run.write_config(m.cfg)
+    p = members[0].p  # epoch, batch and step are the same for all members
+    if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
+        raise CheckpointError("runs trained together must stand at the same epoch and batch")
+    n_params = sum(t.numel() for t in members[0].model.parameters())
+    log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters"
+        f"{f', {len(members)} models fused' if len(members) > 1 else ''}) on "
+        f"{len(train_set):,} {cfg.data.name} images -> {', '.join(str(r.path) for r in runs)}")  # fmt: skip
 
-    objective = compiled(model.objective, cfg.train.compile, log)
-    saved = p.epoch if resume else None  # completed epochs of the last checkpoint written
+    step = step_function([m.model for m in members], [m.optimizer for m in members], cfg.train.compile, log)  # fmt: skip
     t0 = time.perf_counter() - p.seconds
+    sums = torch.zeros(len(members), dtype=torch.float64, device=batches.device)  # (M,)
 
-    def checkpoint(mid_epoch: bool = False) -> None:
-        nonlocal saved
-        run.save_checkpoint(model, optimizer, _state(p, batches, mid_epoch))
-        saved = p.epoch
+    def sync() -> None:
+        """Copy the device-side loss sums into the members' progress: the one host sync,
+        every ``SYNC_EVERY`` steps and at checkpoints."""
+        for m, total in zip(members, sums.tolist(), strict=True):
+            m.p.train_sum = total
+            if not math.isfinite(total):
+                raise diverged(f"loss is {total} at epoch {p.epoch + 1} (within steps "
+                               f"{p.step - (p.batch - 1) % SYNC_EVERY}-{p.step})", m)  # fmt: skip
 
-    def diverged(what: str) -> TrainingDiverged:
+    def checkpoint(m: Member, mid_epoch: bool = False) -> None:
+        m.run.save_checkpoint(m.model, m.optimizer, _state(m.p, batches, mid_epoch))
+        m.saved = m.p.epoch
+
+    def diverged(what: str, m: Member) -> TrainingDiverged:
         kept = (
             "no checkpoint was written yet"
-            if saved is None
-            else f"the last good checkpoint (epoch {saved}) is kept in {run.path}"
+            if m.saved is None
+            else f"the last good checkpoint (epoch {m.saved}) is kept in {m.run.path}"
         )
         return TrainingDiverged(f"{what}; stopped. {kept}")
 
     def halt_if(requested: bool) -> None:
         """On Ctrl-C or SIGTERM: checkpoint where training stands, then stop."""
         if requested:
-            p.seconds = time.perf_counter() - t0
-            checkpoint(mid_epoch=p.batch > 0)
+            sync()  # never checkpoints a diverged model
+            for m in members:
+                m.p.seconds = time.perf_counter() - t0
+                checkpoint(m, mid_epoch=p.batch > 0)
+            how = (f"`vaelab train --resume {runs[0].path}`" if len(runs) == 1
+                   else "the same command")  # fmt: skip
             raise TrainingInterrupted(
                 f"interrupted at epoch {p.epoch + 1}, step {p.step}; checkpoint saved, continue "
-                f"with `vaelab train --resume {run.path}`"
+                f"with {how}"
             )
+
+    def advance() -> None:
+        for m in members:
+            m.p.batch += 1
+            m.p.step += 1
 
     # ---- the loop
     with deferred_interrupts() as interrupted:
         for epoch in range(p.epoch, cfg.train.epochs):
-            model.train()
-            lr = epoch_lr(cfg, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for m in members:
+                m.model.train()
+                for group in m.optimizer.param_groups:
+                    group["lr"] = epoch_lr(m.cfg, epoch)
+            sums.copy_(torch.tensor([m.p.train_sum for m in members], dtype=torch.float64))
             bar = tqdm(batches.epoch(skip=p.batch), total=len(batches), initial=p.batch,
                        desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True,
                        leave=False, unit="batch")  # fmt: skip
             for x, y in bar:
-                losses = objective(x, y)  # (B,) per-example loss
-                loss = losses.mean()  # empirical risk of the batch (Def 1.2.4)
-                if not torch.isfinite(loss):
-                    raise diverged(f"loss is {loss.item()} at epoch {epoch + 1}, step {p.step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                p.train_sum += float(losses.detach().sum())
-                p.batch += 1
-                p.step += 1
-                if p.batch % 10 == 0:
-                    bar.set_postfix(
-                        loss=f"{p.train_sum / min(p.batch * batches.batch_size, len(train_set)):.4g}"
-                    )
+                losses = step(x, y)  # (M, B) per-example losses, parameters updated
+                sums += losses.detach().sum(dim=1, dtype=torch.float64)  # (M, B) -> (M,)
+                advance()
+                if p.batch % SYNC_EVERY == 0:
+                    sync()
+                    seen = min(p.batch * batches.batch_size, len(train_set))
+                    bar.set_postfix(loss="/".join(f"{m.p.train_sum / seen:.4g}" for m in members))
                 halt_if(interrupted())
+            sync()
             # ---- end of epoch: test loss, metrics, checkpoint, early stopping
-            train_loss = p.train_sum / len(train_set)
-            test_loss = mean_objective(model, test_batches, seed=seed)
-            if not math.isfinite(test_loss):
-                raise diverged(f"test loss is {test_loss} after epoch {epoch + 1}")
-            p.epoch, p.batch, p.train_sum = epoch + 1, 0, 0.0
-            p.seconds = time.perf_counter() - t0
-            improved = test_loss < p.best
-            p.best, p.stale = (test_loss, 0) if improved else (p.best, p.stale + 1)
-            run.append_metrics({"epoch": p.epoch, "step": p.step, "train_loss": train_loss,
-                                "test_loss": test_loss, "seconds": round(p.seconds, 3)})  # fmt: skip
-            log(f"epoch {p.epoch:>4}/{cfg.train.epochs}  train {train_loss:.4f}  "
-                f"test {test_loss:.4f}  {p.seconds:7.1f}s")  # fmt: skip
-            last = p.epoch == cfg.train.epochs
-            stop = cfg.train.early_stopping and p.stale >= cfg.train.early_stopping
-            if last or stop or p.epoch % cfg.train.checkpoint_every == 0:
-                checkpoint()
-            if stop:
+            stop = False
+            for m in members:
+                q = m.p
+                train_loss = q.train_sum / len(train_set)
+                test_loss = mean_objective(m.model, test_batches, seed=seed)
+                if not math.isfinite(test_loss):
+                    raise diverged(f"test loss is {test_loss} after epoch {epoch + 1}", m)
+                q.epoch, q.batch, q.train_sum = epoch + 1, 0, 0.0
+                q.seconds = time.perf_counter() - t0
+                improved = test_loss < q.best
+                q.best, q.stale = (test_loss, 0) if improved else (q.best, q.stale + 1)
+                m.run.append_metrics({"epoch": q.epoch, "step": q.step, "train_loss": train_loss,
+                                      "test_loss": test_loss, "seconds": round(q.seconds, 3)})  # fmt: skip
+                name = f"{m.run.path.name}: " if len(members) > 1 else ""
+                log(f"{name}epoch {q.epoch:>4}/{cfg.train.epochs}  train {train_loss:.4f}  "
+                    f"test {test_loss:.4f}  {q.seconds:7.1f}s")  # fmt: skip
+                stop = bool(cfg.train.early_stopping and q.stale >= cfg.train.early_stopping)
+                if q.epoch == cfg.train.epochs or stop or q.epoch % cfg.train.checkpoint_every == 0:
+                    checkpoint(m)
+            if stop:  # only ever one member: fused runs do not stop early
                 log(f"early stopping: no better test loss for {p.stale} epochs")
                 break
             halt_if(interrupted())
-    return run.path
+    return [r.path for r in runs]
+
+
+SYNC_EVERY = 10
+"""Steps between host synchronisations (progress bar, NaN check) within an epoch."""
+
+
+def step_function(
+    models: list[torch.nn.Module],
+    optimizers: list[torch.optim.Optimizer],
+    compile: bool = False,
+    log: Callable[[str], None] = print,
+) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``step(x, y)``: one optimisation step of every model on batch x (fused when there
+    are several); returns the per-example losses (M, B), still on the device — reading
+    them would wait for the step."""
+    if len(models) == 1:
+        objective = compiled(models[0].objective, compile, log)
+        (optimizer,) = optimizers
+
+        def step(x, y):
+            losses = objective(x, y)  # (B,) per-example loss
+            loss = losses.mean()  # empirical risk of the batch (Def 1.2.4)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return losses.unsqueeze(0)  # (1, B)
+
+        return step
+
+    fused = Fused(models)
+    objective = compiled(fused.objective, compile, log)
+
+    def fused_step(x, y):
+        losses = objective(x, y)  # (M, B): every model's per-example loss
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        fused.backward(losses)  # each model's mean loss -> its own .grad
+        for opt in optimizers:
+            opt.step()
+        return losses
+
+    return fused_step
 
 
 def epoch_lr(cfg: Config, epoch: int) -> float:

@@ -1,0 +1,145 @@
+"""Fused training of same-shaped models: equal to training them one by one."""
+
+import pytest
+import torch
+
+from vaelab import reproduce, runs, train
+from vaelab.config import load_config
+from vaelab.errors import ConfigError
+from vaelab.fused import Fused
+from vaelab.models import build_model
+
+TINY = ["data.limit=1000", "data.test_limit=200", "model.widths=[64,32]", "train.batch_size=100"]
+
+
+def cfg(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def quiet(**kw):
+    return dict(progress=False, log=lambda s: None, **kw)
+
+
+def assert_close_runs(a, b, **tol):
+    wa, wb = (runs.read_tensors(d / "model.safetensors")[0] for d in (a, b))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], **tol)
+    ma, mb = runs.RunFolder(a).read_metrics(), runs.RunFolder(b).read_metrics()
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra["step"] == rb["step"]
+        torch.testing.assert_close(ra["train_loss"], rb["train_loss"], rtol=1e-5, atol=0)
+        torch.testing.assert_close(ra["test_loss"], rb["test_loss"], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("extra", [[], ["model.bottleneck=3", "train.lr_decay=0.1"]])
+def test_fused_equals_one_by_one(mnist_cache, tmp_path, extra):
+    opts = [["train.optimizer=adam", "train.lr=1e-3"], ["train.optimizer=amsgrad", "train.lr=3e-4"],
+            ["train.optimizer=sgd", "train.lr=0.01"]]  # fmt: skip
+    common = ["train.epochs=3", *extra]
+    outs = [tmp_path / f"fused{i}" for i in range(3)]
+    train.train_many([cfg(*common, *o) for o in opts], outs, cache=mnist_cache, **quiet())
+    for i, o in enumerate(opts):
+        alone = train.train(cfg(*common, *o), tmp_path / f"alone{i}", cache=mnist_cache, **quiet())
+        # Adam divides by √v, so gradient rounding (batched vs single matmuls) shows ~1e-6
+        assert_close_runs(outs[i], alone, rtol=1e-4, atol=1e-5)
+        assert runs.RunFolder(outs[i]).read_config().train.optimizer == o[0].split("=")[1]
+
+
+def test_fused_resume_is_bitwise(mnist_cache, tmp_path):
+    opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
+    straight = [tmp_path / "s0", tmp_path / "s1"]
+    train.train_many(
+        [cfg("train.epochs=2", o) for o in opts], straight, cache=mnist_cache, **quiet()
+    )
+    broken = [tmp_path / "b0", tmp_path / "b1"]
+    train.train_many([cfg("train.epochs=1", o) for o in opts], broken, cache=mnist_cache, **quiet())
+    train.train_many([cfg("train.epochs=2", o) for o in opts], broken, resume=True,
+                     cache=mnist_cache, **quiet())  # fmt: skip
+    for a, b in zip(straight, broken, strict=True):
+        assert_close_runs(a, b, rtol=0, atol=0)
+
+
+def test_fused_vaes_draw_their_own_noise(mnist_cache, tmp_path):
+    vae = ["model.kind=vae", "data.binarize=dynamic", "model.activation=tanh", "train.epochs=1"]
+    outs = [tmp_path / "v0", tmp_path / "v1"]
+    train.train_many([cfg(*vae, f"train.lr={lr}") for lr in (1e-3, 1e-3)], outs,
+                     cache=mnist_cache, **quiet())  # fmt: skip
+    first, second = (runs.RunFolder(o).read_metrics()[0]["train_loss"] for o in outs)
+    assert first != second  # same model, data and lr: only the noise ε differs
+    assert abs(first - second) < 0.02 * first
+
+
+@pytest.mark.parametrize(
+    ("other", "match"),
+    [(["model.bottleneck=3"], r"same \[data\] and \[model\]"),
+     (["train.batch_size=50"], "batch_size"),
+     (["data.limit=500"], r"same \[data\]")],
+)  # fmt: skip
+def test_unfusable_configs_are_refused(tmp_path, other, match):
+    with pytest.raises(ConfigError, match=match):
+        train.train_many([cfg(), cfg(*other)], [tmp_path / "a", tmp_path / "b"])
+
+
+def test_early_stopping_is_not_fusable(tmp_path):
+    with pytest.raises(ConfigError, match="early_stopping"):
+        train.train_many([cfg("train.early_stopping=2")] * 2, [tmp_path / "a", tmp_path / "b"])
+
+
+def test_fused_needs_same_shapes():
+    c2, c3 = (
+        cfg("model.image_shape=[1,28,28]"),
+        cfg("model.image_shape=[1,28,28]", "model.bottleneck=3"),
+    )
+    a, b = build_model(c2.model, "mse"), build_model(c3.model, "mse")
+    with pytest.raises(ValueError, match="same parameter names and shapes"):
+        Fused([a, b])
+    with pytest.raises(ValueError, match="at least 2"):
+        Fused([a])
+
+
+def test_fused_objective_matches_each_model():
+    c = cfg("model.image_shape=[1,28,28]")
+    torch.manual_seed(0)
+    models = [build_model(c.model, "mse") for _ in range(3)]  # different initialisations
+    x = torch.rand(7, 1, 28, 28)
+    expected = torch.stack([m.objective(x) for m in models])  # before fusing: (3, 7)
+    fused = Fused(models)
+    losses = fused.objective(x)
+    torch.testing.assert_close(losses, expected)
+    fused.backward(losses)
+    for m in models:
+        ref = [torch.autograd.grad(m.objective(x).mean(), list(m.parameters()))]
+        for p, g in zip(m.parameters(), ref[0], strict=True):
+            torch.testing.assert_close(p.grad, g)
+
+
+def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
+    real = reproduce.thesis_config
+
+    def small(optimizer, bottleneck, epochs):
+        c = real(optimizer, bottleneck, epochs)
+        c.data.limit, c.data.test_limit, c.model.widths = 1024, 256, [32, 16]
+        return c
+
+    monkeypatch.setattr(reproduce, "thesis_config", small)
+    calls = []
+    monkeypatch.setattr(
+        reproduce,
+        "train_many",
+        lambda *a, **kw: calls.append("fused") or train.train_many(*a, **kw),
+    )
+    report = reproduce.reproduce_thesis(tmp_path / "t", epochs=2, cache=mnist_cache, progress=False)
+    assert calls == ["fused", "fused"]
+    text = report.read_text()
+    assert text.count("| 2 |") >= 2 and "AMSGrad" in text
+    # one model of a pair is gone: the other is kept, the missing one trains alone
+    alone = tmp_path / "t" / "amsgrad-nb2"
+    before = runs.read_tensors(alone / "model.safetensors")[0]
+    for f in alone.iterdir():
+        f.unlink()
+    reproduce.reproduce_thesis(tmp_path / "t", epochs=2, cache=mnist_cache, progress=False)
+    assert calls == ["fused", "fused"]
+    after = runs.read_tensors(alone / "model.safetensors")[0]
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5)
