@@ -660,6 +660,8 @@ class Batches:
     epoch; the last, smaller batch is kept unless ``drop_last``). Images come out as float32
     (B, C, H, W) in [0, 1] on ``device``; with ``binarize="dynamic"`` every batch is a fresh
     Bernoulli draw of the grey values, with ``"static"`` one draw fixed at construction.
+    The split stays resident as uint8 (a quarter of float32's memory and of the bytes a
+    batch gathers) and each batch is normalised as it is sliced.
     """
 
     def __init__(
@@ -683,12 +685,18 @@ class Batches:
         # independent streams: permutations (on the CPU), dynamic and static binarisation
         self.generator = torch.Generator().manual_seed(derive_seed(seed, "order"))
         self.noise = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "noise"))
-        self.images = normalize(data.images).to(self.device)  # (N, C, H, W) float32 in [0, 1]
+        pixels = data.images  # (N, C, H, W) uint8
         if binarize == "static":
             g = torch.Generator().manual_seed(derive_seed(seed, "static"))
-            self.images = torch.bernoulli(self.images.cpu(), generator=g).to(self.device)
+            pixels = torch.bernoulli(normalize(pixels), generator=g).to(torch.uint8) * 255
+        self.pixels = pixels.to(self.device)
         self.labels = None if data.labels is None else data.labels.to(self.device)
         self._epoch_start = self.generator.get_state()
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images as the batches give them (static binarisation applied), float32."""
+        return normalize(self.pixels)
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
@@ -705,7 +713,7 @@ class Batches:
         order = order.to(self.device)
         for i in range(skip, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.images[idx]  # (B, C, H, W)
+            x = normalize(self.pixels[idx])  # (B, C, H, W) uint8 -> float32 in [0, 1]
             if self.binarize == "dynamic":
                 u = torch.rand(x.shape, generator=self.noise, device=self.device)
                 x = (u < x).to(x.dtype)  # Bernoulli(x), resampled every batch
