@@ -1,14 +1,17 @@
 """Fused training of same-shaped models: equal to training them one by one."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from vaelab import reproduce, runs, train
-from vaelab.config import load_config
+from vaelab import cli, reproduce, runs, train
+from vaelab.config import load_config, parse_sweep, sweep_overrides
 from vaelab.errors import ConfigError
 from vaelab.fused import Fused
 from vaelab.models import build_model
 
+CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
 TINY = ["data.limit=1000", "data.test_limit=200", "model.widths=[64,32]", "train.batch_size=100"]
 
 
@@ -124,10 +127,9 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr(reproduce, "thesis_config", small)
     calls = []
+    real_many = train.train_many
     monkeypatch.setattr(
-        reproduce,
-        "train_many",
-        lambda *a, **kw: calls.append("fused") or train.train_many(*a, **kw),
+        train, "train_many", lambda *a, **kw: calls.append("fused") or real_many(*a, **kw)
     )
     report = reproduce.reproduce_thesis(tmp_path / "t", epochs=2, cache=mnist_cache, progress=False)
     assert calls == ["fused", "fused"]
@@ -143,3 +145,45 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     after = runs.read_tensors(alone / "model.safetensors")[0]
     for k in before:
         torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5)
+
+
+def test_parse_sweep():
+    assert parse_sweep("train.lr=1e-3,3e-4") == ("train.lr", [1e-3, 3e-4])
+    assert parse_sweep("train.optimizer=adam, amsgrad") == ("train.optimizer", ["adam", "amsgrad"])
+    assert parse_sweep("model.widths=[64],[128,64]") == ("model.widths", [[64], [128, 64]])
+    for bad in ("train.lr", "lr=1,2", "train.optimizer=adam,,sgd"):
+        with pytest.raises(ConfigError):
+            parse_sweep(bad)
+    runs_ = sweep_overrides(["train.optimizer=adam,sgd", "train.lr=0.1,0.01"])
+    assert [n for n, _ in runs_] == ["optimizer=adam,lr=0.1", "optimizer=adam,lr=0.01",
+                                     "optimizer=sgd,lr=0.1", "optimizer=sgd,lr=0.01"]  # fmt: skip
+    assert runs_[0][1] == ['train.optimizer="adam"', "train.lr=0.1"]
+
+
+def test_cli_sweep_fuses_and_continues(mnist_cache, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["train", CONFIG, "--out", str(out), "--cache", str(mnist_cache), "--no-progress",
+            "--sweep", "train.optimizer=adam,amsgrad", "--sweep", "train.lr=1e-3,3e-4"]  # fmt: skip
+    args += [a for s in TINY + ["train.epochs=1"] for a in ("--set", s)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "4 models fused" in printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["optimizer=adam,lr=0.0003", "optimizer=adam,lr=0.001",
+                     "optimizer=amsgrad,lr=0.0003", "optimizer=amsgrad,lr=0.001"]  # fmt: skip
+    cfg = runs.RunFolder(out / "optimizer=amsgrad,lr=0.0003").read_config()
+    assert (cfg.train.optimizer, cfg.train.lr) == ("amsgrad", 3e-4)
+    assert cli.main(args) == 0  # again: all finished, nothing retrained
+    assert capsys.readouterr().out.count("already trained, kept") == 4
+
+
+def test_cli_sweep_over_the_model_trains_one_by_one(mnist_cache, tmp_path, capsys):
+    args = ["train", CONFIG, "--out", str(tmp_path / "s"), "--cache", str(mnist_cache), "--no-progress",
+            "--sweep", "model.bottleneck=2,3"]  # fmt: skip
+    args += [a for s in TINY + ["train.epochs=1"] for a in ("--set", s)]
+    assert cli.main(args) == 0
+    assert (
+        "training one by one: fused runs need the same [data] and [model]"
+        in capsys.readouterr().out
+    )
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["bottleneck=2", "bottleneck=3"]

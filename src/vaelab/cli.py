@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,9 +86,34 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise VaelabError("give a CONFIG file (e.g. configs/mnist_ae.toml) or --resume RUN_DIR")
     if args.compile is not None:
         cfg.train.compile = args.compile
+    if args.sweep:
+        return _sweep(args)
     path = train(cfg, out=args.out, resume=args.resume, cache=args.cache,
                  progress=not args.no_progress)  # fmt: skip
     print(f"run folder: {path}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    """`vaelab train CONFIG --sweep KEY=V1,V2 …`: one run per combination, in OUT/<values>;
+    runs that differ only in optimizer, lr or lr_decay train fused. Running the command
+    again continues unfinished runs and keeps finished ones."""
+    from vaelab.config import load_config, sweep_overrides
+    from vaelab.train import train_group
+
+    if args.resume:
+        raise VaelabError("--sweep continues its runs when run again; do not add --resume")
+    out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    names, cfgs = [], []
+    for name, overrides in sweep_overrides(args.sweep):
+        cfg = load_config(args.config, [*args.set, *overrides])
+        if args.compile is not None:
+            cfg.train.compile = args.compile
+        names.append(name)
+        cfgs.append(cfg)
+    paths = train_group(cfgs, [out / n for n in names], args.cache, not args.no_progress,
+                        fuse=not args.no_fuse)  # fmt: skip
+    for path in paths:
+        print(f"run folder: {path}")
 
 
 RESUME_OVERRIDES = ("train.epochs", "train.early_stopping", "train.checkpoint_every",
@@ -320,6 +346,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="compile the objective with torch.compile (train.compile = true)")  # fmt: skip
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="run eagerly (train.compile = false)")  # fmt: skip
+    p.add_argument("--sweep", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                   help="one run per value (per combination, if repeated) in OUT/KEY=VALUE; "
+                        "runs differing only in train.optimizer/lr/lr_decay train fused")  # fmt: skip
+    p.add_argument("--no-fuse", action="store_true", help="train sweep runs one by one")
     _cache_arg(p)
 
 

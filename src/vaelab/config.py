@@ -216,6 +216,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(raw)
 
 
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """'train.lr=1e-3,3e-4' -> ('train.lr', [0.001, 0.0003]); values are TOML (lists too:
+    'model.widths=[64],[128,64]'), bare words strings ('train.optimizer=adam,amsgrad')."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"sweep {text!r} must look like section.key=value1,value2,...")
+    path, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        values = tomllib.loads(f"v = [{raw}]")["v"]
+    except tomllib.TOMLDecodeError:
+        values = [w.strip() for w in raw.split(",")]
+    if not values or any(v == "" for v in values):
+        raise ConfigError(f"sweep {text!r} has an empty value")
+    return path, values
+
+
+def sweep_overrides(sweeps: list[str]) -> list[tuple[str, list[str]]]:
+    """Every combination of the ``--sweep`` values: (a folder name such as
+    'optimizer=adam,lr=0.001', the overrides 'train.optimizer="adam"', …) per run."""
+    import itertools
+
+    axes = [parse_sweep(t) for t in sweeps]
+    runs = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        pairs = [(path, v) for (path, _), v in zip(axes, combo, strict=True)]
+        name = ",".join(f"{p.split('.', 1)[1]}={v}".replace(" ", "") for p, v in pairs)
+        runs.append((name, [f"{p}={_toml_value(v)}" for p, v in pairs]))
+    return runs
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

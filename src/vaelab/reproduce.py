@@ -14,7 +14,7 @@ from vaelab.config import load_config
 from vaelab.data import atomic_write, fetch
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
 from vaelab.runs import RunFolder
-from vaelab.train import setup_data, setup_model, step_function, train, train_many
+from vaelab.train import setup_data, setup_model, step_function, train_group
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
@@ -68,29 +68,11 @@ def reproduce_thesis(
     print(f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each"
           f"{', fused in pairs' if fuse else ''}; projected training time {_hms(estimate)} "
           "on this machine")  # fmt: skip
-    rows = []
-    for nb in BOTTLENECKS:
-        todo, points = [], set()
-        for opt in OPTIMIZERS:
-            run_dir = out / f"{opt}-nb{nb}"
-            rows.append((opt, nb, run_dir))
-            run = RunFolder(run_dir)
-            state = run.read_state() if run.file("state.json").exists() else None
-            if state and state["epoch"] >= epochs:
-                print(f"{run_dir}: already trained, kept")
-                continue
-            todo.append((thesis_config(opt, nb, epochs), run_dir, state is not None))
-            points.add((state["epoch"], state["batch"]) if state else None)
-        if not todo:
-            continue
-        print(f"--- n_b = {nb}: {', '.join(OPTIMIZERS[c.train.optimizer] for c, _, _ in todo)}")
-        if fuse and len(todo) > 1 and len(points) == 1:  # all new, or all at the same step
-            train_many([c for c, _, _ in todo], [d for _, d, _ in todo], resume=todo[0][2],
-                       cache=cache, progress=progress)  # fmt: skip
-            continue
-        for cfg, run_dir, resume in todo:
-            train(cfg, out=run_dir, resume=run_dir if resume else None, cache=cache,
-                  progress=progress)  # fmt: skip
+    rows = [(opt, nb, out / f"{opt}-nb{nb}") for nb in BOTTLENECKS for opt in OPTIMIZERS]
+    for nb in BOTTLENECKS:  # the two optimizers' models of one shape train fused
+        print(f"--- n_b = {nb}: {' and '.join(OPTIMIZERS.values())}")
+        group = [(thesis_config(opt, nb, epochs), d) for opt, b, d in rows if b == nb]
+        train_group([c for c, _ in group], [d for _, d in group], cache, progress, fuse)
     figures = _figures(out, cache)
     report = _report(out, rows, figures, epochs)
     print(f"wrote {report} and {len(figures)} figures in {out}")

@@ -231,6 +231,39 @@ def train_many(
     return _train(cfgs, [Path(o) for o in outs], resume, cache, progress, log, True)
 
 
+def train_group(
+    cfgs: list[Config],
+    outs: list[str | Path],
+    cache: str | Path | None = None,
+    progress: bool = True,
+    fuse: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Bring each run ``outs[i]`` of config ``cfgs[i]`` to its ``train.epochs``: finished
+    runs are kept, started ones continue, and the rest train together in one fused step
+    (:func:`train_many`) when ``fuse`` is on, :func:`unfusable` finds nothing and they stand
+    at the same step; otherwise one by one. Used by sweeps and the thesis reproduction."""
+    todo, points = [], set()
+    for cfg, out in zip(cfgs, outs, strict=True):
+        run = RunFolder(out)
+        state = run.read_state() if run.file("state.json").exists() else None
+        if state and state["epoch"] >= cfg.train.epochs:
+            log(f"{out}: already trained, kept")
+            continue
+        todo.append((cfg, Path(out), state is not None))
+        points.add((state["epoch"], state["batch"]) if state else None)
+    why = unfusable([c for c, _, _ in todo]) if len(todo) > 1 else "one run"
+    if fuse and why is None and len(points) == 1:  # all new, or all at the same step
+        return train_many([c for c, _, _ in todo], [o for _, o, _ in todo], todo[0][2], cache,
+                          progress, log)  # fmt: skip
+    if fuse and len(todo) > 1:
+        log(f"training one by one: {why or 'the runs stand at different steps'}")
+    for cfg, out, resume in todo:
+        train(cfg, out=out, resume=out if resume else None, cache=cache, progress=progress,
+              log=log)  # fmt: skip
+    return [Path(o) for o in outs]
+
+
 def _train(
     cfgs: list[Config],
     outs: list[Path],
