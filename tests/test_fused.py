@@ -101,19 +101,29 @@ def test_fused_needs_same_shapes():
         Fused([a])
 
 
-def test_fused_objective_matches_each_model():
-    c = cfg("model.image_shape=[1,28,28]")
+@pytest.mark.parametrize(
+    "arch", [[], ["model.arch=conv", "model.channels=[4,8]"], ["model.kind=vae"]]
+)
+def test_fused_objective_matches_each_model(arch, monkeypatch):
+    c = cfg("model.image_shape=[1,28,28]", *arch)
     torch.manual_seed(0)
     models = [build_model(c.model, "mse") for _ in range(3)]  # different initialisations
     x = torch.rand(7, 1, 28, 28)
+    if c.model.kind == "vae":  # the VAE's ε: one fixed draw for every model and call
+        eps, real_randn_like = torch.randn(7, c.model.bottleneck), torch.randn_like
+        monkeypatch.setattr(
+            torch,
+            "randn_like",
+            lambda t, **kw: eps.clone() if t.shape == eps.shape else real_randn_like(t, **kw),
+        )
     expected = torch.stack([m.objective(x) for m in models])  # before fusing: (3, 7)
     fused = Fused(models)
     losses = fused.objective(x)
     torch.testing.assert_close(losses, expected)
     fused.backward(losses)
     for m in models:
-        ref = [torch.autograd.grad(m.objective(x).mean(), list(m.parameters()))]
-        for p, g in zip(m.parameters(), ref[0], strict=True):
+        ref = torch.autograd.grad(m.objective(x).mean(), list(m.parameters()))
+        for p, g in zip(m.parameters(), ref, strict=True):
             torch.testing.assert_close(p.grad, g)
 
 
