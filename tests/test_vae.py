@@ -228,6 +228,12 @@ def test_evaluation_is_deterministic():
     assert a == b
     assert a["nll"] <= -a["elbo"] + 1.0  # log p(x) >= ELBO, up to sampling noise
     assert 0 <= a["active_units"] <= 3
+    # standard error over images: the first half's NLL differs from the whole's by about
+    # one standard error (σ/√100 − σ/√200 apart); /n instead of /√n would fail this
+    half = Batches(_test_images().limit(100), 50, shuffle=False, binarize="static")
+    h = evaluate_vae(model, half, k=20, seed=5, progress=False)
+    assert 0 < a["nll_stderr"] < 0.1 * abs(a["nll"])
+    assert abs(h["nll"] - a["nll"]) < 4 * a["nll_stderr"]
 
 
 TINY_VAE = ["model.kind=vae", "model.widths=[64,32]", "model.bottleneck=2", "data.limit=2000",
