@@ -197,3 +197,52 @@ def test_cli_sweep_over_the_model_trains_one_by_one(mnist_cache, tmp_path, capsy
         in capsys.readouterr().out
     )
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["bottleneck=2", "bottleneck=3"]
+
+
+def test_parameters_the_objective_ignores_get_no_gradient():
+    c = cfg("model.image_shape=[1,28,28]", "model.kind=vae", "model.learn_sigma=true")
+    models = [build_model(c.model, "mse") for _ in range(2)]  # Bernoulli: log σ unused
+    fused = Fused(models)
+    fused.backward(fused.objective(torch.rand(4, 1, 28, 28)))
+    for m in models:
+        assert m.log_sigma.grad is None
+        assert all(p.grad is not None for n, p in m.named_parameters() if n != "log_sigma")
+
+
+def test_a_diverging_run_does_not_stop_the_others(mnist_cache, tmp_path):
+    good, bad = ["train.optimizer=sgd", "train.lr=0.01"], ["train.optimizer=sgd", "train.lr=1e12"]
+    outs = [tmp_path / "good", tmp_path / "bad", tmp_path / "good2"]
+    cfgs = [cfg("train.epochs=2", *o) for o in (good, bad, good)]
+    with pytest.raises(train.TrainingDiverged, match=r"1 of 3 runs diverged.*bad: loss is"):
+        train.train_group(cfgs, outs, cache=mnist_cache, **quiet())
+    for out in (outs[0], outs[2]):
+        assert runs.RunFolder(out).read_state()["epoch"] == 2
+    assert not (outs[1] / "state.json").exists()  # diverged in epoch 1: nothing saved
+
+
+def test_finished_includes_early_stopped():
+    c = cfg("train.epochs=10", "train.early_stopping=2")
+    assert train._finished(c, {"epoch": 4, "stale": 2})
+    assert not train._finished(c, {"epoch": 4, "stale": 1})
+    assert train._finished(cfg("train.epochs=4"), {"epoch": 4, "stale": 0})
+
+
+def test_a_sweep_refuses_folders_of_another_config(mnist_cache, tmp_path):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
+    train.train_group([cfg("train.epochs=1", o) for o in opts], outs, cache=mnist_cache, **quiet())
+    changed = [cfg("train.epochs=2", "train.batch_size=50", o) for o in opts]
+    with pytest.raises(
+        ConfigError, match=r"holds a run of another config \(train.batch_size: 100 -> 50\)"
+    ):
+        train.train_group(changed, outs, cache=mnist_cache, **quiet())
+    assert runs.RunFolder(outs[0]).read_state()["epoch"] == 1  # untouched
+    longer = [cfg("train.epochs=2", o) for o in opts]  # more epochs may be asked for
+    train.train_group(longer, outs, cache=mnist_cache, **quiet())
+    assert runs.RunFolder(outs[1]).read_state()["epoch"] == 2
+
+
+def test_sweep_refuses_repeated_values_and_stray_no_fuse(tmp_path):
+    with pytest.raises(ConfigError, match="repeat: lr=0.001"):
+        sweep_overrides(["train.lr=1e-3,0.001"])
+    assert cli.main(["train", CONFIG, "--no-fuse", "--out", str(tmp_path / "x")]) == 1

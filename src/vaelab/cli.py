@@ -89,6 +89,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg.train.compile = args.compile
     if args.sweep:
         return _sweep(args)
+    if args.no_fuse:
+        raise VaelabError("--no-fuse applies to --sweep only")
     path = train(cfg, out=args.out, resume=args.resume, cache=args.cache,
                  progress=not args.no_progress)  # fmt: skip
     print(f"run folder: {path}")
@@ -117,14 +119,9 @@ def _sweep(args: argparse.Namespace) -> None:
         print(f"run folder: {path}")
 
 
-RESUME_OVERRIDES = ("train.epochs", "train.early_stopping", "train.checkpoint_every",
-                    "train.device", "train.threads", "train.compile")  # fmt: skip
-"""The settings ``--set`` may change on ``--resume``; the rest is fixed by the checkpoint."""
-
-
 def _apply_resume_overrides(cfg, overrides: list[str]):
-    """``cfg`` with the ``--set`` overrides of :data:`RESUME_OVERRIDES` applied."""
-    from vaelab.config import from_dict, parse_override, to_dict
+    """``cfg`` with the ``--set`` overrides of :data:`~vaelab.config.RESUME_OVERRIDES` applied."""
+    from vaelab.config import RESUME_OVERRIDES, from_dict, parse_override, to_dict
 
     raw = to_dict(cfg)
     for text in overrides:

@@ -186,6 +186,22 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(cfg)
 
 
+RESUME_OVERRIDES = ("train.epochs", "train.early_stopping", "train.checkpoint_every",
+                    "train.device", "train.threads", "train.compile")  # fmt: skip
+"""The settings that may change when a run continues; the rest is fixed by its checkpoint."""
+
+FILLED_IN = ("model.image_shape", "model.classes")
+"""Settings training fills in from the data."""
+
+
+def differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """'section.key: old -> new' for every setting in which ``new`` differs from ``old``,
+    leaving out the keys in ``ignore``."""
+    a, b = to_dict(old), to_dict(new)
+    return [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in a for k in a[s]
+            if f"{s}.{k}" not in ignore and a[s][k] != b[s][k]]  # fmt: skip
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """'model.widths=[512,256]' -> ('model', 'widths', [512, 256])."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
@@ -240,8 +256,12 @@ def sweep_overrides(sweeps: list[str]) -> list[tuple[str, list[str]]]:
     runs = []
     for combo in itertools.product(*(values for _, values in axes)):
         pairs = [(path, v) for (path, _), v in zip(axes, combo, strict=True)]
-        name = ",".join(f"{p.split('.', 1)[1]}={v}".replace(" ", "") for p, v in pairs)
-        runs.append((name, [f"{p}={_toml_value(v)}" for p, v in pairs]))
+        name = ",".join(f"{p.split('.', 1)[1]}={v}" for p, v in pairs)
+        runs.append((name.replace(" ", "").replace("/", "_"), [f"{p}={_toml_value(v)}" for p, v in pairs]))  # fmt: skip
+    names = [n for n, _ in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"sweep values repeat: {', '.join(twice)}")
     return runs
 
 

@@ -9,8 +9,14 @@ matmul per layer instead of M small ones, one backward pass, one Python loop.
 Each model keeps its own ``nn.Module``, whose parameters become views into the stacked
 tensors, and its own optimizer over those parameters; after the fused backward pass each
 model's ``.grad`` is a view into the stacked gradient. So optimizers, checkpoints and run
-folders see M ordinary models, and each one's numbers equal those of training it alone
-(up to the summation order of batched matmuls; tests/test_fused.py compares them).
+folders see M ordinary models. For deterministic objectives (autoencoders, classifiers)
+each model's numbers equal those of training it alone, up to the summation order of
+batched matmuls (tests/test_fused.py compares them); a VAE's ε is drawn per model inside
+the vmap, so fused VAEs train alike in distribution but not draw for draw.
+
+Fusing ties each model's parameters to the stacked tensors: moving a fused model to another
+device or dtype, or loading weights with ``assign=True``, would cut that tie. The trainer
+fuses after building, restoring and placing the models, and never does either afterwards.
 """
 
 from __future__ import annotations
@@ -79,10 +85,12 @@ class Fused:
 
     def backward(self, losses: torch.Tensor) -> None:
         """Back-propagate each model's mean loss (the models share no parameters, so the sum
-        over models gives each its own gradient) and hand each model its gradients."""
+        over models gives each its own gradient) and hand each model its gradients; like
+        ``zero_grad`` + ``backward``, it replaces earlier gradients, never accumulates."""
         for t in self.stacked.values():
             t.grad = None
         losses.mean(dim=1).sum().backward()  # (M, B) -> (M,) -> ()
         for i, m in enumerate(self.models):
             for n, p in m.named_parameters():
-                p.grad = self.stacked[n].grad[i]
+                g = self.stacked[n].grad  # None where the objective does not use p
+                p.grad = None if g is None else g[i]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import Config
+from vaelab.config import FILLED_IN, RESUME_OVERRIDES, Config, differences
 from vaelab.data import Batches, ImageDataset, derive_seed, heldout_batches, load_split
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.evaluate import mean_objective
@@ -30,7 +30,11 @@ from vaelab.runs import RunFolder, decode_bytes, encode_bytes, finite_or_none, r
 
 
 class TrainingDiverged(VaelabError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite; ``run`` is the run folder it happened in."""
+
+    def __init__(self, message: str, run: Path | None = None):
+        super().__init__(message)
+        self.run = run
 
 
 class TrainingInterrupted(VaelabError):
@@ -239,29 +243,71 @@ def train_group(
     fuse: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Bring each run ``outs[i]`` of config ``cfgs[i]`` to its ``train.epochs``: finished
-    runs are kept, started ones continue, and the rest train together in one fused step
-    (:func:`train_many`) when ``fuse`` is on, :func:`unfusable` finds nothing and they stand
-    at the same step; otherwise one by one. Used by sweeps and the thesis reproduction."""
-    todo, points = [], set()
+    """Bring each run ``outs[i]`` of config ``cfgs[i]`` to its end: finished (or early
+    stopped) runs are kept, started ones continue, and the rest train together in one fused
+    step (:func:`train_many`) when ``fuse`` is on, :func:`unfusable` finds nothing and they
+    stand at the same step; otherwise one by one. A run that diverges keeps its last good
+    checkpoint and the others go on; :class:`TrainingDiverged` at the end names it. A run
+    folder that holds a run of another config (beyond :data:`RESUME_OVERRIDES`) is a
+    ConfigError. Used by sweeps and the thesis reproduction."""
+    outs = [Path(o) for o in outs]
+    failed: dict[Path, str] = {}
     for cfg, out in zip(cfgs, outs, strict=True):
-        run = RunFolder(out)
-        state = run.read_state() if run.file("state.json").exists() else None
-        if state and state["epoch"] >= cfg.train.epochs:
+        state = _state_of(cfg, out)  # checks every stored config before anything trains
+        if state and _finished(cfg, state):
             log(f"{out}: already trained, kept")
-            continue
-        todo.append((cfg, Path(out), state is not None))
-        points.add((state["epoch"], state["batch"]) if state else None)
-    why = unfusable([c for c, _, _ in todo]) if len(todo) > 1 else "one run"
-    if fuse and why is None and len(points) == 1:  # all new, or all at the same step
-        return train_many([c for c, _, _ in todo], [o for _, o, _ in todo], todo[0][2], cache,
-                          progress, log)  # fmt: skip
-    if fuse and len(todo) > 1:
-        log(f"training one by one: {why or 'the runs stand at different steps'}")
-    for cfg, out, resume in todo:
-        train(cfg, out=out, resume=out if resume else None, cache=cache, progress=progress,
-              log=log)  # fmt: skip
-    return [Path(o) for o in outs]
+    while True:
+        todo = [(c, o, s) for c, o, s in zip(cfgs, outs, map(_state_of, cfgs, outs), strict=True)
+                if o not in failed and not (s and _finished(c, s))]  # fmt: skip
+        if not todo:
+            break
+        points = {(s["epoch"], s["batch"]) if s else None for _, _, s in todo}
+        why = unfusable([c for c, _, _ in todo]) if len(todo) > 1 else "one run"
+        if fuse and why is None and len(points) == 1:  # all new, or all at the same step
+            try:
+                train_many([c for c, _, _ in todo], [o for _, o, _ in todo], todo[0][2] is not None,
+                           cache, progress, log)  # fmt: skip
+                break
+            except TrainingDiverged as e:  # drop that run, continue the others
+                failed[e.run or todo[0][1]] = str(e)
+                log(f"{e}; the other runs go on")
+                continue
+        if fuse and len(todo) > 1:
+            log(f"training one by one: {why or 'the runs stand at different steps'}")
+        for cfg, out, state in todo:
+            try:
+                train(cfg, out=out, resume=out if state else None, cache=cache,
+                      progress=progress, log=log)  # fmt: skip
+            except TrainingDiverged as e:
+                failed[out] = str(e)
+                log(f"{e}; the other runs go on")
+        break
+    if failed:
+        raise TrainingDiverged(
+            f"{len(failed)} of {len(outs)} runs diverged (the others finished): "
+            + "; ".join(failed.values())
+        )
+    return outs
+
+
+def _state_of(cfg: Config, out: Path) -> dict | None:
+    """The saved state of run folder ``out`` (None if it holds no checkpoint); the run must
+    have been trained with ``cfg``, up to :data:`RESUME_OVERRIDES`."""
+    run = RunFolder(out)
+    if not run.file("state.json").exists():
+        return None
+    changed = differences(run.read_config(), cfg, RESUME_OVERRIDES + FILLED_IN)
+    if changed:
+        raise ConfigError(
+            f"{out} holds a run of another config ({'; '.join(changed)}); use another --out"
+        )
+    return run.read_state()
+
+
+def _finished(cfg: Config, state: dict) -> bool:
+    """Whether a run with ``state`` has ended: all epochs done, or stopped early."""
+    patience = cfg.train.early_stopping
+    return state["epoch"] >= cfg.train.epochs or bool(patience and state["stale"] >= patience)
 
 
 def _train(
@@ -292,19 +338,21 @@ def _train(
     test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device)
 
     # ---- new run folders, or the state of the checkpoints to continue
-    for m in members:
-        if resume:
+    if resume:
+        for m in members:
             m.p = _restore(m.run, m.model, m.optimizer, batches, log)
             m.saved = m.p.epoch
+    p = members[0].p  # epoch, batch and step are the same for all members
+    if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
+        raise CheckpointError("runs trained together must stand at the same epoch and batch")
+    for m in members:  # only now write anything
+        if resume:
             m.run.reset_metrics(upto_epoch=m.p.epoch)
             log(f"resuming {m.run.path} at epoch {m.p.epoch}, step {m.p.step}")
         else:
             m.run.path.mkdir(parents=True, exist_ok=True)
             m.run.reset_metrics()
         m.run.write_config(m.cfg)
-    p = members[0].p  # epoch, batch and step are the same for all members
-    if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
-        raise CheckpointError("runs trained together must stand at the same epoch and batch")
     n_params = sum(t.numel() for t in members[0].model.parameters())
     log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters"
         f"{f', {len(members)} models fused' if len(members) > 1 else ''}) on "
@@ -312,7 +360,9 @@ def _train(
 
     step = step_function([m.model for m in members], [m.optimizer for m in members], cfg.train.compile, log)  # fmt: skip
     t0 = time.perf_counter() - p.seconds
-    sums = torch.zeros(len(members), dtype=torch.float64, device=batches.device)  # (M,)
+    wide = torch.float32 if batches.device.type == "mps" else torch.float64  # mps: no float64
+    sums = torch.zeros(len(members), dtype=wide, device=batches.device)  # (M,)
+    synced = [p.step]  # the step of the last sync
 
     def sync() -> None:
         """Copy the device-side loss sums into the members' progress: the one host sync,
@@ -321,7 +371,8 @@ def _train(
             m.p.train_sum = total
             if not math.isfinite(total):
                 raise diverged(f"loss is {total} at epoch {p.epoch + 1} (within steps "
-                               f"{p.step - (p.batch - 1) % SYNC_EVERY}-{p.step})", m)  # fmt: skip
+                               f"{synced[0] + 1}-{p.step})", m)  # fmt: skip
+        synced[0] = p.step
 
     def checkpoint(m: Member, mid_epoch: bool = False) -> None:
         m.run.save_checkpoint(m.model, m.optimizer, _state(m.p, batches, mid_epoch))
@@ -333,7 +384,8 @@ def _train(
             if m.saved is None
             else f"the last good checkpoint (epoch {m.saved}) is kept in {m.run.path}"
         )
-        return TrainingDiverged(f"{what}; stopped. {kept}")
+        where = f"{m.run.path}: " if len(members) > 1 else ""
+        return TrainingDiverged(f"{where}{what}; stopped. {kept}", m.run.path)
 
     def halt_if(requested: bool) -> None:
         """On Ctrl-C or SIGTERM: checkpoint where training stands, then stop."""
@@ -361,13 +413,13 @@ def _train(
                 m.model.train()
                 for group in m.optimizer.param_groups:
                     group["lr"] = epoch_lr(m.cfg, epoch)
-            sums.copy_(torch.tensor([m.p.train_sum for m in members], dtype=torch.float64))
+            sums.copy_(torch.tensor([m.p.train_sum for m in members], dtype=wide))
             bar = tqdm(batches.epoch(skip=p.batch), total=len(batches), initial=p.batch,
                        desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=None if progress else True,
                        leave=False, unit="batch")  # fmt: skip
             for x, y in bar:
                 losses = step(x, y)  # (M, B) per-example losses, parameters updated
-                sums += losses.detach().sum(dim=1, dtype=torch.float64)  # (M, B) -> (M,)
+                sums += losses.detach().sum(dim=1, dtype=wide)  # (M, B) -> (M,)
                 advance()
                 if p.batch % SYNC_EVERY == 0:
                     sync()
@@ -376,13 +428,14 @@ def _train(
                 halt_if(interrupted())
             sync()
             # ---- end of epoch: test loss, metrics, checkpoint, early stopping
-            stop = False
-            for m in members:
-                q = m.p
-                train_loss = q.train_sum / len(train_set)
-                test_loss = mean_objective(m.model, test_batches, seed=seed)
+            test_losses = [mean_objective(m.model, test_batches, seed=seed) for m in members]
+            for m, test_loss in zip(members, test_losses, strict=True):  # before any writes
                 if not math.isfinite(test_loss):
                     raise diverged(f"test loss is {test_loss} after epoch {epoch + 1}", m)
+            stop = False
+            for m, test_loss in zip(members, test_losses, strict=True):
+                q = m.p
+                train_loss = q.train_sum / len(train_set)
                 q.epoch, q.batch, q.train_sum = epoch + 1, 0, 0.0
                 q.seconds = time.perf_counter() - t0
                 improved = test_loss < q.best
