@@ -141,7 +141,9 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     monkeypatch.setattr(
         train, "train_many", lambda *a, **kw: calls.append("fused") or real_many(*a, **kw)
     )
-    report = reproduce.reproduce_thesis(tmp_path / "t", epochs=2, cache=mnist_cache, progress=False)
+    report = reproduce.reproduce_thesis(
+        tmp_path / "t", epochs=2, cache=mnist_cache, progress=False, fuse="on"
+    )
     assert calls == ["fused", "fused"]
     text = report.read_text()
     assert text.count("| 2 |") >= 2 and "AMSGrad" in text
@@ -150,7 +152,9 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     before = runs.read_tensors(alone / "model.safetensors")[0]
     for f in alone.iterdir():
         f.unlink()
-    reproduce.reproduce_thesis(tmp_path / "t", epochs=2, cache=mnist_cache, progress=False)
+    reproduce.reproduce_thesis(
+        tmp_path / "t", epochs=2, cache=mnist_cache, progress=False, fuse="on"
+    )
     assert calls == ["fused", "fused"]
     after = runs.read_tensors(alone / "model.safetensors")[0]
     for k in before:
@@ -173,7 +177,7 @@ def test_parse_sweep():
 def test_cli_sweep_fuses_and_continues(mnist_cache, tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["train", CONFIG, "--out", str(out), "--cache", str(mnist_cache), "--no-progress",
-            "--sweep", "train.optimizer=adam,amsgrad", "--sweep", "train.lr=1e-3,3e-4"]  # fmt: skip
+            "--sweep", "train.optimizer=adam,amsgrad", "--sweep", "train.lr=1e-3,3e-4", "--fuse", "on"]  # fmt: skip
     args += [a for s in TINY + ["train.epochs=1"] for a in ("--set", s)]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
@@ -189,7 +193,7 @@ def test_cli_sweep_fuses_and_continues(mnist_cache, tmp_path, capsys):
 
 def test_cli_sweep_over_the_model_trains_one_by_one(mnist_cache, tmp_path, capsys):
     args = ["train", CONFIG, "--out", str(tmp_path / "s"), "--cache", str(mnist_cache), "--no-progress",
-            "--sweep", "model.bottleneck=2,3"]  # fmt: skip
+            "--sweep", "model.bottleneck=2,3", "--fuse", "on"]  # fmt: skip
     args += [a for s in TINY + ["train.epochs=1"] for a in ("--set", s)]
     assert cli.main(args) == 0
     assert (
@@ -214,7 +218,7 @@ def test_a_diverging_run_does_not_stop_the_others(mnist_cache, tmp_path):
     outs = [tmp_path / "good", tmp_path / "bad", tmp_path / "good2"]
     cfgs = [cfg("train.epochs=2", *o) for o in (good, bad, good)]
     with pytest.raises(train.TrainingDiverged, match=r"1 of 3 runs diverged.*bad: loss is"):
-        train.train_group(cfgs, outs, cache=mnist_cache, **quiet())
+        train.train_group(cfgs, outs, cache=mnist_cache, fuse="on", **quiet())
     for out in (outs[0], outs[2]):
         assert runs.RunFolder(out).read_state()["epoch"] == 2
     assert not (outs[1] / "state.json").exists()  # diverged in epoch 1: nothing saved
@@ -245,4 +249,18 @@ def test_a_sweep_refuses_folders_of_another_config(mnist_cache, tmp_path):
 def test_sweep_refuses_repeated_values_and_stray_no_fuse(tmp_path):
     with pytest.raises(ConfigError, match="repeat: lr=0.001"):
         sweep_overrides(["train.lr=1e-3,0.001"])
-    assert cli.main(["train", CONFIG, "--no-fuse", "--out", str(tmp_path / "x")]) == 1
+    assert cli.main(["train", CONFIG, "--fuse", "on", "--out", str(tmp_path / "x")]) == 1
+
+
+def test_fuse_auto_is_off_on_a_cpu(mnist_cache, tmp_path, monkeypatch):
+    assert (
+        not train.fuses("auto", cfg())
+        and train.fuses("on", cfg())
+        and not train.fuses("off", cfg())
+    )
+    with pytest.raises(ConfigError, match="fuse must be one of"):
+        train.fuses("yes", cfg())
+    monkeypatch.setattr(train, "train_many", lambda *a, **kw: pytest.fail("fused on a CPU"))
+    opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
+    train.train_group([cfg("train.epochs=1", o) for o in opts], [tmp_path / "a", tmp_path / "b"],
+                      cache=mnist_cache, **quiet())  # fmt: skip

@@ -14,7 +14,7 @@ from vaelab.config import load_config
 from vaelab.data import atomic_write, fetch
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
 from vaelab.runs import RunFolder
-from vaelab.train import setup_data, setup_model, step_function, train_group
+from vaelab.train import fuses, setup_data, setup_model, step_function, train_group
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
@@ -28,7 +28,7 @@ def thesis_config(optimizer: str, bottleneck: int, epochs: int):
                                 f"train.epochs={epochs}"])  # fmt: skip
 
 
-def projected_seconds(epochs: int, cache=None, fuse: bool = True, steps: int = 30) -> float:
+def projected_seconds(epochs: int, cache=None, fuse: bool = False, steps: int = 30) -> float:
     """Time ``steps`` training steps (fused: of both optimizers' models at once) and
     project the four runs' total."""
     cfgs = [thesis_config(opt, 2, epochs) for opt in (OPTIMIZERS if fuse else ["adam"])]
@@ -56,17 +56,19 @@ def reproduce_thesis(
     epochs: int | None = None,
     cache=None,
     progress: bool = True,
-    fuse: bool = True,
+    fuse: str = "auto",
 ) -> Path:
     """Train the four models (or continue them where a previous call stopped), write the
-    figures and ``reproduction.md`` into ``out``; returns the report's path. With ``fuse``
-    the Adam and AMSGrad models of each bottleneck train together in one fused step
-    (:func:`~vaelab.train.train_many`), with the same results as one by one."""
+    figures and ``reproduction.md`` into ``out``; returns the report's path. ``fuse``
+    ("auto": on accelerators; "on"; "off") decides whether the Adam and AMSGrad models of
+    each bottleneck train together in one fused step (:func:`~vaelab.train.train_group`),
+    with the same results as one by one."""
     epochs = epochs or PRESETS[preset]
     fetch("mnist", cache=cache)
-    estimate = projected_seconds(epochs, cache, fuse)
+    fused = fuses(fuse, thesis_config("adam", 2, epochs))
+    estimate = projected_seconds(epochs, cache, fused)
     print(f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each"
-          f"{', fused in pairs' if fuse else ''}; projected training time {_hms(estimate)} "
+          f"{', fused in pairs' if fused else ''}; projected training time {_hms(estimate)} "
           "on this machine")  # fmt: skip
     rows = [(opt, nb, out / f"{opt}-nb{nb}") for nb in BOTTLENECKS for opt in OPTIMIZERS]
     for nb in BOTTLENECKS:  # the two optimizers' models of one shape train fused
@@ -74,7 +76,7 @@ def reproduce_thesis(
         group = [(thesis_config(opt, nb, epochs), d) for opt, b, d in rows if b == nb]
         train_group([c for c, _ in group], [d for _, d in group], cache, progress, fuse)
     figures = _figures(out, cache)
-    report = _report(out, rows, figures, epochs, fuse)
+    report = _report(out, rows, figures, epochs, fused)
     print(f"wrote {report} and {len(figures)} figures in {out}")
     return report
 

@@ -235,22 +235,35 @@ def train_many(
     return _train(cfgs, [Path(o) for o in outs], resume, cache, progress, log, True)
 
 
+FUSE_MODES = ("auto", "on", "off")
+"""When :func:`train_group` fuses: "auto" on accelerators only (on a CPU the fused step
+measured 0.81-0.95x the speed of stepping models in turn), "on" always, "off" never."""
+
+
+def fuses(mode: str, cfg: Config) -> bool:
+    """Whether fuse ``mode`` fuses runs of ``cfg`` (see :data:`FUSE_MODES`)."""
+    if mode not in FUSE_MODES:
+        raise ConfigError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {mode!r}")
+    return mode == "on" or (mode == "auto" and resolve_device(cfg.train.device).type != "cpu")
+
+
 def train_group(
     cfgs: list[Config],
     outs: list[str | Path],
     cache: str | Path | None = None,
     progress: bool = True,
-    fuse: bool = True,
+    fuse: str = "auto",
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Bring each run ``outs[i]`` of config ``cfgs[i]`` to its end: finished (or early
     stopped) runs are kept, started ones continue, and the rest train together in one fused
-    step (:func:`train_many`) when ``fuse`` is on, :func:`unfusable` finds nothing and they
-    stand at the same step; otherwise one by one. A run that diverges keeps its last good
+    step (:func:`train_many`) when ``fuse`` says so (:func:`fuses`), :func:`unfusable` finds
+    nothing and they stand at the same step; otherwise one by one. A run that diverges keeps its last good
     checkpoint and the others go on; :class:`TrainingDiverged` at the end names it. A run
     folder that holds a run of another config (beyond :data:`RESUME_OVERRIDES`) is a
     ConfigError. Used by sweeps and the thesis reproduction."""
     outs = [Path(o) for o in outs]
+    fuse_on = fuses(fuse, cfgs[0])
     failed: dict[Path, str] = {}
     for cfg, out in zip(cfgs, outs, strict=True):
         state = _state_of(cfg, out)  # checks every stored config before anything trains
@@ -263,7 +276,7 @@ def train_group(
             break
         points = {(s["epoch"], s["batch"]) if s else None for _, _, s in todo}
         why = unfusable([c for c, _, _ in todo]) if len(todo) > 1 else "one run"
-        if fuse and why is None and len(points) == 1:  # all new, or all at the same step
+        if fuse_on and why is None and len(points) == 1:  # all new, or all at the same step
             try:
                 train_many([c for c, _, _ in todo], [o for _, o, _ in todo], todo[0][2] is not None,
                            cache, progress, log)  # fmt: skip
@@ -272,7 +285,7 @@ def train_group(
                 failed[e.run or todo[0][1]] = str(e)
                 log(f"{e}; the other runs go on")
                 continue
-        if fuse and len(todo) > 1:
+        if fuse_on and len(todo) > 1:
             log(f"training one by one: {why or 'the runs stand at different steps'}")
         for cfg, out, state in todo:
             try:
