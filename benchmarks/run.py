@@ -27,6 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from vaelab.cli import keep_freed_memory  # noqa: E402
 from vaelab.config import ModelConfig  # noqa: E402
 from vaelab.data import Batches, fetch, load_dataset  # noqa: E402
 from vaelab.evaluate import log_likelihood  # noqa: E402
@@ -325,6 +326,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu",
                         help="device of the training, matmul and fused rows (cpu; cuda is untested)")  # fmt: skip
     args = parser.parse_args()
+    keep_freed_memory()  # as the vaelab command does, for both sides of every comparison
     steps, reps = (40, 3) if args.quick else (150, 5)
     fetch("mnist")
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")

@@ -79,3 +79,8 @@ def test_data_info_mnist(mnist_cache, capsys):
     assert "60,000 images of 1x28x28" in out and "10,000 images of 1x28x28" in out
     assert "[5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]" in out
     assert "[980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]" in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_is_kept_on_linux():
+    assert cli.keep_freed_memory()  # both mallopt calls accepted

@@ -511,9 +511,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to reuse freed memory instead of returning it to the kernel: tensors up to
+    32 MiB come from the heap (not from fresh mmap pages) and freed heap memory is kept.
+    Without it the k = 5000 evaluation, which allocates and frees megabyte tensors thousands
+    of times, spent from 0 to 45 % of its wall time in page faults, run to run (sys 0.2 s vs
+    15 s for 500 test images). Linux/glibc only; returns whether it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+        return bool(
+            libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+        )
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if not hasattr(args, "func"):
         # no command, or a group without its sub-command: show the help of the deepest group
         getattr(args, "parser", parser).print_help()
