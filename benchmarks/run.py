@@ -65,21 +65,24 @@ def examples_loss(recon_x, x, mu, logvar):
 
 
 class PILDataset(torch.utils.data.Dataset):
-    """One image at a time through PIL and a ToTensor-like conversion, as torchvision's
-    MNIST + transforms.ToTensor() do."""
+    """torchvision's MNIST + transforms.ToTensor(), step for step: the images stay a uint8
+    torch tensor, each item is indexed out, turned into a PIL image and back into a float
+    tensor (view, permute, contiguous, /255), the label through int()."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images[:, 0].numpy(), labels.numpy()
+        self.data, self.targets = images[:, 0].clone(), labels.clone()  # (N, 28, 28), (N,)
 
     def __len__(self):
-        return len(self.images)
+        return len(self.data)
 
-    def __getitem__(self, i):
+    def __getitem__(self, index):
         from PIL import Image
 
-        img = Image.fromarray(self.images[i], mode="L")
-        t = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(1, 28, 28)
-        return t.to(torch.float32).div(255), int(self.labels[i])
+        img, target = self.data[index], int(self.targets[index])
+        img = Image.fromarray(img.numpy(), mode="L")
+        t = torch.from_numpy(np.array(img, np.uint8, copy=True))  # ToTensor for a PIL image
+        t = t.view(img.size[1], img.size[0], 1).permute((2, 0, 1)).contiguous()
+        return t.to(dtype=torch.float32).div(255), target
 
 
 def sync(device: str) -> None:
