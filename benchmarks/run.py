@@ -136,24 +136,31 @@ def vaelab_steps(train, batch: int, steps: int, compile: bool = False, device="c
     if compile:
         objective = torch.compile(model.objective)
 
-    def step(x):
+    def step(x, y):
         loss = objective(x).sum()  # the examples loop sums over the batch too
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    return timed_steps(step, batches, steps, device)
+
+
+def timed_steps(step, batches: Batches, steps: int, device: str = "cpu"):
+    """A closure running ``step(x, y)`` on ``steps`` batches and returning the seconds; run
+    once here as warm-up (and compilation)."""
+
     def run() -> float:
         t0, done = time.perf_counter(), 0
         while done < steps:
-            for x, _ in batches:
-                step(x)
+            for x, y in batches:
+                step(x, y)
                 done += 1
                 if done == steps:
                     break
         sync(device)
         return time.perf_counter() - t0
 
-    run()  # warm-up (and compilation)
+    run()
     return run
 
 
@@ -223,29 +230,19 @@ def fused_benchmark(train, steps: int, reps: int, device: str = "cpu") -> dict:
 
     cfgs = [thesis_config(opt, 2, 1) for opt in ("adam", "amsgrad")]
     for c in cfgs:
-        c.model.image_shape = [1, 28, 28]
+        c.model.image_shape = list(train.image_shape)
     batches = Batches(train, cfgs[0].train.batch_size, device=device)
     fused_pair = [setup_model(c, torch.device(device)) for c in cfgs]
     alone_pair = [setup_model(c, torch.device(device)) for c in cfgs]
     fused = step_function([m for m, _ in fused_pair], [o for _, o in fused_pair])
     alone = [step_function([m], [o]) for m, o in alone_pair]
 
-    def timed(step_all):
-        def run() -> float:
-            t0, done = time.perf_counter(), 0
-            while done < steps:
-                for x, y in batches:
-                    step_all(x, y)
-                    done += 1
-                    if done == steps:
-                        break
-            sync(device)
-            return time.perf_counter() - t0
+    def one_by_one(x, y):
+        for step in alone:
+            step(x, y)
 
-        run()  # warm-up
-        return run
-
-    med = interleaved({"fused": timed(fused), "one by one": timed(lambda x, y: [f(x, y) for f in alone])}, reps)  # fmt: skip
+    med = interleaved({"fused": timed_steps(fused, batches, steps, device),
+                       "one by one": timed_steps(one_by_one, batches, steps, device)}, reps)  # fmt: skip
     per_step = med["fused"] / steps  # one fused step = one step of both models
     full = 10_000 * len(batches) * 2 * per_step  # the thesis: 10,000 epochs, two fused pairs
     layers = [784, 512, 256, 128, 2, 128, 256, 512, 784]

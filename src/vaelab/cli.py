@@ -85,15 +85,20 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = load_config(args.config, args.set)
     else:
         raise VaelabError("give a CONFIG file (e.g. configs/mnist_ae.toml) or --resume RUN_DIR")
-    if args.compile is not None:
-        cfg.train.compile = args.compile
     if args.sweep:
         return _sweep(args)
+    _apply_compile_flag(args, cfg)
     if args.fuse != "auto":
         raise VaelabError("--fuse applies to --sweep only")
     path = train(cfg, out=args.out, resume=args.resume, cache=args.cache,
                  progress=not args.no_progress)  # fmt: skip
     print(f"run folder: {path}")
+
+
+def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:
+    """--compile / --no-compile override train.compile; neither leaves the config's."""
+    if args.compile is not None:
+        cfg.train.compile = args.compile
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -109,8 +114,7 @@ def _sweep(args: argparse.Namespace) -> None:
     names, cfgs = [], []
     for name, overrides in sweep_overrides(args.sweep):
         cfg = load_config(args.config, [*args.set, *overrides])
-        if args.compile is not None:
-            cfg.train.compile = args.compile
+        _apply_compile_flag(args, cfg)
         names.append(name)
         cfgs.append(cfg)
     paths = train_group(cfgs, [out / n for n in names], args.cache, not args.no_progress,

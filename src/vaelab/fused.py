@@ -79,10 +79,6 @@ class Fused:
         """Per-example losses of every model on one batch: (B, …) -> (M, B)."""
         return self._vmapped(self.stacked, x, y)
 
-    def train(self, mode: bool = True) -> None:
-        for m in self.models:
-            m.train(mode)
-
     def backward(self, losses: torch.Tensor) -> None:
         """Back-propagate each model's mean loss (the models share no parameters, so the sum
         over models gives each its own gradient) and hand each model its gradients; like

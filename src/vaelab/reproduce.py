@@ -32,9 +32,7 @@ def projected_seconds(epochs: int, cache=None, fuse: bool = False, steps: int = 
     """Time ``steps`` training steps (fused: of both optimizers' models at once) and
     project the four runs' total."""
     cfgs = [thesis_config(opt, 2, epochs) for opt in (OPTIMIZERS if fuse else ["adam"])]
-    batches = setup_data(cfgs[0], cache)[0]
-    for c in cfgs:
-        c.model.image_shape = list(batches.data.image_shape)
+    batches = setup_data(cfgs[0], cache, also=cfgs[1:])[0]
     made = [setup_model(c, batches.device) for c in cfgs]
     step = step_function([m for m, _ in made], [o for _, o in made])
     t0, done = time.perf_counter(), 0

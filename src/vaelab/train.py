@@ -12,7 +12,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +83,11 @@ def _classes(cfg: Config, train_set: ImageDataset, test_set: ImageDataset) -> li
 
 
 def setup_data(
-    cfg: Config, cache: str | Path | None = None
+    cfg: Config, cache: str | Path | None = None, also: Sequence[Config] = ()
 ) -> tuple[Batches, ImageDataset, ImageDataset]:
     """The training batches (on ``cfg.train.device``, seeded by ``cfg.train.seed``), the
     training split and the test split. Fills in ``cfg.model.image_shape`` (and ``classes``)
-    from the data."""
+    from the data, and the same into the configs ``also`` (models trained on this data)."""
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -95,6 +95,8 @@ def setup_data(
     cfg.model.image_shape = list(train_set.image_shape)
     if cfg.model.conditional or cfg.model.kind == "classifier":
         cfg.model.classes = _classes(cfg, train_set, test_set)
+    for other in also:
+        other.model.image_shape, other.model.classes = cfg.model.image_shape, cfg.model.classes
     batches = Batches(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.data.binarize,
                       device=device)  # fmt: skip
     return batches, train_set, test_set
@@ -110,15 +112,6 @@ def setup_model(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, tor
     except ValueError as e:
         raise ConfigError(f"train.optimizer: {e}") from e
     return model, optimizer
-
-
-def setup(
-    cfg: Config, cache: str | Path | None = None
-) -> tuple[torch.nn.Module, torch.optim.Optimizer, Batches, ImageDataset, ImageDataset]:
-    """What training starts from: (model, optimizer, training batches, training split, test
-    split), on ``cfg.train.device``; see :func:`setup_data` and :func:`setup_model`."""
-    batches, train_set, test_set = setup_data(cfg, cache)
-    return (*setup_model(cfg, batches.device), batches, train_set, test_set)
 
 
 def compiled(fn: Callable, enabled: bool, log: Callable[[str], None]) -> Callable:
@@ -173,11 +166,13 @@ def unfusable(cfgs: list[Config]) -> str | None:
     model and training settings except :data:`FUSABLE`, and no early stopping."""
     first = cfgs[0]
     for cfg in cfgs[1:]:
-        if cfg.data != first.data or cfg.model != first.model:
+        changed = [
+            d.split(":")[0] for d in differences(first, cfg, tuple(f"train.{f}" for f in FUSABLE))
+        ]
+        if any(not key.startswith("train.") for key in changed):
             return "fused runs need the same [data] and [model] settings"
-        diff = [f for f in vars(cfg.train) if f not in FUSABLE
-                and getattr(cfg.train, f) != getattr(first.train, f)]  # fmt: skip
-        if diff:
+        if changed:
+            diff = [key.removeprefix("train.") for key in changed]
             return f"fused runs may differ only in train.{{{','.join(FUSABLE)}}}, not in {diff}"
     if first.train.early_stopping:
         return "fused runs cannot stop early one by one (train.early_stopping must be 0)"
@@ -342,9 +337,7 @@ def _train(
 
     # ---- data resident on the device (shared), the seeded models and optimizers
     cfg = cfgs[0]  # what all members share: data, model, batches, epochs
-    batches, train_set, test_set = setup_data(cfg, cache)
-    for other in cfgs[1:]:
-        other.model.image_shape, other.model.classes = cfg.model.image_shape, cfg.model.classes
+    batches, train_set, test_set = setup_data(cfg, cache, also=cfgs[1:])
     members = [Member(c, run, *setup_model(c, batches.device), Progress()) for c, run in zip(cfgs, runs, strict=True)]  # fmt: skip
     seed = cfg.train.seed
     # the test split is binarised once with a fixed seed, the same for every run
