@@ -50,6 +50,7 @@ def test_bad_keys_and_types_are_named(override, message):
         ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
         ("train.early_stopping=-1", "train.early_stopping must be >= 0, got -1"),
         ("model.bottleneck=0", "model.bottleneck must be >= 1, got 0"),
+        ('train.precision="fp16"', "train.precision must be one of fp32, bf16, got 'fp16'"),
         ("model.k=0", "model.k must be >= 1, got 0"),
         ("model.sigma=0", "model.sigma must be a finite number > 0, got 0.0"),
         ("model.beta=-1", "model.beta must be a finite number >= 0, got -1.0"),

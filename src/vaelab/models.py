@@ -34,6 +34,13 @@ from vaelab.nn import (
 )
 
 
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32 if autocast left it in 16 bits: losses and the posterior's parameters
+    are computed from fp32 network outputs (a sum over 784 pixels must not round at 8 bits);
+    fp32 and fp64 pass unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def condition_table(classes: list[str]) -> torch.Tensor:
     """Condition vectors (K, D) for class names. When every name is a digit string of one
     length L ("7", "427"), a name is coded digit by digit as L one-hots (D = 10·L), so a
@@ -111,7 +118,7 @@ class Autoencoder(LatentModel):
 
     def objective(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Per-example reconstruction loss L(ψ, f_a(ψ)) (Def 2.2.1), shape (B,)."""
-        logits = self.decoder(self.encode(x))  # (B, C, H, W)
+        logits = widened(self.decoder(self.encode(x)))  # (B, C, H, W)
         pred = logits if LOSS_TAKES_LOGITS[self.loss] else torch.sigmoid(logits)
         return LOSSES[self.loss](pred, x)
 
@@ -247,7 +254,8 @@ class VAE(LatentModel):
         self, x: torch.Tensor, c: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log σ²) of q(z | x), each (B, Z)."""
-        mu, logvar = self.encoder(self._with(x, c)).chunk(2, dim=1)  # (B, 2Z) -> 2 x (B, Z)
+        h = widened(self.encoder(self._with(x, c)))  # (B, 2Z)
+        mu, logvar = h.chunk(2, dim=1)  # (B, 2Z) -> 2 x (B, Z)
         return mu, logvar
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,7 +297,7 @@ class VAE(LatentModel):
     # ---- the objectives, per example in nats
     def log_px(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x | z) for decoder outputs ``logits``, (B,)."""
-        return LIKELIHOODS[self.likelihood][0](logits, x, self.log_sigma)
+        return LIKELIHOODS[self.likelihood][0](widened(logits), x, self.log_sigma)
 
     def elbo(
         self, x: torch.Tensor, beta: float = 1.0, c: torch.Tensor | None = None
@@ -492,7 +500,7 @@ class Classifier(nn.Module):
         """Cross-entropy −log p(y | x) per example, (B,) in nats."""
         if y is None:
             raise ConfigError("a classifier trains on a labelled data set")
-        return F.cross_entropy(self.logits(x), y, reduction="none")
+        return F.cross_entropy(widened(self.logits(x)), y, reduction="none")
 
     @torch.no_grad()
     def read(self, x: torch.Tensor) -> torch.Tensor:

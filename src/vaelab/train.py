@@ -364,7 +364,8 @@ def _train(
         f"{f', {len(members)} models fused' if len(members) > 1 else ''}) on "
         f"{len(train_set):,} {cfg.data.name} images -> {', '.join(str(r.path) for r in runs)}")  # fmt: skip
 
-    step = step_function([m.model for m in members], [m.optimizer for m in members], cfg.train.compile, log)  # fmt: skip
+    step = step_function([m.model for m in members], [m.optimizer for m in members],
+                         cfg.train.compile, log, cfg.train.precision)  # fmt: skip
     t0 = time.perf_counter() - p.seconds
     wide = torch.float32 if batches.device.type == "mps" else torch.float64  # mps: no float64
     sums = torch.zeros(len(members), dtype=wide, device=batches.device)  # (M,)
@@ -465,21 +466,36 @@ SYNC_EVERY = 10
 """Steps between host synchronisations (progress bar, NaN check) within an epoch."""
 
 
+AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
+"""train.precision -> the dtype autocast gives matmuls and convolutions (others: fp32)."""
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The forward pass in ``precision``: torch.autocast to bfloat16 for "bf16" (weights,
+    gradients, optimizer state and the losses stay fp32), nothing for "fp32"."""
+    if precision not in AUTOCAST:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST[precision])
+
+
 def step_function(
     models: list[torch.nn.Module],
     optimizers: list[torch.optim.Optimizer],
     compile: bool = False,
     log: Callable[[str], None] = print,
+    precision: str = "fp32",
 ) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """``step(x, y)``: one optimisation step of every model on batch x (fused when there
     are several); returns the per-example losses (M, B), still on the device — reading
     them would wait for the step."""
+    device = next(models[0].parameters()).device
     if len(models) == 1:
         objective = compiled(models[0].objective, compile, log)
         (optimizer,) = optimizers
 
         def step(x, y):
-            losses = objective(x, y)  # (B,) per-example loss
+            with autocast(device, precision):
+                losses = objective(x, y)  # (B,) per-example loss
             loss = losses.mean()  # empirical risk of the batch (Def 1.2.4)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -492,7 +508,8 @@ def step_function(
     objective = compiled(fused.objective, compile, log)
 
     def fused_step(x, y):
-        losses = objective(x, y)  # (M, B): every model's per-example loss
+        with autocast(device, precision):
+            losses = objective(x, y)  # (M, B): every model's per-example loss
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         fused.backward(losses)  # each model's mean loss -> its own .grad
