@@ -267,20 +267,23 @@ def test_fuse_auto_is_off_on_a_cpu(mnist_cache, tmp_path, monkeypatch):
 
 
 def test_fused_step_in_bf16_matches_one_by_one():
-    """train.precision = bf16 reaches inside the vmapped step: fp32 losses, equal to each
-    model's own bf16 step to bfloat16's rounding (batched and single matmuls round apart)."""
+    """train.precision = bf16 reaches inside the vmapped step: fp32 losses that differ from
+    the same fused step in fp32 (so bfloat16 ran) and equal each model's own bf16 step to
+    bfloat16's rounding (under vmap a Linear's bias add promotes its output to fp32, so the
+    two paths round apart)."""
     cfgs = [cfg("train.batch_size=16", f"train.optimizer={o}") for o in ("adam", "amsgrad")]
     for c in cfgs:
         c.model.image_shape = [1, 28, 28]
     x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    fused = [train.setup_model(c, torch.device("cpu")) for c in cfgs]
-    losses = train.step_function([m for m, _ in fused], [o for _, o in fused], precision="bf16")(
-        x, None
-    )
+
+    def fused_losses(precision):
+        pairs = [train.setup_model(c, torch.device("cpu")) for c in cfgs]
+        models, opts = [m for m, _ in pairs], [o for _, o in pairs]
+        return train.step_function(models, opts, precision=precision)(x, None)
+
+    losses, fp32 = fused_losses("bf16"), fused_losses("fp32")
     alone = [train.setup_model(c, torch.device("cpu")) for c in cfgs]
     each = torch.cat([train.step_function([m], [o], precision="bf16")(x, None) for m, o in alone])
-    fp32 = torch.cat([train.step_function([m], [o])(x, None) for m, o in
-                      (train.setup_model(c, torch.device("cpu")) for c in cfgs)])  # fmt: skip
     assert losses.dtype == torch.float32 and losses.shape == (2, 16)
-    assert not torch.equal(losses, fp32)  # bfloat16 did run in the fused step
+    assert not torch.equal(losses, fp32)  # the fused fp32 step is the same deterministic path
     torch.testing.assert_close(losses, each, rtol=2e-3, atol=0)

@@ -141,6 +141,10 @@ def _apply_resume_overrides(cfg, overrides: list[str]):
         print(f"vaelab: warning: train.epochs {cfg.train.epochs} -> {new.train.epochs} with "
               f"train.lr_decay = {cfg.train.lr_decay} stretches the learning-rate schedule "
               "over the new length", file=sys.stderr)  # fmt: skip
+    if new.train.precision != cfg.train.precision:
+        print(f"vaelab: note: train.precision {cfg.train.precision} -> {new.train.precision}: "
+              "from here on the run rounds differently, so it no longer equals an unbroken "
+              "run bit for bit", file=sys.stderr)  # fmt: skip
     return new
 
 

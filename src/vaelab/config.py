@@ -94,7 +94,7 @@ class TrainConfig:
     """compile the objective with torch.compile (eager again, with a warning, where that fails)"""
     precision: str = "fp32"
     """fp32, or bf16: the forward pass's matmuls in bfloat16 (torch.autocast; weights,
-    optimizer and losses stay fp32). 2-3x faster on CPUs and GPUs with bf16 units"""
+    optimizer and losses stay fp32); faster where the CPU or GPU has bf16 units"""
     device: str = "cpu"
     """cpu, cuda, cuda:1, mps …"""
     threads: int = 0

@@ -36,8 +36,9 @@ from vaelab.nn import (
 
 def widened(t: torch.Tensor) -> torch.Tensor:
     """``t`` in fp32 if autocast left it in 16 bits: losses and the posterior's parameters
-    are computed from fp32 network outputs (a sum over 784 pixels must not round at 8 bits);
-    fp32 and fp64 pass unchanged."""
+    are computed from fp32 network outputs (a sum over 784 pixels must not round at 8 bits;
+    type promotion against an fp32 target would widen some losses anyway, but not e.g. the
+    Bernoulli term's softplus, nor μ and log σ²); fp32 and fp64 pass unchanged."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 

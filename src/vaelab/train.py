@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,8 @@ def _train(
         for m in members:
             m.p = _restore(m.run, m.model, m.optimizer, batches, log)
             m.saved = m.p.epoch
+    step = step_function([m.model for m in members], [m.optimizer for m in members],
+                         cfg.train.compile, log, cfg.train.precision)  # fmt: skip
     p = members[0].p  # epoch, batch and step are the same for all members
     if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
         raise CheckpointError("runs trained together must stand at the same epoch and batch")
@@ -364,8 +367,6 @@ def _train(
         f"{f', {len(members)} models fused' if len(members) > 1 else ''}) on "
         f"{len(train_set):,} {cfg.data.name} images -> {', '.join(str(r.path) for r in runs)}")  # fmt: skip
 
-    step = step_function([m.model for m in members], [m.optimizer for m in members],
-                         cfg.train.compile, log, cfg.train.precision)  # fmt: skip
     t0 = time.perf_counter() - p.seconds
     wide = torch.float32 if batches.device.type == "mps" else torch.float64  # mps: no float64
     sums = torch.zeros(len(members), dtype=wide, device=batches.device)  # (M,)
@@ -471,11 +472,22 @@ AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The forward pass in ``precision``: torch.autocast to bfloat16 for "bf16" (weights,
-    gradients, optimizer state and the losses stay fp32), nothing for "fp32"."""
+    """A reusable context for the forward pass in ``precision``: torch.autocast to bfloat16
+    for "bf16" (weights, gradients, optimizer state and the losses stay fp32), nothing for
+    "fp32". A device that cannot autocast to that dtype is a ConfigError, here and not at
+    the first step."""
     if precision not in AUTOCAST:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST[precision])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ctx = torch.autocast(device.type, dtype=AUTOCAST[precision])
+        except RuntimeError as e:
+            raise ConfigError(f"train.precision = {precision!r} on {device}: {e}") from e
+    if not getattr(ctx, "_enabled", True):  # autocast turned itself off, with a warning
+        why = "; ".join(str(w.message) for w in caught) or "autocast is disabled there"
+        raise ConfigError(f"train.precision = {precision!r} is not available on {device}: {why}")
+    return ctx
 
 
 def step_function(
@@ -488,13 +500,13 @@ def step_function(
     """``step(x, y)``: one optimisation step of every model on batch x (fused when there
     are several); returns the per-example losses (M, B), still on the device — reading
     them would wait for the step."""
-    device = next(models[0].parameters()).device
+    mixed = autocast(next(models[0].parameters()).device, precision)
     if len(models) == 1:
         objective = compiled(models[0].objective, compile, log)
         (optimizer,) = optimizers
 
         def step(x, y):
-            with autocast(device, precision):
+            with mixed:
                 losses = objective(x, y)  # (B,) per-example loss
             loss = losses.mean()  # empirical risk of the batch (Def 1.2.4)
             optimizer.zero_grad(set_to_none=True)
@@ -508,7 +520,7 @@ def step_function(
     objective = compiled(fused.objective, compile, log)
 
     def fused_step(x, y):
-        with autocast(device, precision):
+        with mixed:
             losses = objective(x, y)  # (M, B): every model's per-example loss
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
