@@ -139,8 +139,10 @@ def vaelab_steps(train, batch: int, steps: int, compile: bool = False, device="c
     if compile:
         objective = torch.compile(model.objective)
 
+    mixed = autocast(torch.device(device), precision)  # built once, entered per step
+
     def step(x, y):
-        with autocast(torch.device(device), precision):
+        with mixed:
             loss = objective(x).sum()  # the examples loop sums over the batch too
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vaelab.data import BINARIZE
 from vaelab.errors import ConfigError
 
@@ -148,8 +150,11 @@ def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v >= low), f">= {low}"
 
 
-PRECISIONS = ("fp32", "bf16")
-"""train.precision values (the autocast dtypes are in vaelab.train.AUTOCAST)."""
+AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
+"""train.precision -> the dtype autocast gives matmuls and convolutions (fp32: no autocast)."""
+
+PRECISIONS = ("fp32", *AUTOCAST)
+"""train.precision values."""
 
 _POSITIVE_LIST = ((lambda v: all(w >= 1 for w in v)), "a list of positive integers")
 

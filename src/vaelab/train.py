@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import FILLED_IN, RESUME_OVERRIDES, Config, differences
+from vaelab.config import AUTOCAST, FILLED_IN, RESUME_OVERRIDES, Config, differences
 from vaelab.data import Batches, ImageDataset, derive_seed, heldout_batches, load_split
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.evaluate import mean_objective
@@ -465,10 +465,6 @@ def _train(
 
 SYNC_EVERY = 10
 """Steps between host synchronisations (progress bar, NaN check) within an epoch."""
-
-
-AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
-"""train.precision -> the dtype autocast gives matmuls and convolutions (others: fp32)."""
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
