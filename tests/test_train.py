@@ -350,6 +350,38 @@ def test_planted_pickle_is_refused_and_never_runs(trained, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("low", [b"\x80", b"PK"])
+def test_safetensors_whose_header_length_looks_like_pickle_or_zip_loads(tmp_path, low):
+    """A header of 0x880 bytes starts the file with 0x80 (the pickle opcode), one of 0x4B50
+    with "PK" (zip): a finished run's optimizer file was once refused for that."""
+    tensors = {"w": torch.arange(6.0).reshape(2, 3)}
+    for pad in range(40_000):
+        raw = runs.st_save(tensors, metadata={"pad": "x" * pad})
+        if raw.startswith(low):
+            break
+    path = tmp_path / "t.safetensors"
+    runs.write_tensors(path, tensors, {"pad": "x" * pad})
+    assert path.read_bytes().startswith(low)
+    back, meta, _ = runs.read_tensors(path)
+    torch.testing.assert_close(back["w"], tensors["w"])
+    assert meta["pad"] == "x" * pad
+
+
+def test_test_every_skips_test_losses_and_early_stops_only_when_tested(mnist_cache, tmp_path):
+    run = quiet(tiny("train.epochs=5", "train.test_every=2"), tmp_path / "r", cache=mnist_cache)
+    tested = [m["test_loss"] is not None for m in runs.RunFolder(run).read_metrics()]
+    assert tested == [False, True, False, True, True]  # the last epoch is always tested
+    every = quiet(tiny("train.epochs=5"), tmp_path / "e", cache=mnist_cache)
+    assert_same_weights(run, every)  # skipping the test loss changes nothing else
+    # lr 0 never improves: patience 1 would stop after epoch 2, but epoch 2 is untested
+    run = quiet(tiny("train.epochs=10", "train.lr=0.0", "train.early_stopping=1",
+                     "train.optimizer=sgd", "train.test_every=3"), tmp_path / "s",
+                cache=mnist_cache)  # fmt: skip
+    assert len(runs.RunFolder(run).read_metrics()) == 6
+    out = tmp_path / "loss.png"
+    assert cli.main(["plot", str(run), "loss", "--out", str(out)]) == 0 and out.exists()
+
+
 def test_tampered_weights_are_refused(trained, tmp_path):
     import shutil
 

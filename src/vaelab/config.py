@@ -92,6 +92,9 @@ class TrainConfig:
     early_stopping: int = 0
     """stop after N epochs without a better test loss (0 = off); the run keeps the weights of
     its last epoch, not those of the best one"""
+    test_every: int = 1
+    """compute the test loss every N epochs (and always after the last); long runs save
+    the time of the others, and early stopping then decides only at tested epochs"""
     compile: bool = False
     """compile the objective with torch.compile (eager again, with a warning, where that fails)"""
     precision: str = "fp32"
@@ -176,6 +179,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.precision": ((lambda v: v in PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
     "train.checkpoint_every": _at_least(1),
     "train.early_stopping": _at_least(0),
+    "train.test_every": _at_least(1),
 }
 """Range checks per ``section.key``: (test of the value, the rule in words)."""
 
@@ -199,7 +203,8 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 
 RESUME_OVERRIDES = ("train.epochs", "train.early_stopping", "train.checkpoint_every",
-                    "train.device", "train.threads", "train.compile", "train.precision")  # fmt: skip
+                    "train.test_every", "train.device", "train.threads", "train.compile",
+                    "train.precision")  # fmt: skip
 """The settings that may change when a run continues; the rest is fixed by its checkpoint."""
 
 FILLED_IN = ("model.image_shape", "model.classes")

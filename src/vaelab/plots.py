@@ -120,9 +120,10 @@ def loss_figure(panels: Panels, out: str | Path, cache=None) -> Path:
             raise VaelabError(f"{run} has no metrics.jsonl yet")
         epochs = [m["epoch"] for m in metrics]
         train_loss = [m["train_loss"] for m in metrics]
-        test_loss = [m["test_loss"] for m in metrics]
+        tested = [(m["epoch"], m["test_loss"]) for m in metrics if m["test_loss"] is not None]
+        test_loss = [v for _, v in tested]  # train.test_every > 1 leaves epochs untested
         ax.plot(epochs, train_loss, label="training loss")
-        ax.plot(epochs, test_loss, "--", label="test loss")
+        ax.plot([e for e, _ in tested], test_loss, "--", label="test loss")
         if all(v is not None and v > 0 for v in train_loss + test_loss):
             ax.set_yscale("log")  # only positive losses have a logarithm
         ax.set_xlabel("epoch")

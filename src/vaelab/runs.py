@@ -57,16 +57,22 @@ PENDING = ".next"  # suffix of tensor files written but not yet moved into place
 
 
 def check_safetensors_bytes(raw: bytes, where: Path) -> None:
-    """Refuse bytes that are not a safetensors file (8-byte header length, then JSON)."""
+    """Refuse bytes that are not a safetensors file (8-byte header length, then JSON).
+
+    The shape check comes first: a valid header length can itself begin with the byte
+    0x80 or the letters "PK" (a 2,176-byte header does), so the magic bytes of pickle and
+    zip only name the problem once the bytes are known not to be safetensors."""
+    if len(raw) >= 10:
+        (n,) = struct.unpack("<Q", raw[:8])
+        if n <= len(raw) - 8 and raw[8:9] == b"{":
+            return
     if raw[:1] == b"\x80" or raw[:2] == b"PK":
         raise CheckpointError(
             f"{where} is a pickle/torch.save file, not safetensors; refusing to load it"
         )
     if len(raw) < 10:
         raise CheckpointError(f"{where} is too short to be a safetensors file")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > len(raw) - 8 or raw[8:9] != b"{":
-        raise CheckpointError(f"{where} is not a safetensors file (bad header)")
+    raise CheckpointError(f"{where} is not a safetensors file (bad header)")
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:

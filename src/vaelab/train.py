@@ -436,9 +436,11 @@ def _train(
                 halt_if(interrupted())
             sync()
             # ---- end of epoch: test loss, metrics, checkpoint, early stopping
-            test_losses = [mean_objective(m.model, test_batches, seed=seed) for m in members]
+            tested = (epoch + 1) % cfg.train.test_every == 0 or epoch + 1 == cfg.train.epochs
+            test_losses = [mean_objective(m.model, test_batches, seed=seed) if tested else None
+                           for m in members]  # fmt: skip
             for m, test_loss in zip(members, test_losses, strict=True):  # before any writes
-                if not math.isfinite(test_loss):
+                if test_loss is not None and not math.isfinite(test_loss):
                     raise diverged(f"test loss is {test_loss} after epoch {epoch + 1}", m)
             stop = False
             for m, test_loss in zip(members, test_losses, strict=True):
@@ -446,14 +448,17 @@ def _train(
                 train_loss = q.train_sum / len(train_set)
                 q.epoch, q.batch, q.train_sum = epoch + 1, 0, 0.0
                 q.seconds = time.perf_counter() - t0
-                improved = test_loss < q.best
+                # stale: epochs since the best test loss so far
+                improved = test_loss is not None and test_loss < q.best
                 q.best, q.stale = (test_loss, 0) if improved else (q.best, q.stale + 1)
                 m.run.append_metrics({"epoch": q.epoch, "step": q.step, "train_loss": train_loss,
                                       "test_loss": test_loss, "seconds": round(q.seconds, 3)})  # fmt: skip
                 name = f"{m.run.path.name}: " if len(members) > 1 else ""
+                shown = "   -   " if test_loss is None else f"{test_loss:.4f}"
                 log(f"{name}epoch {q.epoch:>4}/{cfg.train.epochs}  train {train_loss:.4f}  "
-                    f"test {test_loss:.4f}  {q.seconds:7.1f}s")  # fmt: skip
-                stop = bool(cfg.train.early_stopping and q.stale >= cfg.train.early_stopping)
+                    f"test {shown}  {q.seconds:7.1f}s")  # fmt: skip
+                patience = cfg.train.early_stopping
+                stop = bool(tested and patience and q.stale >= patience)
                 if q.epoch == cfg.train.epochs or stop or q.epoch % cfg.train.checkpoint_every == 0:
                     checkpoint(m)
             if stop:  # only ever one member: fused runs do not stop early
