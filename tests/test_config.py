@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vaelab.config import Config, dumps, load_config, parse_override
 from vaelab.errors import ConfigError
@@ -49,6 +51,9 @@ def test_bad_keys_and_types_are_named(override, message):
         ("train.threads=-1", "train.threads must be >= 0, got -1"),
         ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
         ("train.early_stopping=-1", "train.early_stopping must be >= 0, got -1"),
+        ("train.test_every=0", "train.test_every must be >= 1, got 0"),
+        ("train.seed=-1", r"train.seed must be an integer 0 <= seed < 2\*\*63, got -1"),
+        (f"train.seed={2**63}", r"train.seed must be an integer 0 <= seed < 2\*\*63"),
         ("model.bottleneck=0", "model.bottleneck must be >= 1, got 0"),
         ('train.precision="fp16"', "train.precision must be one of fp32, bf16, got 'fp16'"),
         ("model.k=0", "model.k must be >= 1, got 0"),
@@ -78,6 +83,19 @@ def test_file_round_trip(tmp_path):
     cfg = load_config(None, ["model.widths=[10,5]", 'data.name="x"', "train.seed=7"])
     (tmp_path / "c.toml").write_text(dumps(cfg))
     assert load_config(tmp_path / "c.toml") == cfg
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=["Cs"])), st.lists(st.text(max_size=4)))
+def test_any_string_survives_the_toml_round_trip(name, classes):
+    """Class names come from data sets (folder names, an .npz's classes): a newline, tab,
+    quote, backslash or DEL in one must not make the run's config.toml unreadable."""
+    import tomllib
+
+    cfg = Config()
+    cfg.data.name, cfg.model.classes = name, classes
+    back = tomllib.loads(dumps(cfg))
+    assert back["data"]["name"] == name and back["model"]["classes"] == classes
 
 
 def test_unknown_key_in_file(tmp_path):

@@ -119,6 +119,19 @@ def test_save_and_load_with_derived_split(tmp_path):
         data.load_dataset("nope", "train", tmp_path)
 
 
+def test_adding_a_split_keeps_the_derived_splits_and_extra_metadata(tmp_path):
+    ds = _toy()
+    data.save_dataset("toy", {"train": ds}, tmp_path, derived={"head": ("train", 0, 10)},
+                      extra={"holdout": [1]})  # fmt: skip
+    data.add_splits("toy", {"more": _toy(8)}, tmp_path, source="test")
+    assert data.dataset_splits("toy", tmp_path) == ["train", "more", "head"]
+    assert torch.equal(data.load_dataset("toy", "head", tmp_path).images, ds.images[:10])
+    assert data._load_meta("toy", tmp_path)["extra"] == {"holdout": [1]}
+    # replacing the split a slice was cut from drops the slice
+    data.add_splits("toy", {"train": _toy(12)}, tmp_path, source="test")
+    assert data.dataset_splits("toy", tmp_path) == ["train", "more"]
+
+
 def test_interrupted_write_leaves_nothing(tmp_path):
     def boom(f):
         f.write(b"partial")

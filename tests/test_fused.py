@@ -229,6 +229,12 @@ def test_finished_includes_early_stopped():
     assert train._finished(c, {"epoch": 4, "stale": 2})
     assert not train._finished(c, {"epoch": 4, "stale": 1})
     assert train._finished(cfg("train.epochs=4"), {"epoch": 4, "stale": 0})
+    # with train.test_every > 1 the stale count passes the patience at untested epochs,
+    # where training goes on: only a run that did stop is finished
+    assert not train._finished(c, {"epoch": 4, "stale": 2, "stopped": False})
+    assert train._finished(c, {"epoch": 4, "stale": 2, "stopped": True})
+    # a stopped run resumed with more patience is not finished
+    assert not train._finished(c, {"epoch": 4, "stale": 1, "stopped": True})
 
 
 def test_a_sweep_refuses_folders_of_another_config(mnist_cache, tmp_path):

@@ -297,6 +297,10 @@ def test_make_optimizer_prefers_ours_then_torch():
         make_optimizer("adamx", params, lr=1e-3)
     with pytest.raises(ValueError, match="momentum"):
         make_optimizer("adam", params, lr=1e-3, momentum=0.9)
+    # torch classes a backward-then-step loop cannot drive are refused up front
+    for name, why in [("LBFGS", "closure"), ("torch.SparseAdam", "sparse")]:
+        with pytest.raises(ValueError, match=why):
+            make_optimizer(name, params, lr=1e-3)
 
 
 @pytest.mark.parametrize(

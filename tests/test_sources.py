@@ -130,6 +130,24 @@ def test_import_folder_labels_and_resize(tmp_path):
     assert grey.images.shape == (7, 1, 8, 8)
 
 
+def test_import_folder_splits_share_one_class_list(tmp_path):
+    """test/ without a dog folder: its foxes must still be label 2, not 'dog'; hidden
+    folders are no class."""
+    from PIL import Image
+
+    for split, names in (("train", ("cat", "dog", "fox")), ("test", ("cat", "fox", ".ipynb_checkpoints"))):  # fmt: skip
+        for k, cls in enumerate(names):
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            Image.new("L", (8, 8), 10 * k).save(tmp_path / "imgs" / split / cls / "0.png")
+    cache = tmp_path / "cache"
+    sources.import_folder("pets", tmp_path / "imgs", (8, 8), 1, cache)
+    train, test = (data.load_dataset("pets", s, cache) for s in ("train", "test"))
+    assert train.classes == test.classes == ["cat", "dog", "fox"]
+    assert [test.classes[k] for k in test.labels] == ["cat", "fox"]
+    with pytest.raises(DataError, match=r"sub-folders \['fox'\] are not among the classes"):
+        sources.folder_dataset(tmp_path / "imgs" / "test", (8, 8), classes=["cat"])
+
+
 def test_import_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images"):

@@ -262,10 +262,33 @@ def test_a_new_run_starts_a_fresh_metrics_file(mnist_cache, tmp_path):
     assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1]
 
 
+def test_resume_drops_a_metrics_line_cut_off_by_a_kill(tmp_path):
+    run = runs.RunFolder(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "a": 1}\n{"epoch": 2, "st')
+    with pytest.raises(CheckpointError, match="line 2"):
+        run.read_metrics()
+    run.reset_metrics(upto_epoch=1)
+    assert run.read_metrics() == [{"epoch": 1, "a": 1}]
+    # a bad line in the middle is damage, not a torn append: still refused
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(CheckpointError, match="line 2"):
+        run.reset_metrics(upto_epoch=1)
+
+
 def test_malformed_metrics_line_is_named(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2\n')
     with pytest.raises(CheckpointError, match=r"metrics.jsonl, line 2"):
         runs.RunFolder(tmp_path).read_metrics()
+
+
+def test_splits_with_differently_named_classes_are_refused():
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    a = ImageDataset(x, torch.tensor([0, 1]), ["cat", "dog"], "pets")
+    b = ImageDataset(x, torch.tensor([0, 1]), ["dog", "cat"], "pets")
+    cfg = tiny("model.kind=classifier")
+    assert train._classes(cfg, a, a) == ["cat", "dog"]
+    with pytest.raises(DataError, match=r"name their classes differently \(cat, dog vs dog, cat\)"):
+        train._classes(cfg, a, b)
 
 
 def test_early_stopping(mnist_cache, tmp_path):
@@ -378,6 +401,7 @@ def test_test_every_skips_test_losses_and_early_stops_only_when_tested(mnist_cac
                      "train.optimizer=sgd", "train.test_every=3"), tmp_path / "s",
                 cache=mnist_cache)  # fmt: skip
     assert len(runs.RunFolder(run).read_metrics()) == 6
+    assert runs.RunFolder(run).read_state()["stopped"]
     out = tmp_path / "loss.png"
     assert cli.main(["plot", str(run), "loss", "--out", str(out)]) == 0 and out.exists()
 

@@ -25,7 +25,8 @@ from vaelab.models import VAE, build_model
 
 def small_vae(likelihood="bernoulli", **kw):
     torch.manual_seed(0)
-    cfg = ModelConfig(kind="vae", image_shape=[1, 6, 6], widths=[16], bottleneck=3,
+    kw = {"widths": [16], **kw}
+    cfg = ModelConfig(kind="vae", image_shape=[1, 6, 6], bottleneck=3,
                       likelihood=likelihood, activation="tanh", **kw)  # fmt: skip
     return build_model(cfg, "mse")
 
@@ -293,6 +294,22 @@ def test_vae_figures(trained_vae, mnist_cache, tmp_path, figure):
         == 0
     )
     assert out.stat().st_size > 1000
+
+
+def test_condition_of_codes_digitwise_only_when_the_classes_are():
+    from vaelab.errors import ConfigError
+
+    # one-hot classes '1', '10', '2' … '9' (sorted as text): '0' is no class and no digit code
+    names = sorted(str(i) for i in range(1, 11))
+    vae = small_vae(conditional=True, classes=names, widths=[32])
+    assert vae.cond_table.shape == (10, 10)
+    torch.testing.assert_close(vae.condition_of(["10"]), vae.cond_table[1:2])
+    with pytest.raises(ConfigError, match="unknown label '0'"):
+        vae.condition_of(["0"])
+    # digit classes of one length: unseen numbers get their digit code
+    vae = small_vae(conditional=True, classes=["12", "34"], widths=[32])
+    torch.testing.assert_close(vae.condition_of(["31"])[0].reshape(2, 10).argmax(1),
+                               torch.tensor([3, 1]))  # fmt: skip
 
 
 def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):

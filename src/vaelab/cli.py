@@ -228,8 +228,9 @@ def cmd_classifier_train(args: argparse.Namespace) -> None:
     from vaelab.evaluate import evaluate_run, format_table
     from vaelab.train import train
 
-    cfg = load_config(CLASSIFIER_CONFIG, args.set)
-    cfg.data.name, cfg.train.epochs = args.data, args.epochs
+    shortcuts = [f"data.name={args.data!r}"] * (args.data is not None)
+    shortcuts += [f"train.epochs={args.epochs}"] * (args.epochs is not None)
+    cfg = load_config(CLASSIFIER_CONFIG, args.set + shortcuts)  # the options win over --set
     path = train(cfg, out=args.out, cache=args.cache, progress=not args.no_progress)
     print(format_table(evaluate_run(path, cache=args.cache, progress=False)))
     print(f"run folder: {path}")
@@ -296,6 +297,17 @@ def _int_at_least(low: int, what: str) -> Callable[[str], int]:
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, 0 <= seed < SEED_LIMIT."""
+    from vaelab.config import SEED_LIMIT
+
+    value = non_negative_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be below 2**63, got {text!r}")
+    return value
+
 
 Command = Callable[[argparse.Namespace], "int | None"]
 
@@ -390,7 +402,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         "--k", type=positive_int, default=5000, help="importance samples per image (5000)"
     )
     p.add_argument("--limit", type=non_negative_int, default=0, help="only the first N test images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampling (0)")
     p.add_argument(
         "--batch-size", type=positive_int, default=100, help="test images per batch (100)"
     )
@@ -406,7 +418,7 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=positive_int, default=64, help="number of images (64)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (samples.png)")
     p.add_argument("--npz", metavar="FILE", help="also write the images as .npz (N, H, W, C)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws (0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the prior draws (0)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the prior's standard deviation (1; < 1: more typical images)")  # fmt: skip
 
@@ -419,15 +431,15 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format", choices=("png", "npz", "idx"), default="png", help="png (folders), npz or idx"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed (0)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the prior's standard deviation (1; < 1: more typical images)")  # fmt: skip
     _cache_arg(p)
 
 
 def _classifier_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="mnist", help="labelled single-digit data set (mnist)")
-    p.add_argument("--epochs", type=positive_int, default=8, help="epochs (8)")
+    p.add_argument("--data", help="labelled single-digit data set (the preset's: mnist)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (the preset's: 8)")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override"
     )
@@ -445,7 +457,7 @@ def _compose_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n", type=positive_int, default=60000, help="training composites (60000)")
     p.add_argument("--n-test", type=positive_int, help="test composites (default n/6)")
-    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed (0)")
     p.add_argument("--holdout", default="auto",
                    help="numbers kept out of the training split: comma-separated, 'auto' "
                         "(10 drawn with the seed) or 'none'")  # fmt: skip
@@ -469,7 +481,7 @@ def _optim_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("problem", choices=("reddi",), help="reddi: Reddi et al. 2018, §5")
     p.add_argument("--steps", type=positive_int, help="number of online steps T")
     p.add_argument("--out", default="runs/reddi", help="folder for reddi.png (runs/reddi)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic variant")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the stochastic variant")
 
 
 # fmt: off

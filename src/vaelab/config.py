@@ -8,6 +8,7 @@ is a :class:`~vaelab.errors.ConfigError` that names it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -153,6 +154,9 @@ def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v >= low), f">= {low}"
 
 
+SEED_LIMIT = 2**63
+"""Seeds are 0 <= seed < 2**63, so that a seed plus an offset still fits torch's 64 bits."""
+
 AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
 """train.precision -> the dtype autocast gives matmuls and convolutions (fp32: no autocast)."""
 
@@ -172,6 +176,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.sigma": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
     "model.beta": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
     "train.epochs": _at_least(1),
+    "train.seed": ((lambda v: 0 <= v < SEED_LIMIT), "an integer 0 <= seed < 2**63"),
     "train.batch_size": _at_least(1),
     "train.lr": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
     "train.lr_decay": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
@@ -287,8 +292,8 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):  # JSON's escapes are TOML's, but for DEL, which TOML also refuses
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007F")
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise ConfigError(f"cannot write {v!r} to TOML")

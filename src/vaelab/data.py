@@ -224,14 +224,19 @@ def add_splits(
     name: str, splits: dict[str, ImageDataset], cache: str | Path | None, source: str
 ) -> Path:
     """Add ``splits`` to the cached data set ``name``, creating it or replacing same-named
-    splits; all splits must hold images of one shape."""
+    splits; all splits must hold images of one shape. The derived splits (slices) of the
+    splits kept stay, and so does the set's extra metadata."""
+    derived, extra = {}, {}
     if _dataset_path(name, cache).exists():
-        existing = {s: load_dataset(name, s, cache) for s in _load_meta(name, cache)["splits"]}
-        splits = {**existing, **splits}
+        meta = _load_meta(name, cache)
+        existing = {s: load_dataset(name, s, cache) for s in meta["splits"]}
+        derived = {d: (base, lo, hi) for d, (base, lo, hi) in meta["derived"].items()
+                   if base not in splits and d not in splits}  # fmt: skip
+        extra, splits = meta.get("extra", {}), {**existing, **splits}
     shapes = {s: ds.image_shape for s, ds in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"data set {name!r}: splits have different image shapes {shapes}")
-    return save_dataset(name, splits, cache, source=source)
+    return save_dataset(name, splits, cache, derived=derived, source=source, extra=extra)
 
 
 # --------------------------------------------------------------------------------------

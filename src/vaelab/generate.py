@@ -154,12 +154,6 @@ def nearest_distance(x: torch.Tensor, reference: torch.Tensor, batch: int = 500)
     return torch.cat(out)
 
 
-def _slots(x: torch.Tensor, width: int) -> torch.Tensor:
-    """(N, C, H, S·W) -> (N·S, C, H, W): the digit slots of composite images."""
-    s = x.shape[-1] // width
-    return x.unflatten(-1, (s, width)).permute(0, 3, 1, 2, 4).flatten(0, 1)
-
-
 def judge(
     clf: Classifier,
     images: torch.Tensor,
@@ -169,8 +163,7 @@ def judge(
 ) -> dict[str, Any]:
     """Metrics of a set of images (N, C, H, W) uint8, optionally meant to show ``labels``."""
     x = normalize(images)
-    w = clf.image_shape[2]
-    feats, probs = _features_and_probs(clf, _slots(x, w))
+    feats, probs = _features_and_probs(clf, clf.slots(x))
     pred = probs.argmax(1).reshape(len(x), -1)  # (N, S) digit per slot
     read = ["".join(clf.classes[int(k)] for k in row) for row in pred]
     p_y = probs.mean(0)
@@ -218,7 +211,7 @@ def generation_metrics(
     real = test.subset(pick)
     train_ref = normalize(train.images[torch.randperm(len(train), generator=g)[:10000]])
     # reference features: real training images, so "real test" gives the floor
-    ref_feats, _ = _features_and_probs(clf, _slots(train_ref, clf.image_shape[2]))
+    ref_feats, _ = _features_and_probs(clf, clf.slots(train_ref))
     real_labels = [test.classes[int(k)] for k in real.labels] if real.labels is not None else None
     rows = {"real test": judge(clf, real.images, real_labels, ref_feats, train_ref)}
     conditional = bool(getattr(model, "classes", None))

@@ -47,10 +47,16 @@ def condition_table(classes: list[str]) -> torch.Tensor:
     length L ("7", "427"), a name is coded digit by digit as L one-hots (D = 10·L), so a
     conditional model can be asked for numbers it never saw whole; otherwise it is a
     one-hot of the class (D = K)."""
-    lengths = {len(c) for c in classes}
-    if classes and len(lengths) == 1 and all(c.isdigit() for c in classes):
+    if digitwise(classes):
         return torch.stack([digit_code(c) for c in classes])
     return torch.eye(len(classes))
+
+
+def digitwise(classes: list[str]) -> bool:
+    """Whether class names are coded digit by digit: all digit strings of one length."""
+    return (
+        bool(classes) and len({len(c) for c in classes}) == 1 and all(c.isdigit() for c in classes)
+    )
 
 
 def digit_code(name: str) -> torch.Tensor:
@@ -216,14 +222,12 @@ class VAE(LatentModel):
             )
         index = {c: i for i, c in enumerate(self.classes)}
         width = len(self.classes[0])
-        digitwise = self.cond_table.shape[1] == 10 * width and all(
-            c.isdigit() for c in self.classes
-        )
+        by_digit = digitwise(self.classes)
         rows = []
         for name in names:
             if name in index:
                 rows.append(self.cond_table[index[name]])
-            elif digitwise and name.isdigit() and len(name) == width:
+            elif by_digit and name.isdigit() and len(name) == width:
                 rows.append(digit_code(name).to(self.cond_table.device))
             else:
                 raise ConfigError(
@@ -503,17 +507,20 @@ class Classifier(nn.Module):
             raise ConfigError("a classifier trains on a labelled data set")
         return F.cross_entropy(widened(self.logits(x)), y, reduction="none")
 
+    def slots(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, S·W) -> (B·S, C, H, W): images of S digits side by side, cut into the
+        trained image size; any other height, channel count or width is a ConfigError."""
+        c, h, w = self.image_shape
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != h or x.shape[3] % w:
+            raise ConfigError(f"cannot read images of shape {tuple(x.shape[1:])} with a "
+                              f"classifier of {c}x{h}x{w} images")  # fmt: skip
+        s = x.shape[3] // w
+        return x.unflatten(-1, (s, w)).permute(0, 3, 1, 2, 4).flatten(0, 1)  # (B·S, C, H, W)
+
     @torch.no_grad()
     def read(self, x: torch.Tensor) -> torch.Tensor:
         """Class indices (B, S) for images of width S·W (S slots of the trained width W)."""
-        w = self.image_shape[2]
-        if x.shape[-1] % w or x.shape[-2] != self.image_shape[1]:
-            raise ConfigError(
-                f"cannot read images of {tuple(x.shape[-2:])} with a {self.image_shape[1:]} classifier"
-            )
-        slots = x.shape[-1] // w
-        tiles = x.unflatten(-1, (slots, w)).permute(0, 3, 1, 2, 4)  # (B, S, C, H, W)
-        return self.logits(tiles.flatten(0, 1)).argmax(1).reshape(x.shape[0], slots)
+        return self.logits(self.slots(x)).argmax(1).reshape(x.shape[0], -1)
 
 
 def build_classifier(cfg: ModelConfig, loss: str) -> Classifier:

@@ -523,13 +523,18 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 """vaelab's optimizers by name (Theorem 1.2.5, Theorem 1.2.8, Algorithms 1 and 3)."""
 
 
+UNSUITED = {"lbfgs": "needs a closure that re-evaluates the loss",
+            "sparseadam": "takes sparse gradients only"}  # fmt: skip
+"""torch.optim classes a plain ``loss.backward(); step()`` loop cannot drive, and why."""
+
+
 def _torch_optimizers() -> dict[str, type[Optimizer]]:
     found = {}
     for name in dir(torch.optim):
         obj = getattr(torch.optim, name)
         if isinstance(obj, type) and issubclass(obj, Optimizer) and obj is not Optimizer:
             found[name.lower()] = obj
-    return found
+    return {k: v for k, v in found.items() if k not in UNSUITED}
 
 
 def make_optimizer(name: str, params: ParamsT, lr: float, **kwargs: Any) -> Optimizer:
@@ -547,6 +552,10 @@ def make_optimizer(name: str, params: ParamsT, lr: float, **kwargs: Any) -> Opti
         cls = OPTIMIZERS.get(key)
     torch_classes = _torch_optimizers()
     cls = cls or torch_classes.get(key)
+    if cls is None and key in UNSUITED:
+        raise ValueError(
+            f"optimizer {name!r} {UNSUITED[key]}: vaelab's training loop cannot use it"
+        )
     if cls is None:
         known = [*OPTIMIZERS, *(f"torch.{c.__name__}" for c in torch_classes.values())]
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(known)}")

@@ -194,11 +194,11 @@ class RunFolder:
 
     def reset_metrics(self, upto_epoch: int = 0) -> None:
         """Rewrite ``metrics.jsonl`` atomically with only the records of epochs up to
-        ``upto_epoch`` (those of the checkpoint a run resumes from; 0: none)."""
+        ``upto_epoch`` (those of the checkpoint a run resumes from; 0: none). A last line
+        cut off by a kill is dropped with the other records after the checkpoint."""
         if self.writer:
-            kept = (
-                [m for m in self.read_metrics() if m["epoch"] <= upto_epoch] if upto_epoch else []
-            )
+            records = self.read_metrics(torn_tail=True) if upto_epoch else []
+            kept = [m for m in records if m["epoch"] <= upto_epoch]
             text = "".join(json.dumps(m) + "\n" for m in kept).encode()
             atomic_write(self.file(METRICS), lambda f: f.write(text))
 
@@ -261,18 +261,23 @@ class RunFolder:
             self._roll_forward(state)
         return state
 
-    def read_metrics(self) -> list[dict[str, Any]]:
+    def read_metrics(self, torn_tail: bool = False) -> list[dict[str, Any]]:
+        """The per-epoch records; ``torn_tail`` skips an unreadable last line (an append
+        cut off by a kill) instead of refusing the file."""
         self.check_no_pickles()
         path = self.file(METRICS)
         if not path.exists():
             return []
         records = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except ValueError as e:
+                if torn_tail and not any(rest.strip() for rest in lines[number:]):
+                    break
                 raise CheckpointError(f"{path}, line {number}: not a JSON record ({e})") from e
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
                 raise CheckpointError(f"{path}, line {number}: not a metrics record")

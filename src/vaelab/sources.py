@@ -84,10 +84,19 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
 def idx_dataset(
     images: str | Path, labels: str | Path | None = None, name: str = ""
 ) -> ImageDataset:
-    """An :class:`ImageDataset` from an IDX image file (N, H, W) and optional label file (N,)."""
+    """An :class:`ImageDataset` from an IDX image file (N, H, W) and optional label file (N,).
+    A ``classes.txt`` beside the label file (one name per line, as ``vaelab generate
+    --format idx`` writes it) names the labels; without one they are '0', '1', …"""
     x = read_idx(images)
     y = None if labels is None else read_idx(labels)
-    return from_arrays(x, y, [], name, f"{images}" + (f" + {labels}" if labels else ""))
+    classes: list[str] = []
+    names = None if labels is None else Path(labels).with_name("classes.txt")
+    if names is not None and names.is_file():
+        classes = names.read_text(encoding="utf-8").splitlines()
+        if y is not None and len(y) and int(y.max()) >= len(classes):
+            raise DataError(f"{names} names {len(classes)} classes, but {labels} has label "
+                            f"{int(y.max())}")  # fmt: skip
+    return from_arrays(x, y, classes, name, f"{images}" + (f" + {labels}" if labels else ""))
 
 
 def from_arrays(
@@ -169,12 +178,23 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def class_folders(folder: Path) -> list[Path]:
+    """The sub-folders of ``folder`` that name classes: all but hidden ones (``.git``,
+    ``.ipynb_checkpoints``), sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def folder_dataset(
-    folder: str | Path, size: tuple[int, int], channels: int = 1, name: str = ""
+    folder: str | Path,
+    size: tuple[int, int],
+    channels: int = 1,
+    name: str = "",
+    classes: list[str] | None = None,
 ) -> ImageDataset:
-    """Images under ``folder``, labelled by sub-folder name (sorted), resized to ``size``
-    (H, W) and converted to ``channels`` (1 = grey, 3 = RGB). Images directly in
-    ``folder`` are accepted when there are no sub-folders (then unlabelled)."""
+    """Images under ``folder``, labelled by sub-folder name, resized to ``size`` (H, W) and
+    converted to ``channels`` (1 = grey, 3 = RGB). The labels index ``classes`` (default:
+    the sorted sub-folder names), so splits that lack a class still agree on the others.
+    Images directly in ``folder`` are accepted when there are no sub-folders (unlabelled)."""
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
@@ -182,10 +202,15 @@ def folder_dataset(
         raise DataError(f"{folder}: not a folder")
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
-    groups = [(d.name, d) for d in subdirs] or [("", folder)]
+    subdirs = class_folders(folder)
+    if classes is None:
+        classes = [d.name for d in subdirs]
+    index = {c: k for k, c in enumerate(classes)}
+    if unknown := [d.name for d in subdirs if d.name not in index]:
+        raise DataError(f"{folder}: sub-folders {unknown} are not among the classes {classes}")
+    groups = [(index[d.name], d) for d in subdirs] or [(0, folder)]
     files: list[tuple[Path, int]] = []
-    for k, (_, d) in enumerate(groups):
+    for k, d in groups:
         files += [(p, k) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
@@ -200,7 +225,7 @@ def folder_dataset(
             raise DataError(f"{p}: cannot decode image ({e})") from e
     labelled = bool(subdirs)
     labels = torch.tensor([k for _, k in files]) if labelled else None
-    classes = [n for n, _ in groups] if labelled else []
+    classes = classes if labelled else []
     images = torch.from_numpy(out.transpose(0, 3, 1, 2).copy())  # (N, H, W, C) -> (N, C, H, W)
     return ImageDataset(images, labels, classes, name)
 
@@ -213,12 +238,14 @@ def import_folder(
     cache: str | Path | None = None,
 ) -> Path:
     """Import an image folder. With ``train/`` and ``test/`` sub-folders, each is a split;
-    otherwise the whole folder is the ``train`` split."""
+    otherwise the whole folder is the ``train`` split. The classes are the sub-folder names
+    of all splits together, so a label means the same class in every split."""
     folder = Path(folder)
     split_dirs = {s: folder / s for s in ("train", "test") if (folder / s).is_dir()}
     if not split_dirs:
         split_dirs = {"train": folder}
-    splits = {s: folder_dataset(d, size, channels, name) for s, d in split_dirs.items()}
+    classes = sorted({d.name for s in split_dirs.values() for d in class_folders(s)})
+    splits = {s: folder_dataset(d, size, channels, name, classes) for s, d in split_dirs.items()}
     return add_splits(name, splits, cache, source=f"folder {folder}")
 
 

@@ -52,6 +52,7 @@ class Progress:
     train_sum: float = 0.0  # sum of per-example losses in the current epoch
     best: float = math.inf  # best test loss so far
     stale: int = 0  # epochs since the best test loss (early stopping)
+    stopped: bool = False  # early stopping ended the run
     seconds: float = 0.0  # training wall time so far
 
 
@@ -74,6 +75,13 @@ def _classes(cfg: Config, train_set: ImageDataset, test_set: ImageDataset) -> li
                 "has none"
             )
     classes = list(train_set.classes)
+    n = min(len(classes), len(test_set.classes))  # one may name more classes than the other
+    if list(test_set.classes[:n]) != classes[:n]:
+        raise DataError(
+            f"the splits {cfg.data.split!r} and {cfg.data.test_split!r} of {cfg.data.name} "
+            f"name their classes differently ({_few(classes)} vs {_few(test_set.classes)}), "
+            "so a label would not mean one class"
+        )
     top = int(test_set.labels.max()) if len(test_set.labels) else -1
     if top >= len(classes):
         raise DataError(
@@ -81,6 +89,11 @@ def _classes(cfg: Config, train_set: ImageDataset, test_set: ImageDataset) -> li
             f"training split {cfg.data.split!r} has {len(classes)} classes"
         )
     return classes
+
+
+def _few(names: Sequence[str], n: int = 5) -> str:
+    """'a, b, c … (12)': the first few of a list of names, for messages."""
+    return ", ".join(names[:n]) + (f" … ({len(names)})" if len(names) > n else "")
 
 
 def setup_data(
@@ -314,9 +327,12 @@ def _state_of(cfg: Config, out: Path) -> dict | None:
 
 
 def _finished(cfg: Config, state: dict) -> bool:
-    """Whether a run with ``state`` has ended: all epochs done, or stopped early."""
+    """Whether a run with ``state`` has ended: all epochs done, or stopped early (and the
+    patience in ``cfg`` would stop it too). A state written before ``stopped`` existed
+    was tested at every epoch, where a stale count past the patience means it stopped."""
     patience = cfg.train.early_stopping
-    return state["epoch"] >= cfg.train.epochs or bool(patience and state["stale"] >= patience)
+    stopped = patience and state["stale"] >= patience and state.get("stopped", True)
+    return state["epoch"] >= cfg.train.epochs or bool(stopped)
 
 
 def _train(
@@ -458,7 +474,7 @@ def _train(
                 log(f"{name}epoch {q.epoch:>4}/{cfg.train.epochs}  train {train_loss:.4f}  "
                     f"test {shown}  {q.seconds:7.1f}s")  # fmt: skip
                 patience = cfg.train.early_stopping
-                stop = bool(tested and patience and q.stale >= patience)
+                stop = q.stopped = bool(tested and patience and q.stale >= patience)
                 if q.epoch == cfg.train.epochs or stop or q.epoch % cfg.train.checkpoint_every == 0:
                     checkpoint(m)
             if stop:  # only ever one member: fused runs do not stop early
@@ -583,7 +599,8 @@ def _restore(
             log(f"note: the checkpoint ran on {rng.get('device', 'cpu')}, this run on "
                 f"{device.type}; random draws on the device will differ from an unbroken run")  # fmt: skip
         batches.load_state_dict(loader)
-        fields = {k: state[k] for k in vars(Progress())}
+        fields = {k: state[k] for k in vars(Progress()) if k != "stopped"}
+        fields["stopped"] = bool(state.get("stopped", False))  # absent in older checkpoints
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{run.file('state.json')} is incomplete ({e})") from e
     fields["best"] = math.inf if fields["best"] is None else fields["best"]
