@@ -79,6 +79,18 @@ def test_classifier_learns_quickly(classifier):
     assert result["accuracy"] > 0.9  # 3,000 images, 2 epochs; the full schedule is in benchmarks
 
 
+@pytest.mark.parametrize(
+    "figure", ["latent", "recon", "samples", "manifold", "interpolate", "traverse"]
+)
+def test_latent_figures_of_a_classifier_are_one_line_errors(
+    classifier, mnist_cache, capsys, figure
+):
+    argv = ["plot", str(classifier), figure, "--cache", str(mnist_cache)]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "holds a classifier" in err and "Traceback" not in err
+
+
 def test_classifier_reads_composites(classifier, mnist_small):
     _, clf = load_run(classifier)
     _, test = mnist_small

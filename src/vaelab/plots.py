@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from vaelab.data import Batches, atomic_write  # noqa: E402
 from vaelab.errors import VaelabError  # noqa: E402
 from vaelab.images import make_grid  # noqa: E402
+from vaelab.models import LatentModel  # noqa: E402
 from vaelab.runs import RunFolder, load_run, load_test_batches  # noqa: E402
 
 Panels = Sequence[tuple[str, str | Path]]
@@ -40,9 +41,17 @@ def _cond(model, data: Batches, index) -> torch.Tensor | None:
     return model.condition(None if data.labels is None else data.labels[index])
 
 
+def _latent_run(run_dir: str | Path) -> tuple:
+    """(config, model) of a run whose model has a latent space (not a classifier)."""
+    cfg, model = load_run(run_dir)
+    if not isinstance(model, LatentModel):
+        raise VaelabError(f"{run_dir} holds a {cfg.model.kind}, which has no latent space to plot")
+    return cfg, model
+
+
 def _test_split(run_dir: str | Path, cache: str | Path | None, limit: int = 0) -> tuple:
     """(config, model, test batches) of a run: the images as its test loss saw them."""
-    cfg, model = load_run(run_dir)
+    cfg, model = _latent_run(run_dir)
     return cfg, model, load_test_batches(cfg, cache, limit)
 
 
@@ -182,7 +191,7 @@ def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) ->
     """For a 2-D latent: decoded images on an n x n grid of the prior's quantiles (Kingma &
     Welling 2014, Figure 4)."""
     (title, run), *_ = panels
-    cfg, model = load_run(run)
+    cfg, model = _latent_run(run)
     if cfg.model.bottleneck != 2:
         raise VaelabError(
             f"the manifold figure needs a 2-D latent; {run} has {cfg.model.bottleneck}"
