@@ -99,6 +99,7 @@ def test_classifier_reads_composites(classifier, mnist_small):
     truth = torch.tensor([[int(ch) for ch in comp.classes[k]] for k in comp.labels])
     assert (read == truth).float().mean() > 0.85
     # images the classifier was not trained for are refused by name, not by torch
+    assert clf.read(torch.rand(0, 1, 28, 84)).shape == (0, 3)
     for shape in [(2, 1, 32, 84), (2, 3, 28, 84), (2, 1, 28, 30), (1, 28, 28)]:
         with pytest.raises(ConfigError, match="cannot read images of shape"):
             clf.read(torch.rand(shape))
@@ -147,10 +148,13 @@ def test_export_import_round_trip(cvae, tmp_path, mnist_cache, fmt):
     names = [back.classes[k] for k in back.labels]
     assert names == ["1", "1", "1", "5", "5", "5"]  # idx: from classes.txt
     if fmt == "idx":
+        idx = (out / "images-idx3-ubyte.gz", out / "labels-idx1-ubyte.gz")
+        (out / "classes.txt").write_text("one\x0cthing\n5\n")  # only \n ends a name
+        sources.import_idx("f", *idx, cache=cache)
+        assert data.load_dataset("f", "train", cache).classes == ["one\x0cthing", "5"]
         (out / "classes.txt").write_text("1\n")
         with pytest.raises(DataError, match="names 1 classes, but .* has label 1"):
-            sources.import_idx("h", out / "images-idx3-ubyte.gz", out / "labels-idx1-ubyte.gz",
-                               cache=cache)  # fmt: skip
+            sources.import_idx("h", *idx, cache=cache)
 
 
 def test_frechet_and_nearest_distance_references():

@@ -144,6 +144,10 @@ def test_import_folder_splits_share_one_class_list(tmp_path):
     train, test = (data.load_dataset("pets", s, cache) for s in ("train", "test"))
     assert train.classes == test.classes == ["cat", "dog", "fox"]
     assert [test.classes[k] for k in test.labels] == ["cat", "fox"]
+    (tmp_path / "imgs" / "test" / "bad\udcffname").mkdir()  # undecodable bytes in a name
+    with pytest.raises(DataError, match="must be printable UTF-8"):
+        sources.folder_dataset(tmp_path / "imgs" / "test", (8, 8))
+    (tmp_path / "imgs" / "test" / "bad\udcffname").rmdir()
     with pytest.raises(DataError, match=r"sub-folders \['fox'\] are not among the classes"):
         sources.folder_dataset(tmp_path / "imgs" / "test", (8, 8), classes=["cat"])
 

@@ -20,7 +20,7 @@ from vaelab import cli, runs, train
 from vaelab.config import ModelConfig, load_config
 from vaelab.data import Batches, ImageDataset
 from vaelab.evaluate import evaluate_vae, log_likelihood
-from vaelab.models import VAE, build_model
+from vaelab.models import VAE, build_model, digitwise
 
 
 def small_vae(likelihood="bernoulli", **kw):
@@ -306,6 +306,7 @@ def test_condition_of_codes_digitwise_only_when_the_classes_are():
     torch.testing.assert_close(vae.condition_of(["10"]), vae.cond_table[1:2])
     with pytest.raises(ConfigError, match="unknown label '0'"):
         vae.condition_of(["0"])
+    assert not digitwise(["²", "3"]) and digitwise(["07", "42"])  # ASCII digits only
     # digit classes of one length: unseen numbers get their digit code
     vae = small_vae(conditional=True, classes=["12", "34"], widths=[32])
     torch.testing.assert_close(vae.condition_of(["31"])[0].reshape(2, 10).argmax(1),

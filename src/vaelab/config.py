@@ -95,7 +95,9 @@ class TrainConfig:
     its last epoch, not those of the best one"""
     test_every: int = 1
     """compute the test loss every N epochs (and always after the last); long runs save
-    the time of the others, and early stopping then decides only at tested epochs"""
+    the time of the others. Early stopping then decides only at tested epochs, still
+    counting epochs: patience 5 with test_every 10 stops at the first test that fails to
+    improve"""
     compile: bool = False
     """compile the objective with torch.compile (eager again, with a warning, where that fails)"""
     precision: str = "fp32"

@@ -106,6 +106,9 @@ def export(
             write_idx(
                 out / "labels-idx1-ubyte.gz", y.astype(np.uint8 if len(names) <= 256 else np.int32)
             )
+            if any("\n" in nm or "\r" in nm for nm in names):
+                raise VaelabError("classes.txt holds one name per line: a class name with a "
+                                  "line break cannot be written (use --format npz)")  # fmt: skip
             text = ("\n".join(names) + "\n").encode()
             atomic_write(out / "classes.txt", lambda f: f.write(text))
     return out

@@ -55,7 +55,9 @@ def condition_table(classes: list[str]) -> torch.Tensor:
 def digitwise(classes: list[str]) -> bool:
     """Whether class names are coded digit by digit: all digit strings of one length."""
     return (
-        bool(classes) and len({len(c) for c in classes}) == 1 and all(c.isdigit() for c in classes)
+        bool(classes)
+        and len({len(c) for c in classes}) == 1
+        and all(c.isascii() and c.isdigit() for c in classes)
     )
 
 
@@ -227,7 +229,7 @@ class VAE(LatentModel):
         for name in names:
             if name in index:
                 rows.append(self.cond_table[index[name]])
-            elif by_digit and name.isdigit() and len(name) == width:
+            elif by_digit and name.isascii() and name.isdigit() and len(name) == width:
                 rows.append(digit_code(name).to(self.cond_table.device))
             else:
                 raise ConfigError(
@@ -520,7 +522,8 @@ class Classifier(nn.Module):
     @torch.no_grad()
     def read(self, x: torch.Tensor) -> torch.Tensor:
         """Class indices (B, S) for images of width S·W (S slots of the trained width W)."""
-        return self.logits(self.slots(x)).argmax(1).reshape(x.shape[0], -1)
+        slots = x.shape[-1] // self.image_shape[2]
+        return self.logits(self.slots(x)).argmax(1).reshape(x.shape[0], slots)
 
 
 def build_classifier(cfg: ModelConfig, loss: str) -> Classifier:

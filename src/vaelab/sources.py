@@ -92,7 +92,7 @@ def idx_dataset(
     classes: list[str] = []
     names = None if labels is None else Path(labels).with_name("classes.txt")
     if names is not None and names.is_file():
-        classes = names.read_text(encoding="utf-8").splitlines()
+        classes = names.read_text(encoding="utf-8").removesuffix("\n").split("\n")
         if y is not None and len(y) and int(y.max()) >= len(classes):
             raise DataError(f"{names} names {len(classes)} classes, but {labels} has label "
                             f"{int(y.max())}")  # fmt: skip
@@ -203,6 +203,9 @@ def folder_dataset(
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
     subdirs = class_folders(folder)
+    for d in subdirs:  # undecodable bytes in a name arrive as surrogates, unwritable later
+        if not d.name.isprintable():
+            raise DataError(f"{d}: a class folder's name must be printable UTF-8 text")
     if classes is None:
         classes = [d.name for d in subdirs]
     index = {c: k for k, c in enumerate(classes)}

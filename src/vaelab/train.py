@@ -80,7 +80,8 @@ def _classes(cfg: Config, train_set: ImageDataset, test_set: ImageDataset) -> li
         raise DataError(
             f"the splits {cfg.data.split!r} and {cfg.data.test_split!r} of {cfg.data.name} "
             f"name their classes differently ({_few(classes)} vs {_few(test_set.classes)}), "
-            "so a label would not mean one class"
+            "so a label would not mean one class; import both with the same class names "
+            "(import-folder with train/ and test/, an .npz's classes, a classes.txt)"
         )
     top = int(test_set.labels.max()) if len(test_set.labels) else -1
     if top >= len(classes):
