@@ -40,6 +40,19 @@ def test_compose_is_deterministic_and_holds_out(mnist_small):
     assert not torch.equal(a.images, c.images)
     assert not {"123", "456"} & {a.classes[k] for k in a.labels}
     assert default_holdout(3, 0) == default_holdout(3, 0) and len(default_holdout(3, 0)) == 10
+    with pytest.raises(DataError, match="cover every 1-digit number"):
+        compose_digits(source, 1, 10, seed=0, holdout=[str(d) for d in range(10)])
+    with pytest.raises(DataError, match="composites must be >= 1, got 0"):
+        compose_digits(source, 2, 0, seed=0)
+
+
+def test_compose_a_tiny_set_still_has_a_test_split(mnist_cache, tmp_path):
+    from vaelab.compose import compose_dataset
+
+    (tmp_path / "datasets").mkdir()  # a cache of its own, MNIST linked in
+    (tmp_path / "datasets" / "mnist.npz").symlink_to(mnist_cache / "datasets" / "mnist.npz")
+    compose_dataset("tiny2", digits=2, n=5, cache=tmp_path)  # 5 // 6 test images was 0
+    assert len(data.load_dataset("tiny2", "test", tmp_path)) == 1
 
 
 def test_compose_dataset_cli(mnist_cache, capsys):

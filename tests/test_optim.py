@@ -103,6 +103,35 @@ def test_generic_with_sgd_moments_is_sgd():
     )
 
 
+def test_sgd_moments_is_sgd_for_a_parameter_whose_gradients_start_late():
+    a0, b0 = torch.tensor([1.0, -2.0]), torch.tensor([0.5])
+    runs = []
+    for make in (lambda p: GenericAdaptive(p, *sgd_moments(), lr=0.1, eps=0.0),
+                 lambda p: torch.optim.SGD(p, lr=0.1)):  # fmt: skip
+        a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+        opt = make([a, b])
+        for t in range(1, 6):
+            opt.zero_grad()
+            loss = a.square().sum() + (b.square().sum() if t >= 3 else 0.0)  # b from step 3
+            loss.backward()
+            opt.step()
+        runs.append((a.detach(), b.detach()))
+    torch.testing.assert_close(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("cls", [Adam, AMSGrad])
+def test_eps_zero_leaves_never_moved_coordinates_alone(cls):
+    """With ε = 0, m/√v is 0/0 where every gradient so far was 0 (MNIST's blank corners)."""
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    opt = cls([w], lr=0.1, eps=0.0)
+    for _ in range(3):
+        opt.zero_grad()
+        (w[0] ** 2).backward()  # w[1] gets gradient 0 at every step
+        opt.step()
+    w = w.detach()
+    assert torch.isfinite(w).all() and float(w[1]) == 2.0 and float(w[0]) < 1.0
+
+
 # --- against our own definitions -------------------------------------------------------------
 
 

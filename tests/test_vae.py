@@ -173,6 +173,12 @@ def test_learned_sigma_is_a_parameter():
     model = small_vae("gaussian", learn_sigma=True)
     assert any(p is model.log_sigma for p in model.parameters())
     assert model.log_sigma.shape == (1, 6, 6)
+    # a blank pixel predicted blank would drive σ -> 0 and log p(x|z) -> ∞: σ has a floor
+    x, logits = torch.zeros(1, 1, 6, 6), torch.full((1, 1, 6, 6), -30.0)
+    with torch.no_grad():
+        model.log_sigma.fill_(-20.0)
+    floor = Independent(Normal(torch.sigmoid(logits), 1 / 255), 3).log_prob(x)
+    torch.testing.assert_close(model.log_px(logits, x), floor)
 
 
 def _test_images():
@@ -228,7 +234,11 @@ def test_evaluation_is_deterministic():
     b = evaluate_vae(model, batches, k=20, seed=5, progress=False)
     assert a == b
     assert a["nll"] <= -a["elbo"] + 1.0  # log p(x) >= ELBO, up to sampling noise
-    assert 0 <= a["active_units"] <= 3
+    assert a["bits_per_dim"] == pytest.approx(a["nll"] / (36 * math.log(2)))
+    mu = torch.cat([model.posterior(x)[0] for x, _ in batches])  # (N, Z) posterior means
+    assert a["active_units"] == int((mu.var(dim=0) > 0.01).sum())
+    grey = Batches(_test_images(), 50, shuffle=False, binarize="none")
+    assert evaluate_vae(model, grey, k=2, progress=False)["bits_per_dim"] is None
     # standard error over images: the first half's NLL differs from the whole's by about
     # one standard error (σ/√100 − σ/√200 apart); /n instead of /√n would fail this
     half = Batches(_test_images().limit(100), 50, shuffle=False, binarize="static")

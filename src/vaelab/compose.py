@@ -50,6 +50,8 @@ def compose_digits(
         raise DataError("composing needs a labelled single-channel digit data set such as mnist")
     if not 1 <= digits <= 6:
         raise DataError(f"--digits must be between 1 and 6, got {digits}")
+    if n < 1:
+        raise DataError(f"the number of composites must be >= 1, got {n}")
     g = torch.Generator().manual_seed(seed)
     classes = number_classes(digits)
     allowed = torch.ones(len(classes), dtype=torch.bool)
@@ -59,6 +61,8 @@ def compose_digits(
             raise DataError(f"held-out number {number!r} is not a {digits}-digit string")
         allowed[int(number)] = False
     pool = torch.nonzero(allowed).flatten()
+    if len(pool) == 0:
+        raise DataError(f"the held-out numbers cover every {digits}-digit number: none is left")
     numbers = pool[torch.randint(len(pool), (n,), generator=g)]  # (n,) class = the number
     places = 10 ** torch.arange(digits - 1, -1, -1)  # (digits,) 100, 10, 1
     slot_digits = (numbers[:, None] // places) % 10  # (n, digits) digit in each slot
@@ -101,7 +105,7 @@ def compose_dataset(
     (without ``holdout``), test composites from its test split (all numbers)."""
     if holdout is None:
         holdout = default_holdout(digits, seed)
-    n_test = n // 6 if n_test is None else n_test
+    n_test = max(1, n // 6) if n_test is None else n_test
     train = compose_digits(
         load_dataset(source, "train", cache), digits, n, seed, holdout, name=name
     )

@@ -62,7 +62,7 @@ class ModelConfig:
     sigma: float = 0.1
     """vae, gaussian likelihood: the fixed σ (initial σ when learn_sigma)"""
     learn_sigma: bool = False
-    """vae, gaussian likelihood: learn one σ per pixel"""
+    """vae, gaussian likelihood: learn one σ per pixel (floored at 1/255, one grey level)"""
     conditional: bool = False
     """vae: condition encoder and decoder on the label (a CVAE)"""
     image_shape: list[int] = field(default_factory=list)

@@ -85,13 +85,15 @@ def _sum_mse_per_pixel(recon: torch.Tensor, x: torch.Tensor) -> float:
 def evaluate_vae(
     model, batches: Batches, *, k: int = 5000, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
-    """Test ELBO, NLL with k importance samples (nats and bits/dim; with its standard error
-    over the test images, which says how far another test set of this size could move it),
+    """Test ELBO, NLL with k importance samples (nats, and bits/dim for binarised images
+    under a Bernoulli likelihood; with its standard error over the test images, which says
+    how far another test set of this size could move it),
     reconstruction MSE per pixel and active units (Var_x[μ_j(x)] > 0.01, Burda et al. 2015)
     over ``batches``."""
     model.eval()
     n = len(batches.data)
     dims = math.prod(batches.data.image_shape)
+    discrete = model.likelihood == "bernoulli" and batches.binarize != "none"
     sums = {"elbo": 0.0, "mse": 0.0}
     mus, lls = [], []
     with seeded(seed, batches.device):
@@ -122,7 +124,9 @@ def evaluate_vae(
         "elbo": sums["elbo"] / n,
         "nll": nll,
         "nll_stderr": float(ll.std()) / math.sqrt(n) if n > 1 else 0.0,  # over test images
-        "bits_per_dim": nll / (dims * math.log(2)),
+        # bits/dim of a discrete distribution: binary pixels under a Bernoulli likelihood; a
+        # density on grey values (or a Bernoulli read at grey values) has no such number
+        "bits_per_dim": nll / (dims * math.log(2)) if discrete else None,
         "recon_mse_per_pixel": sums["mse"] / n,
         "active_units": active,
         "latent_dim": mu.shape[1],
@@ -209,6 +213,8 @@ def format_table(result: dict[str, Any]) -> str:
     width = max(len(key) for key in result)
     rows = []
     for key, value in result.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        shown = (
+            f"{value:.4f}" if isinstance(value, float) else "n/a" if value is None else str(value)
+        )
         rows.append(f"{key:<{width}}  {shown}")
     return "\n".join(rows)

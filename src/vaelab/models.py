@@ -42,6 +42,10 @@ def widened(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
+SIGMA_MIN = 1 / 255
+"""The smallest learned σ of a Gaussian likelihood on [0, 1] images: one grey level."""
+
+
 def condition_table(classes: list[str]) -> torch.Tensor:
     """Condition vectors (K, D) for class names. When every name is a digit string of one
     length L ("7", "427"), a name is coded digit by digit as L one-hots (D = 10·L), so a
@@ -196,6 +200,7 @@ class VAE(LatentModel):
         self.encoder, self.decoder, self.latent_dim = encoder, decoder, latent_dim
         self.likelihood, self.beta, self.k = likelihood, beta, k
         log_sigma = torch.full(tuple(image_shape or ()) if learn_sigma else (), math.log(sigma))
+        self.learn_sigma = learn_sigma
         if learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)  # one σ per pixel, learned
         else:
@@ -270,7 +275,7 @@ class VAE(LatentModel):
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z] in [0, 1], (B, C, H, W)."""
-        return LIKELIHOODS[self.likelihood][1](self._decoder(z, c), self.log_sigma)
+        return LIKELIHOODS[self.likelihood][1](self._decoder(z, c), self.sigma_in_use())
 
     @torch.no_grad()
     def sample(
@@ -304,7 +309,15 @@ class VAE(LatentModel):
     # ---- the objectives, per example in nats
     def log_px(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x | z) for decoder outputs ``logits``, (B,)."""
-        return LIKELIHOODS[self.likelihood][0](widened(logits), x, self.log_sigma)
+        return LIKELIHOODS[self.likelihood][0](widened(logits), x, self.sigma_in_use())
+
+    def sigma_in_use(self) -> torch.Tensor:
+        """log σ of the Gaussian likelihood; a learned σ is floored at one grey level
+        (SIGMA_MIN = 1/255): a pixel that is blank in every image would otherwise shrink
+        its σ, and raise the likelihood, without bound."""
+        if self.learn_sigma:
+            return self.log_sigma.clamp_min(math.log(SIGMA_MIN))
+        return self.log_sigma
 
     def elbo(
         self, x: torch.Tensor, beta: float = 1.0, c: torch.Tensor | None = None

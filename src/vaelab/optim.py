@@ -272,8 +272,7 @@ class _MomentOptimizer(Optimizer):
                 step_size = alpha_t / bc1
             else:
                 step_size = alpha_t
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_addcdiv_(params, ms, denom, -step_size)  # θ −= α_t m / (√v + ε)
+            _descend(params, ms, denom, group["eps"], step_size)  # θ −= α_t m / (√v + ε)
             _project(params, group["bounds"])
         return loss
 
@@ -283,7 +282,9 @@ class Adam(_MomentOptimizer):
 
     m_t = β1 m_{t−1} + (1 − β1) g_t, v_t = β2 v_{t−1} + (1 − β2) g_t²,
     θ_t = θ_{t−1} − α_t · m̂_t / (√v̂_t + ε) with m̂_t = m_t/(1 − β1^t), v̂_t = v_t/(1 − β2^t).
-    With the defaults it follows ``torch.optim.Adam``. ``bias_correction=False`` drops
+    With the defaults it follows ``torch.optim.Adam``, except that t counts the steps of the
+    parameter group (as in Algorithm 1), not of each parameter: a parameter whose first
+    gradient arrives late starts with the group's bias corrections. ``bias_correction=False`` drops
     lines 8–9 — the form of Example 1.2.15 (2). A decaying β1t (``beta1_decay`` < 1) is
     bias-corrected by 1 − Π_{s≤t} β1s. See the module docstring for the common options.
     """
@@ -358,6 +359,19 @@ class AMSGrad(_MomentOptimizer):
         )
 
 
+def _descend(
+    params: list[Tensor], ms: list[Tensor], denom: list[Tensor], eps: float, step_size: float
+) -> None:
+    """θ −= step_size · m / (denom + ε). With ε = 0 a coordinate that has only seen zero
+    gradients (m = 0, denom = 0: on MNIST the weights of the always-blank corner pixels)
+    stays put instead of turning NaN: denom is raised to the smallest normal number."""
+    if eps:
+        torch._foreach_add_(denom, eps)
+    else:
+        torch._foreach_clamp_min_(denom, torch.finfo(denom[0].dtype).tiny)
+    torch._foreach_addcdiv_(params, ms, denom, -step_size)
+
+
 # --- the generic adaptive method ------------------------------------------------------------
 
 
@@ -372,8 +386,10 @@ def sgd_moments() -> tuple[MomentFn, MomentFn]:
         return m
 
     def psi(v: list[Tensor], g: list[Tensor], t: int) -> list[Tensor]:
-        if t == 1:
-            torch._foreach_add_(v, 1.0)  # V_t = 1 (v starts at 0)
+        # V_t = 1, set at every step: a parameter's state starts (at 0) at its first gradient,
+        # which for some parameters comes after the group's step 1
+        torch._foreach_mul_(v, 0.0)
+        torch._foreach_add_(v, 1.0)
         return v
 
     return phi, psi
@@ -484,8 +500,7 @@ class GenericAdaptive(Optimizer):
                     for p, tensor in zip(params, new, strict=True):
                         self.state[p][key] = tensor
             denom = torch._foreach_sqrt(new_vs)
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_addcdiv_(params, new_ms, denom, -alpha_t)  # θ̂ = θ − α_t m/√V
+            _descend(params, new_ms, denom, group["eps"], alpha_t)  # θ̂ = θ − α_t m/√V
             _project(params, group["bounds"])  # θ_{t+1} = Π_{Θ,√V_t}(θ̂)
         return loss
 
