@@ -5,6 +5,7 @@ import torch
 
 from vaelab import data
 from vaelab.errors import DataError
+from vaelab.images import normalize
 
 
 # ---------------------------------------------------------------- batching
@@ -77,6 +78,27 @@ def test_dynamic_binarization_resamples_static_does_not():
     assert set(s1.unique().tolist()) == {0.0, 1.0} and torch.equal(s1, s2)
     with pytest.raises(DataError, match="binarize"):
         data.Batches(ds, 10, binarize="sometimes")
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_binarization_draws_each_pixel_with_its_grey_value(mode):
+    """16 pixels of grey 0, 17, … 255 over 4,000 images: pixel i is 1 with probability
+    value/255 (within 4 binomial standard errors), 0 and 255 stay fixed; and a shuffled
+    batch's images stay with their labels."""
+    grey = torch.arange(0, 256, 17, dtype=torch.uint8).reshape(1, 1, 4, 4)  # (1, 1, 4, 4)
+    n = 4000
+    ds = data.ImageDataset(grey.expand(n, 1, 4, 4).clone(), torch.arange(n), name="g")
+    x = torch.cat([b for b, _ in data.Batches(ds, 500, shuffle=False, binarize=mode)])
+    p = grey.flatten().double() / 255
+    freq = x.flatten(1).double().mean(0)  # (16,)
+    se = (p * (1 - p) / n).sqrt()
+    assert ((freq - p).abs() <= 4 * se + 1e-12).all(), (freq, p)
+    assert freq[0] == 0 and freq[-1] == 1
+    plain = data.ImageDataset(
+        torch.randint(0, 256, (300, 1, 4, 4), dtype=torch.uint8), torch.arange(300)
+    )
+    for xb, yb in data.Batches(plain, 64, seed=3):  # shuffled, not binarised
+        torch.testing.assert_close(xb, normalize(plain.images[yb]))
 
 
 def test_dataset_shape_checks():

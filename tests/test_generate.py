@@ -136,6 +136,85 @@ def test_cvae_generates_the_requested_digits(cvae, classifier, mnist_cache):
     assert 0 < model_row["class_entropy"] <= np.log(10) + 1e-9
 
 
+def test_judge_metrics_against_torch_distributions():
+    """A classifier whose class probabilities are a known function of a tile's brightness:
+    class entropy, inception score and label / digit accuracy against direct formulas."""
+    from torch import distributions as D
+    from torch import nn
+
+    from vaelab.generate import judge
+    from vaelab.models import Classifier
+
+    head = nn.Linear(1, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[-8.0], [0.0], [8.0]]))
+        head.bias.copy_(torch.tensor([4.0, 0.0, -4.0]))  # dark -> '0', mid -> '1', bright -> '2'
+    brightness = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    with torch.no_grad():
+        brightness[1].weight.fill_(1 / 16)
+        brightness[1].bias.zero_()
+    clf = Classifier(brightness, head, ["0", "1", "2"], (1, 4, 4))
+    g = torch.Generator().manual_seed(0)
+    levels = torch.randint(0, 256, (40, 2), generator=g, dtype=torch.uint8)  # (N, slots)
+    images = levels[:, None, None, :, None].expand(40, 1, 4, 2, 4).reshape(40, 1, 4, 8)
+    tiles = levels.flatten().double() / 255  # brightness of each tile, slot by slot
+    probs = torch.softmax(torch.stack([4 - 8 * tiles, 0 * tiles, 8 * tiles - 4], 1), 1)  # (80, 3)
+    p_y = probs.mean(0)
+    read = probs.argmax(1).reshape(40, 2)
+    labels = ["".join(str(int(k)) for k in row) for row in read]
+    labels[:10] = ["".join("2" if ch == "0" else "0" for ch in t) for t in labels[:10]]  # wrong
+    feats = torch.randn(50, 1, generator=g, dtype=torch.float64)
+    row = judge(clf, images, labels, feats, torch.rand(5, 1, 4, 8))
+    assert row["class_entropy"] == pytest.approx(
+        float(D.Categorical(probs=p_y).entropy()), rel=1e-5
+    )
+    kl = D.kl_divergence(D.Categorical(probs=probs), D.Categorical(probs=p_y))
+    assert row["inception_score"] == pytest.approx(float(kl.mean().exp()), rel=1e-5)
+    assert row["label_accuracy"] == pytest.approx(30 / 40)
+    wrong_digits = sum(ch != "1" for t in labels[:10] for ch in t)  # '1' maps to itself
+    assert row["digit_accuracy"] == pytest.approx(1 - wrong_digits / 80)
+
+
+def test_generate_and_import_npz_cli(cvae, tmp_path, mnist_cache, capsys):
+    """`vaelab generate` passes its options to export (same arrays as calling it), and
+    `vaelab data import-npz` reads them back unchanged."""
+    args = ["generate", str(cvae), "--out", str(tmp_path / "cli"), "--per-label", "2", "--labels", "1,5",
+            "--format", "npz", "--seed", "3", "--temperature", "0.7", "--cache", str(mnist_cache)]  # fmt: skip
+    assert cli.main(args) == 0
+    _, model = load_generator(cvae, mnist_cache)
+    direct = export(model, tmp_path / "direct", per_label=2, labels=["1", "5"], fmt="npz", seed=3,
+                    temperature=0.7)  # fmt: skip
+    with np.load(tmp_path / "cli" / "generated.npz") as a, np.load(direct / "generated.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+        images, labels = a["images"], a["labels"]
+    cache = tmp_path / "cache"
+    argv = ["data", "import-npz", str(tmp_path / "cli" / "generated.npz"), "--name", "g", "--cache", str(cache)]  # fmt: skip
+    assert cli.main(argv) == 0
+    back = data.load_dataset("g", "train", cache)
+    assert np.array_equal(back.images.permute(0, 2, 3, 1).numpy(), images)
+    assert [back.classes[k] for k in back.labels] == ["1", "1", "5", "5"]
+    assert back.labels.tolist() == labels.tolist()
+
+
+def test_eval_generation_cli_rows_per_temperature(cvae, classifier, mnist_cache, capsys):
+    import json
+
+    argv = ["eval", str(cvae), "--generation", "--classifier", str(classifier), "-n", "60",
+            "--temperatures", "0.5,1", "--cache", str(mnist_cache)]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "vae (conditional), T=0.5" in out and "real test" in out
+    record = json.loads((cvae / "eval.json").read_text())[-1]
+    assert set(record["generation"]) == {
+        "real test",
+        "vae (conditional)",
+        "vae (conditional), T=0.5",
+    }
+    assert all(row["n"] == 60 for row in record["generation"].values())
+    assert cli.main([*argv[:-4], "--temperatures", "0,1", "--cache", str(mnist_cache)]) == 1
+    assert "--temperatures must be positive" in capsys.readouterr().err
+
+
 def test_sample_by_label_cli(cvae, tmp_path, mnist_cache):
     out = tmp_path / "sevens.png"
     assert cli.main(["sample", str(cvae), "--label", "7", "-n", "16", "--out", str(out)]) == 0
@@ -177,11 +256,37 @@ def test_frechet_and_nearest_distance_references():
     # closed form for N(0, I) vs N(1, 4I): |μ|² + tr(I + 4I − 2·2I) = 3 + 3 = 6
     assert abs(frechet_distance(a, b) - 6.0) < 0.5
     assert frechet_distance(a, a) < 1e-6
+    # full, non-commuting covariances: Tr((Σa^½ Σb Σa^½)^½) from eigh, the same samples
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3000, 4, generator=g, dtype=torch.float64) @ torch.randn(
+        4, 4, generator=g, dtype=torch.float64
+    )
+    b = (
+        torch.randn(3000, 4, generator=g, dtype=torch.float64)
+        @ torch.randn(4, 4, generator=g, dtype=torch.float64)
+        + 0.5
+    )
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+
+    def sqrtm(m):
+        w, v = torch.linalg.eigh(m)
+        return v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
+
+    ra = sqrtm(ca)
+    exact = (
+        (a.mean(0) - b.mean(0)).square().sum()
+        + ca.trace()
+        + cb.trace()
+        - 2 * sqrtm(ra @ cb @ ra).trace()
+    )
+    assert frechet_distance(a, b) == pytest.approx(float(exact), abs=1e-8)  # fmt: skip
     ref = torch.rand(50, 1, 4, 4)
     d = nearest_distance(torch.cat([ref[:5], ref[:5] + 0.1]), ref)
     # float32 expansion |q|² − 2q·r + |r|²: exact copies come out within ~1e-3
     torch.testing.assert_close(d[:5], torch.zeros(5), atol=5e-3, rtol=0)
-    assert (d[5:] <= 0.4 + 1e-5).all()
+    q = torch.rand(30, 1, 4, 4)  # not near-copies: every distance against the brute force
+    brute = torch.cdist(q.flatten(1).double(), ref.flatten(1).double()).min(1).values
+    torch.testing.assert_close(nearest_distance(q, ref, batch=7).double(), brute, atol=1e-4, rtol=0)
 
 
 def test_temperature_scales_the_prior(cvae):
@@ -191,3 +296,9 @@ def test_temperature_scales_the_prior(cvae):
     assert torch.allclose(cold, cold[:1].expand_as(cold))  # T = 0: every draw is z = 0
     warm = model.sample(8, ["3"], generator=g(), temperature=1.0)
     assert not torch.allclose(warm, warm[:1].expand_as(warm))
+    # z ~ N(0, T² I): the same draws, scaled by T, through the decoder
+    z = torch.randn(8, model.latent_dim, generator=g())
+    c = model.condition_of(["3"] * 8)
+    torch.testing.assert_close(
+        model.sample(8, ["3"], generator=g(), temperature=0.5), model.decode(0.5 * z, c)
+    )

@@ -74,3 +74,25 @@ def test_classifier_config_is_checked():
         build_model(cfg(**{**base, "arch": "mlp"}), "mse")
     with pytest.raises(ConfigError, match=r"model.image_shape must be \(C, H, W\)"):
         build_model(cfg(**{**base, "image_shape": [28, 28]}), "mse")
+
+
+def test_conditional_conv_vae_reads_its_label_planes():
+    """A conditional conv VAE feeds the label as constant image planes to the encoder and
+    as a code to the decoder: both outputs depend on the label, and the objective reaches
+    every parameter."""
+    torch.manual_seed(0)
+    model = build_model(cfg(kind="vae", arch="conv", image_shape=[1, 8, 8], channels=[4],
+                            widths=[32], conditional=True, classes=["0", "1", "2"]), "mse")  # fmt: skip
+    x = torch.rand(5, 1, 8, 8)
+    c0, c2 = model.condition_of(["0"] * 5), model.condition_of(["2"] * 5)
+    assert not torch.allclose(model.posterior(x, c0)[0], model.posterior(x, c2)[0])
+    z = torch.randn(5, 3)
+    assert not torch.allclose(model.decode(z, c0), model.decode(z, c2))
+    # the label changes nothing but the condition: same label, same numbers
+    torch.testing.assert_close(
+        model.posterior(x, c0)[0], model.posterior(x, model.condition_of(["0"] * 5))[0]
+    )
+    model.objective(x, torch.tensor([0, 1, 2, 0, 1])).mean().backward()
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad
+    )

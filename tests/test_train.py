@@ -291,6 +291,25 @@ def test_splits_with_differently_named_classes_are_refused():
         train._classes(cfg, a, b)
 
 
+def test_lr_decays_geometrically_from_lr_to_lr_times_decay(mnist_cache, tmp_path, monkeypatch):
+    cfg = tiny("train.epochs=5", "train.lr=0.01", "train.lr_decay=0.1", "data.limit=200",
+               "data.test_limit=100")  # fmt: skip
+    expected = [0.01 * 0.1 ** (e / 4) for e in range(5)]  # 1e-2 … 1e-3
+    assert [train.epoch_lr(cfg, e) for e in range(5)] == pytest.approx(expected)
+    seen = []
+    step = Adam.step
+
+    def spy(self, closure=None):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, closure)
+
+    monkeypatch.setattr(Adam, "step", spy)
+    quiet(cfg, tmp_path / "r", cache=mnist_cache)
+    per_epoch = len(seen) // 5
+    assert [seen[e * per_epoch] for e in range(5)] == pytest.approx(expected)
+    assert train.epoch_lr(tiny("train.epochs=1", "train.lr_decay=0.1"), 0) == pytest.approx(3e-4)
+
+
 def test_early_stopping(mnist_cache, tmp_path):
     # lr 0 never improves the test loss: stops after 1 + patience epochs
     run = train.train(tiny("train.epochs=10", "train.lr=0.0", "train.early_stopping=2",
@@ -304,6 +323,31 @@ def trained(mnist_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
     return train.train(tiny("train.epochs=1"), out, cache=mnist_cache, progress=False,
                        log=lambda s: None)  # fmt: skip
+
+
+def test_recorded_test_loss_and_eval_agree_with_direct_computation(trained, mnist_cache):
+    """metrics.jsonl's test loss is the saved model's mean per-example loss over the test
+    split (not per batch, not summed over pixels differently), and eval's MSE is
+    F.mse_loss over all test pixels."""
+    import torch.nn.functional as F
+
+    from vaelab.evaluate import evaluate_ae, mean_objective
+
+    cfg, model = runs.load_run(trained)
+    batches = runs.load_test_batches(
+        cfg, mnist_cache, cfg.data.test_limit, batch_size=64
+    )  # 3·64 + 8
+    x = torch.cat([b for b, _ in batches])  # (200, 1, 28, 28)
+    with torch.no_grad():
+        direct = float(model.objective(x).double().mean())
+        mse = float(F.mse_loss(model.reconstruct(x), x))
+    recorded = runs.RunFolder(trained).read_metrics()[-1]["test_loss"]
+    assert mean_objective(model, batches) == pytest.approx(direct, rel=1e-6)
+    assert recorded == pytest.approx(direct, rel=1e-5)
+    result = evaluate_ae(model, batches)
+    assert result["n_images"] == 200 and result["recon_mse_per_pixel"] == pytest.approx(
+        mse, rel=1e-5
+    )
 
 
 def test_checkpoint_save_load_equality(trained):

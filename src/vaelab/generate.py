@@ -135,7 +135,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2}) between Gaussians fitted to
     feature sets a (N, F) and b (M, F) (the FID formula)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    f = a.shape[1]  # torch.cov of one feature is 0-d: keep (F, F)
+    cov_a, cov_b = torch.cov(a.T).reshape(f, f), torch.cov(b.T).reshape(f, f)
     # Tr (Σ_a Σ_b)^{1/2} = Σ sqrt(eig(Σ_a Σ_b)); the eigenvalues are real and >= 0
     eig = torch.linalg.eigvals(cov_a @ cov_b).real.clamp(min=0)
     return float(
