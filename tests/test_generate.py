@@ -215,6 +215,20 @@ def test_eval_generation_cli_rows_per_temperature(cvae, classifier, mnist_cache,
     assert "--temperatures must be positive" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("fmt", "name"), [("png", "../evil"), ("png", ".."), ("png", "a\\b"), ("idx", "two\nlines")]
+)
+def test_export_refuses_class_names_it_cannot_write_safely(tmp_path, fmt, name):
+    from types import SimpleNamespace
+
+    from vaelab.errors import VaelabError
+
+    model = SimpleNamespace(classes=["ok", name])  # refused before anything is generated
+    with pytest.raises(VaelabError, match="folder names|one name per line"):
+        export(model, tmp_path / "out", per_label=1, labels=None, fmt=fmt)
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "out").exists()
+
+
 def test_sample_by_label_cli(cvae, tmp_path, mnist_cache):
     out = tmp_path / "sevens.png"
     assert cli.main(["sample", str(cvae), "--label", "7", "-n", "16", "--out", str(out)]) == 0

@@ -64,6 +64,18 @@ def generate(
 FORMATS = ("png", "npz", "idx")
 
 
+def _check_names(names: list[str], fmt: str) -> None:
+    """Class names come from a data set's files: as png folder names they must not be paths
+    (``..``, ``a/b``), and classes.txt (idx) holds one name per line."""
+    if fmt == "png":
+        bad = [nm for nm in names if nm in (".", "..") or any(ch in nm for ch in "/\\\0")]
+        if bad:
+            raise VaelabError(f"class names {bad} cannot be folder names (use --format npz)")
+    if fmt == "idx" and any("\n" in nm or "\r" in nm for nm in names):
+        raise VaelabError("classes.txt holds one name per line: a class name with a line break "
+                          "cannot be written (use --format npz)")  # fmt: skip
+
+
 def export(
     model,
     out: str | Path,
@@ -87,6 +99,7 @@ def export(
     names = (labels or list(model.classes)) if conditional else [""]
     if labels and not conditional:
         raise VaelabError("--labels need a conditional model")
+    _check_names(names, fmt)
     images = torch.cat([generate(model, per_label, [nm] if conditional else None, seed + i, temperature=temperature)
                         for i, nm in enumerate(names)])  # fmt: skip
     y = np.repeat(np.arange(len(names)), per_label)
@@ -106,9 +119,6 @@ def export(
             write_idx(
                 out / "labels-idx1-ubyte.gz", y.astype(np.uint8 if len(names) <= 256 else np.int32)
             )
-            if any("\n" in nm or "\r" in nm for nm in names):
-                raise VaelabError("classes.txt holds one name per line: a class name with a "
-                                  "line break cannot be written (use --format npz)")  # fmt: skip
             text = ("\n".join(names) + "\n").encode()
             atomic_write(out / "classes.txt", lambda f: f.write(text))
     return out
