@@ -53,6 +53,27 @@ def test_counts_must_be_positive(argv, capsys):
     assert "must be" in capsys.readouterr().err
 
 
+def test_out_of_memory_is_one_line_and_other_runtime_errors_still_raise(monkeypatch, capsys):
+    def oom(args):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
+
+    _, help_, args_ = cli.COMMANDS[("data", "list")]
+    monkeypatch.setitem(cli.COMMANDS, ("data", "list"), (oom, help_, args_))
+    assert cli.main(["data", "list"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("vaelab: error: out of memory (CUDA out of memory.") and "batch size" in err
+    )
+    assert "more detail" not in err
+
+    def bug(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setitem(cli.COMMANDS, ("data", "list"), (bug, help_, args_))
+    with pytest.raises(RuntimeError, match="shapes"):
+        cli.main(["data", "list"])
+
+
 def test_unknown_dataset_is_one_line_error(tmp_path):
     out = run("data", "info", "nope", "--cache", str(tmp_path))
     assert out.returncode == 1

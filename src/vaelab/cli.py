@@ -566,9 +566,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vaelab: error: {e}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # torch's allocators: a setting to change, not a bug to trace
+        if args.debug or not any(s in str(e) for s in OUT_OF_MEMORY):
+            raise
+        first = str(e).strip().splitlines()[0]
+        print(f"vaelab: error: out of memory ({first[:200]}); use a smaller batch size "
+              "(train.batch_size, eval --batch-size) or fewer importance samples", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         print("vaelab: interrupted", file=sys.stderr)
         return 130
+
+
+OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
+"""Texts of torch's allocation failures (CUDA, MPS, CPU)."""
 
 
 if __name__ == "__main__":
