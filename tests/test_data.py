@@ -149,8 +149,11 @@ def test_adding_a_split_keeps_the_derived_splits_and_extra_metadata(tmp_path):
     assert data.dataset_splits("toy", tmp_path) == ["train", "more", "head"]
     assert torch.equal(data.load_dataset("toy", "head", tmp_path).images, ds.images[:10])
     assert data._load_meta("toy", tmp_path)["extra"] == {"holdout": [1]}
-    # replacing the split a slice was cut from drops the slice
-    data.add_splits("toy", {"train": _toy(12)}, tmp_path, source="test")
+    # a split it has is replaced only when asked; the slice cut from it goes with it
+    with pytest.raises(DataError, match="already has split.s. train; use --force"):
+        data.add_splits("toy", {"train": _toy(12)}, tmp_path, source="test")
+    assert len(data.load_dataset("toy", "train", tmp_path)) == len(ds)
+    data.add_splits("toy", {"train": _toy(12)}, tmp_path, source="test", replace=True)
     assert data.dataset_splits("toy", tmp_path) == ["train", "more"]
 
 

@@ -49,20 +49,41 @@ def test_compose_is_deterministic_and_holds_out(mnist_small):
 def test_compose_a_tiny_set_still_has_a_test_split(mnist_cache, tmp_path):
     from vaelab.compose import compose_dataset
 
-    (tmp_path / "datasets").mkdir()  # a cache of its own, MNIST linked in
-    (tmp_path / "datasets" / "mnist.npz").symlink_to(mnist_cache / "datasets" / "mnist.npz")
+    _cache_with_mnist(mnist_cache, tmp_path)
     compose_dataset("tiny2", digits=2, n=5, cache=tmp_path)  # 5 // 6 test images was 0
     assert len(data.load_dataset("tiny2", "test", tmp_path)) == 1
 
 
-def test_compose_dataset_cli(mnist_cache, capsys):
+def _cache_with_mnist(mnist_cache, folder):
+    """A cache of its own with MNIST linked in, so tests never write into a shared one."""
+    (folder / "datasets").mkdir(parents=True)
+    (folder / "datasets" / "mnist.npz").symlink_to(mnist_cache / "datasets" / "mnist.npz")
+    return folder
+
+
+def test_compose_dataset_cli(mnist_cache, tmp_path, capsys):
+    cache = _cache_with_mnist(mnist_cache, tmp_path)
     args = ["data", "compose", "--digits", "2", "--n", "600", "--n-test", "100", "--holdout", "42,07",
-            "--name", "mnist2", "--cache", str(mnist_cache)]  # fmt: skip
+            "--name", "mnist2", "--cache", str(cache)]  # fmt: skip
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "600 images of 1x28x56" in out and "holdout: ['42', '07']" in out
-    train_split = data.load_dataset("mnist2", "train", mnist_cache)
+    train_split = data.load_dataset("mnist2", "train", cache)
     assert not {"42", "07"} & {train_split.classes[k] for k in train_split.labels}
+    # a data set is never replaced by accident, and the source never
+    before = (cache / "datasets" / "mnist2.npz").read_bytes()
+    assert cli.main([*args[:-6], "--holdout", "11", "--name", "mnist2", "--cache", str(cache)]) == 1
+    assert "already exists; use --force" in capsys.readouterr().err
+    assert (cache / "datasets" / "mnist2.npz").read_bytes() == before
+    assert cli.main([*args[:-4], "--name", "mnist", "--cache", str(cache), "--force"]) == 1
+    assert "would overwrite the source" in capsys.readouterr().err
+    assert (
+        cli.main(
+            [*args[:-6], "--holdout", "11", "--name", "mnist2", "--cache", str(cache), "--force"]
+        )
+        == 0
+    )
+    assert data._load_meta("mnist2", cache)["extra"]["holdout"] == ["11"]
 
 
 def test_classifier_train_keeps_set_unless_an_option_is_given(mnist_cache, tmp_path):
@@ -242,7 +263,7 @@ def test_export_import_round_trip(cvae, tmp_path, mnist_cache, fmt):
     out = export(model, tmp_path / "gen", per_label=3, labels=["1", "5"], fmt=fmt, seed=0)
     cache = tmp_path / "cache"
     if fmt == "png":
-        sources.import_folder("g", out, (28, 28), 1, cache)
+        sources.import_folder("g", out, (28, 28), 1, cache, test_fraction=0)
     elif fmt == "npz":
         sources.import_npz("g", out / "generated.npz", cache=cache)
     else:

@@ -148,6 +148,15 @@ def test_import_folder_splits_share_one_class_list(tmp_path):
     with pytest.raises(DataError, match="must be printable UTF-8"):
         sources.folder_dataset(tmp_path / "imgs" / "test", (8, 8))
     (tmp_path / "imgs" / "test" / "bad\udcffname").rmdir()
+    # one folder of class folders, no train/ and test/: a seeded 10 % becomes the test split
+    flat = tmp_path / "imgs" / "train"
+    sources.import_folder("flat", flat, (8, 8), 1, cache, test_fraction=0.34)
+    tr, te = (data.load_dataset("flat", s, cache) for s in ("train", "test"))
+    assert len(tr) == 2 and len(te) == 1 and tr.classes == te.classes == ["cat", "dog", "fox"]
+    with pytest.raises(DataError, match="too few"):
+        sources.import_folder("flat2", tmp_path / "imgs" / "test" / "cat", (8, 8), 1, cache)
+    with pytest.raises(DataError, match="use --force"):
+        sources.import_folder("flat", flat, (8, 8), 1, cache)
     with pytest.raises(DataError, match=r"sub-folders \['fox'\] are not among the classes"):
         sources.folder_dataset(tmp_path / "imgs" / "test", (8, 8), classes=["cat"])
 

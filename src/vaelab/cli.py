@@ -50,20 +50,25 @@ def _imported(args: argparse.Namespace, path: Path) -> None:
 def cmd_data_import_idx(args: argparse.Namespace) -> None:
     from vaelab import sources
 
-    _imported(args, sources.import_idx(args.name, args.images, args.labels, args.split, args.cache))
+    path = sources.import_idx(
+        args.name, args.images, args.labels, args.split, args.cache, args.force
+    )
+    _imported(args, path)
 
 
 def cmd_data_import_folder(args: argparse.Namespace) -> None:
     from vaelab import sources
 
     size = sources.parse_size(args.size)
-    _imported(args, sources.import_folder(args.name, args.folder, size, args.channels, args.cache))
+    path = sources.import_folder(args.name, args.folder, size, args.channels, args.cache,
+                                 args.test_fraction, args.force)  # fmt: skip
+    _imported(args, path)
 
 
 def cmd_data_import_npz(args: argparse.Namespace) -> None:
     from vaelab import sources
 
-    _imported(args, sources.import_npz(args.name, args.file, args.split, args.cache))
+    _imported(args, sources.import_npz(args.name, args.file, args.split, args.cache, args.force))
 
 
 # --------------------------------------------------------------------------------------
@@ -246,7 +251,7 @@ def cmd_compose(args: argparse.Namespace) -> None:
         else ([] if args.holdout == "none" else _labels(args.holdout))
     )
     path = compose_dataset(args.name, args.source, args.digits, args.n, args.n_test, args.seed,
-                           holdout, args.cache)  # fmt: skip
+                           holdout, args.cache, replace=args.force)  # fmt: skip
     print(data.dataset_info(args.name, cache=args.cache))
     print(f"saved {path}")
 
@@ -335,7 +340,13 @@ def _import_idx_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("labels", nargs="?", help="IDX label file")
     p.add_argument("--name", required=True, help="name to store the data set under")
     p.add_argument("--split", default="train", help="split for a single file pair (train)")
+    _force_arg(p)
     _cache_arg(p)
+
+
+def _force_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace splits (or a whole data set) the name already holds")  # fmt: skip
 
 
 def _import_folder_args(p: argparse.ArgumentParser) -> None:
@@ -343,6 +354,10 @@ def _import_folder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="name to store the data set under")
     p.add_argument("--size", default="28x28", help="resize to HxW (default 28x28)")
     p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 grey, 3 RGB")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="without train/ and test/ sub-folders: the share of images held out "
+                        "as the test split, drawn with a fixed seed (0.1; 0 = none)")  # fmt: skip
+    _force_arg(p)
     _cache_arg(p)
 
 
@@ -350,6 +365,7 @@ def _import_npz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help=".npz with 'images' (N, H, W[, C]) uint8 and optional 'labels'")
     p.add_argument("--name", required=True, help="name to store the data set under")
     p.add_argument("--split", default="train", help="split to store it as (train)")
+    _force_arg(p)
     _cache_arg(p)
 
 
@@ -462,6 +478,7 @@ def _compose_args(p: argparse.ArgumentParser) -> None:
                    help="numbers kept out of the training split: comma-separated, 'auto' "
                         "(10 drawn with the seed) or 'none'")  # fmt: skip
     p.add_argument("--name", required=True, help="name to store the data set under")
+    _force_arg(p)
     _cache_arg(p)
 
 

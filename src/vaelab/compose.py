@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vaelab.data import ImageDataset, load_dataset, save_dataset
+from vaelab.data import ImageDataset, available_datasets, load_dataset, save_dataset
 from vaelab.errors import DataError
 from vaelab.images import normalize, quantize
 
@@ -100,9 +100,17 @@ def compose_dataset(
     seed: int = 0,
     holdout: list[str] | None = None,
     cache=None,
+    replace: bool = False,
 ):
     """Build and cache data set ``name``: train composites from the source's train split
-    (without ``holdout``), test composites from its test split (all numbers)."""
+    (without ``holdout``), test composites from its test split (all numbers). An existing
+    data set of that name is replaced only with ``replace``, and never the source itself."""
+    if name == source:
+        raise DataError(f"--name {name!r} would overwrite the source data set; choose another")
+    if name in available_datasets(cache) and not replace:
+        raise DataError(
+            f"data set {name!r} already exists; use --force to replace it, or another --name"
+        )
     if holdout is None:
         holdout = default_holdout(digits, seed)
     n_test = max(1, n // 6) if n_test is None else n_test

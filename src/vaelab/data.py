@@ -221,14 +221,23 @@ def load_dataset(name: str, split: str = "train", cache: str | Path | None = Non
 
 
 def add_splits(
-    name: str, splits: dict[str, ImageDataset], cache: str | Path | None, source: str
+    name: str,
+    splits: dict[str, ImageDataset],
+    cache: str | Path | None,
+    source: str,
+    replace: bool = False,
 ) -> Path:
-    """Add ``splits`` to the cached data set ``name``, creating it or replacing same-named
-    splits; all splits must hold images of one shape. The derived splits (slices) of the
-    splits kept stay, and so does the set's extra metadata."""
+    """Add ``splits`` to the cached data set ``name``, creating it; a split it already has
+    is replaced only with ``replace`` (else a DataError). All splits must hold images of
+    one shape. The derived splits (slices) of the splits kept stay, and so does the set's
+    extra metadata."""
     derived, extra = {}, {}
     if _dataset_path(name, cache).exists():
         meta = _load_meta(name, cache)
+        taken = [s for s in splits if s in meta["splits"] or s in meta["derived"]]
+        if taken and not replace:
+            raise DataError(f"data set {name!r} already has split(s) {', '.join(taken)}; "
+                            "use --force to replace them, or another --name / --split")  # fmt: skip
         existing = {s: load_dataset(name, s, cache) for s in meta["splits"]}
         derived = {d: (base, lo, hi) for d, (base, lo, hi) in meta["derived"].items()
                    if base not in splits and d not in splits}  # fmt: skip

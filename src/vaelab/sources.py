@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from vaelab.data import ImageDataset, add_splits, atomic_write
 from vaelab.errors import DataError
@@ -145,17 +146,19 @@ def import_idx(
     labels: str | Path | None = None,
     split: str = "train",
     cache: str | Path | None = None,
+    replace: bool = False,
 ) -> Path:
     """Import IDX files (or a folder of them, e.g. ``MNIST/raw``) as data set ``name``.
 
-    A single image file becomes ``split`` and is added to the splits the data set has."""
+    A single image file becomes ``split`` and is added to the splits the data set has
+    (replacing a split of that name only with ``replace``)."""
     images = Path(images)
     if images.is_dir():
         pairs = find_idx_splits(images)
     else:
         pairs = {split: (images, Path(labels) if labels else None)}
     splits = {s: idx_dataset(i, lab, name) for s, (i, lab) in pairs.items()}
-    return add_splits(name, splits, cache, source=f"IDX {images}")
+    return add_splits(name, splits, cache, source=f"IDX {images}", replace=replace)
 
 
 # --------------------------------------------------------------------------------------
@@ -219,7 +222,9 @@ def folder_dataset(
         raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     h, w = size
     out = np.empty((len(files), h, w, channels), dtype=np.uint8)
-    for i, (p, _) in enumerate(files):
+    bar = tqdm(files, desc=f"decoding {folder.name or folder}", unit="img", leave=False,
+               disable=None if len(files) > 2000 else True)  # fmt: skip
+    for i, (p, _) in enumerate(bar):
         try:
             with Image.open(p) as im:
                 im = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
@@ -239,17 +244,30 @@ def import_folder(
     size: tuple[int, int],
     channels: int = 1,
     cache: str | Path | None = None,
+    test_fraction: float = 0.1,
+    replace: bool = False,
 ) -> Path:
     """Import an image folder. With ``train/`` and ``test/`` sub-folders, each is a split;
-    otherwise the whole folder is the ``train`` split. The classes are the sub-folder names
-    of all splits together, so a label means the same class in every split."""
+    otherwise a seeded random ``test_fraction`` of the images becomes the ``test`` split and
+    the rest ``train`` (training needs held-out images for its test loss). The classes are
+    the sub-folder names of all splits together, so a label means one class in every split."""
+    if not 0 <= test_fraction < 1:
+        raise DataError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     folder = Path(folder)
     split_dirs = {s: folder / s for s in ("train", "test") if (folder / s).is_dir()}
     if not split_dirs:
         split_dirs = {"train": folder}
     classes = sorted({d.name for s in split_dirs.values() for d in class_folders(s)})
     splits = {s: folder_dataset(d, size, channels, name, classes) for s, d in split_dirs.items()}
-    return add_splits(name, splits, cache, source=f"folder {folder}")
+    if "test" not in splits and test_fraction > 0:
+        whole = splits["train"]
+        order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(0))
+        n_test = max(1, round(test_fraction * len(whole)))
+        if n_test >= len(whole):
+            raise DataError(f"{folder}: {len(whole)} images are too few to hold out a test split")
+        splits = {"train": whole.subset(order[n_test:].sort().values),
+                  "test": whole.subset(order[:n_test].sort().values)}  # fmt: skip
+    return add_splits(name, splits, cache, source=f"folder {folder}", replace=replace)
 
 
 def read_npz(path: str | Path, name: str = "") -> ImageDataset:
@@ -268,7 +286,13 @@ def read_npz(path: str | Path, name: str = "") -> ImageDataset:
 
 
 def import_npz(
-    name: str, path: str | Path, split: str = "train", cache: str | Path | None = None
+    name: str,
+    path: str | Path,
+    split: str = "train",
+    cache: str | Path | None = None,
+    replace: bool = False,
 ) -> Path:
-    """Import an ``.npz`` file as split ``split`` of data set ``name``."""
-    return add_splits(name, {split: read_npz(path, name)}, cache, source=f"npz {path}")
+    """Import an ``.npz`` file as split ``split`` of data set ``name`` (replacing a split of
+    that name only with ``replace``)."""
+    splits = {split: read_npz(path, name)}
+    return add_splits(name, splits, cache, source=f"npz {path}", replace=replace)
