@@ -44,6 +44,8 @@ def test_a_group_without_its_command_shows_its_help():
         ["data", "compose", "--name", "c", "--digits", "0"],
         ["sample", "run", "--seed", str(2**63)],  # room for offsets in torch's 64 bits
         ["eval", "run", "--seed", "-1"],
+        ["sample", "run", "--temperature", "0"],
+        ["generate", "run", "--out", "o", "--temperature", "nan"],
     ],
 )
 def test_counts_must_be_positive(argv, capsys):

@@ -250,6 +250,15 @@ def test_a_sweep_refuses_folders_of_another_config(mnist_cache, tmp_path):
     longer = [cfg("train.epochs=2", o) for o in opts]  # more epochs may be asked for
     train.train_group(longer, outs, cache=mnist_cache, **quiet())
     assert runs.RunFolder(outs[1]).read_state()["epoch"] == 2
+    # under a decaying learning rate, continuing with more epochs says it stretches
+    decaying = [tmp_path / "c"]
+    train.train_group(
+        [cfg("train.epochs=1", "train.lr_decay=0.5")], decaying, cache=mnist_cache, **quiet()
+    )
+    said = []
+    train.train_group([cfg("train.epochs=2", "train.lr_decay=0.5")], decaying, cache=mnist_cache,
+                      progress=False, log=said.append)  # fmt: skip
+    assert any("train.epochs 1 -> 2 with train.lr_decay = 0.5 stretches" in s for s in said)
 
 
 def test_sweep_refuses_repeated_values_and_stray_no_fuse(tmp_path):
@@ -293,3 +302,27 @@ def test_fused_step_in_bf16_matches_one_by_one():
     assert losses.dtype == torch.float32 and losses.shape == (2, 16)
     assert not torch.equal(losses, fp32)  # the fused fp32 step is the same deterministic path
     torch.testing.assert_close(losses, each, rtol=2e-3, atol=0)
+
+
+def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from vaelab.optim import Adam
+
+    real_step, steps = Adam.step, {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
+    cfgs = [cfg("train.epochs=1", o) for o in ("train.lr=1e-3", "train.lr=3e-4")]
+    with pytest.raises(train.TrainingInterrupted, match="run the same command again") as e:
+        train.train_group(
+            cfgs, [tmp_path / "a", tmp_path / "b"], cache=mnist_cache, fuse="off", **quiet()
+        )
+    assert "--resume" not in str(e.value)
+    assert runs.RunFolder(tmp_path / "a").read_state()["step"] == 3  # checkpointed where it stood

@@ -205,6 +205,8 @@ def test_generate_and_import_npz_cli(cvae, tmp_path, mnist_cache, capsys):
     _, model = load_generator(cvae, mnist_cache)
     direct = export(model, tmp_path / "direct", per_label=2, labels=["1", "5"], fmt="npz", seed=3,
                     temperature=0.7)  # fmt: skip
+    assert cli.main(args) == 1  # onto the folder it filled: refused, nothing mixed in
+    assert "is not empty" in capsys.readouterr().err
     with np.load(tmp_path / "cli" / "generated.npz") as a, np.load(direct / "generated.npz") as b:
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
         images, labels = a["images"], a["labels"]
@@ -255,6 +257,8 @@ def test_sample_by_label_cli(cvae, tmp_path, mnist_cache):
     assert cli.main(["sample", str(cvae), "--label", "7", "-n", "16", "--out", str(out)]) == 0
     assert out.exists()
     assert cli.main(["sample", str(cvae), "--label", "x", "--out", str(out)]) == 1
+    assert cli.main(["sample", str(cvae), "-n", "4"]) == 0  # default: beside the run
+    assert (cvae / "samples.png").exists()
 
 
 @pytest.mark.parametrize("fmt", ["png", "npz", "idx"])

@@ -491,6 +491,29 @@ def test_resume_overrides_are_few_and_warn_on_a_stretched_schedule(capsys):
         cli._apply_resume_overrides(cfg, ["train.epochs=0"])
 
 
+def test_resuming_a_finished_run_changes_nothing(trained, mnist_cache, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)  # 1 epoch of 1: finished
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+    argv = ["train", "--resume", str(run), "--cache", str(mnist_cache), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert "already trained (1/1 epochs); nothing to do" in capsys.readouterr().out
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+    assert cli.main([*argv, "--out", str(tmp_path / "elsewhere")]) == 1
+    assert "--out cannot go with it" in capsys.readouterr().err
+    # an early-stopped run stays stopped, unless its patience grows
+    stopped = quiet(tiny("train.epochs=10", "train.lr=0.0", "train.early_stopping=1",
+                         "train.optimizer=sgd"), tmp_path / "s", cache=mnist_cache)  # fmt: skip
+    assert (
+        cli.main(["train", "--resume", str(stopped), "--cache", str(mnist_cache), "--no-progress"])
+        == 0
+    )
+    assert "already stopped early (2/10 epochs)" in capsys.readouterr().out
+    assert len(runs.RunFolder(stopped).read_metrics()) == 2
+
+
 @pytest.mark.slow
 def test_plots_of_a_run(trained, mnist_cache, tmp_path):
     from PIL import Image

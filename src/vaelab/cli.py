@@ -4,6 +4,7 @@ bad input print as one line (a traceback only with ``--debug``)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -84,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         if args.config:
             raise VaelabError("give either a CONFIG or --resume RUN_DIR, not both")
+        if args.out:
+            raise VaelabError("--resume continues RUN_DIR in place; --out cannot go with it")
         cfg = RunFolder(args.resume, writer=False).read_config()
         cfg = _apply_resume_overrides(cfg, args.set)
     elif args.config:
@@ -142,10 +145,10 @@ def _apply_resume_overrides(cfg, overrides: list[str]):
             )
         raw[section][key] = value
     new = from_dict(raw)
-    if new.train.epochs != cfg.train.epochs and cfg.train.lr_decay != 1:
-        print(f"vaelab: warning: train.epochs {cfg.train.epochs} -> {new.train.epochs} with "
-              f"train.lr_decay = {cfg.train.lr_decay} stretches the learning-rate schedule "
-              "over the new length", file=sys.stderr)  # fmt: skip
+    from vaelab.train import stretched_schedule
+
+    if warning := stretched_schedule(cfg, new):
+        print(f"vaelab: {warning}", file=sys.stderr)
     if new.train.precision != cfg.train.precision:
         print(f"vaelab: note: train.precision {cfg.train.precision} -> {new.train.precision}: "
               "from here on the run rounds differently, so it no longer equals an unbroken "
@@ -215,7 +218,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         atomic_write(Path(args.npz), lambda f: np.savez_compressed(f, images=hwc))
         print(f"wrote {args.npz}")
     ncol = max(1, round((args.n * u8.shape[2] / u8.shape[3]) ** 0.5))
-    out = save_png(args.out, make_grid(u8, nrow=ncol, padding=1))
+    out = save_png(args.out or Path(args.run) / "samples.png", make_grid(u8, nrow=ncol, padding=1))
     print(f"wrote {out}")
 
 
@@ -259,7 +262,9 @@ def cmd_compose(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from vaelab.reproduce import reproduce_thesis
 
-    reproduce_thesis(out=Path(args.out), preset="full" if args.full else args.preset,
+    preset = "full" if args.full else args.preset
+    suffix = f"-{args.epochs}ep" if args.epochs else "" if preset == "default" else f"-{preset}"
+    reproduce_thesis(out=Path(args.out or f"runs/thesis{suffix}"), preset=preset,
                      epochs=args.epochs, cache=args.cache, progress=not args.no_progress,
                      fuse=args.fuse)  # fmt: skip
 
@@ -302,6 +307,17 @@ def _int_at_least(low: int, what: str) -> Callable[[str], int]:
 
 positive_int = _int_at_least(1, "a positive integer")
 non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
 
 
 def seed_int(text: str) -> int:
@@ -379,7 +395,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="TOML config, e.g. configs/mnist_ae.toml")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (TOML syntax), e.g. --set model.widths=[512,256]")  # fmt: skip
-    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<data>-<kind>-<time>)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default runs/<data>-<kind>-<time>; a sweep: runs/sweep-<time>)",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
@@ -432,10 +452,10 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", help="conditional VAE: the label to draw, e.g. 7 or 427")
     _cache_arg(p)
     p.add_argument("-n", type=positive_int, default=64, help="number of images (64)")
-    p.add_argument("--out", default="samples.png", help="PNG grid to write (samples.png)")
+    p.add_argument("--out", help="PNG grid to write (RUN_DIR/samples.png)")
     p.add_argument("--npz", metavar="FILE", help="also write the images as .npz (N, H, W, C)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the prior draws (0)")
-    p.add_argument("--temperature", type=float, default=1.0,
+    p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="scale of the prior's standard deviation (1; < 1: more typical images)")  # fmt: skip
 
 
@@ -448,7 +468,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
         "--format", choices=("png", "npz", "idx"), default="png", help="png (folders), npz or idx"
     )
     p.add_argument("--seed", type=seed_int, default=0, help="seed (0)")
-    p.add_argument("--temperature", type=float, default=1.0,
+    p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="scale of the prior's standard deviation (1; < 1: more typical images)")  # fmt: skip
     _cache_arg(p)
 
@@ -488,7 +508,11 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
                    help="demo: a minute; default: <= 15 minutes on 2 CPU cores")  # fmt: skip
     p.add_argument("--epochs", type=positive_int, help="epochs per model (overrides the preset)")
     p.add_argument("--full", action="store_true", help="the thesis's 10,000 epochs per model")
-    p.add_argument("--out", default="runs/thesis", help="output folder (runs/thesis)")
+    p.add_argument(
+        "--out",
+        help="output folder (runs/thesis; runs/thesis-demo, -full or -<N>ep "
+        "for the other presets, so one never continues another's runs)",
+    )
     _fuse_arg(p, "the Adam and AMSGrad models of each bottleneck")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _cache_arg(p)
@@ -512,7 +536,7 @@ COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentP
     ("data", "import-npz"):    (cmd_data_import_npz, "import an .npz file", _import_npz_args),
     ("data", "compose"):       (cmd_compose, "compose multi-digit images from single digits", _compose_args),
     ("train",):                (cmd_train, "train a model from a TOML config", _train_args),
-    ("plot",):                 (cmd_plot, "figures of a run: latent, recon, loss", _plot_args),
+    ("plot",):                 (cmd_plot, "figures of a run: latent, recon, loss, samples, manifold, interpolate, traverse", _plot_args),
     ("generate",):             (cmd_generate, "write N generated images per label (png/npz/idx)", _generate_args),
     ("classifier", "train"):   (cmd_classifier_train, "train the CNN that judges generated digits", _classifier_args),
     ("eval",):                 (cmd_eval, "test ELBO, NLL (importance sampled), MSE, active units", _eval_args),

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from vaelab.data import atomic_write, load_split
 from vaelab.errors import VaelabError
@@ -100,13 +101,17 @@ def export(
     if labels and not conditional:
         raise VaelabError("--labels need a conditional model")
     _check_names(names, fmt)
+    if out.exists() and any(out.iterdir()):  # old images would mix with the new ones
+        raise VaelabError(f"{out} is not empty; export into a new folder")
     images = torch.cat([generate(model, per_label, [nm] if conditional else None, seed + i, temperature=temperature)
                         for i, nm in enumerate(names)])  # fmt: skip
     y = np.repeat(np.arange(len(names)), per_label)
     out.mkdir(parents=True, exist_ok=True)
     hwc = images.permute(0, 2, 3, 1).numpy()  # (N, C, H, W) -> (N, H, W, C)
     if fmt == "png":
-        for i, (img, k) in enumerate(zip(hwc, y, strict=True)):
+        pairs = tqdm(zip(hwc, y, strict=True), total=len(y), desc="writing PNGs", unit="img",
+                     leave=False, disable=None if len(y) > 2000 else True)  # fmt: skip
+        for i, (img, k) in enumerate(pairs):
             save_png(out / (names[k] or "unlabelled") / f"{i:06d}.png", img)
     elif fmt == "npz":
         arrays = {"images": hwc}

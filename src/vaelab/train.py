@@ -223,6 +223,16 @@ def train(
     saving at the next batch boundary; a second Ctrl-C stops at once, without saving).
     """
     path = Path(resume or out or _default_out(cfg))
+    if resume is not None and RunFolder(path).file("state.json").exists():
+        state = RunFolder(path).read_state()
+        if cfg.train.epochs < state["epoch"]:
+            raise ConfigError(f"train.epochs = {cfg.train.epochs} is below the {state['epoch']} "
+                              f"epochs {path} has done")  # fmt: skip
+        if _finished(cfg, state):
+            how = "stopped early" if state.get("stopped") else "trained"
+            log(f"{path}: already {how} ({state['epoch']}/{cfg.train.epochs} epochs); nothing to "
+                "do (raise train.epochs or train.early_stopping with --set to go on)")  # fmt: skip
+            return path
     return _train([cfg], [path], resume is not None, cache, progress, log, writer)[0]
 
 
@@ -279,38 +289,55 @@ def train_group(
         state = _state_of(cfg, out)  # checks every stored config before anything trains
         if state and _finished(cfg, state):
             log(f"{out}: already trained, kept")
-    while True:
-        todo = [(c, o, s) for c, o, s in zip(cfgs, outs, map(_state_of, cfgs, outs), strict=True)
-                if o not in failed and not (s and _finished(c, s))]  # fmt: skip
-        if not todo:
-            break
-        points = {(s["epoch"], s["batch"]) if s else None for _, _, s in todo}
-        why = unfusable([c for c, _, _ in todo]) if len(todo) > 1 else "one run"
-        if fuse_on and why is None and len(points) == 1:  # all new, or all at the same step
-            try:
-                train_many([c for c, _, _ in todo], [o for _, o, _ in todo], todo[0][2] is not None,
-                           cache, progress, log)  # fmt: skip
+        elif state and (warning := stretched_schedule(RunFolder(out).read_config(), cfg)):
+            log(f"{out}: {warning}")
+    try:
+        while True:
+            todo = [(c, o, s) for c, o, s in zip(cfgs, outs, map(_state_of, cfgs, outs), strict=True)
+                    if o not in failed and not (s and _finished(c, s))]  # fmt: skip
+            if not todo:
                 break
-            except TrainingDiverged as e:  # drop that run, continue the others
-                failed[e.run or todo[0][1]] = str(e)
-                log(f"{e}; the other runs go on")
-                continue
-        if fuse_on and len(todo) > 1:
-            log(f"training one by one: {why or 'the runs stand at different steps'}")
-        for cfg, out, state in todo:
-            try:
-                train(cfg, out=out, resume=out if state else None, cache=cache,
-                      progress=progress, log=log)  # fmt: skip
-            except TrainingDiverged as e:
-                failed[out] = str(e)
-                log(f"{e}; the other runs go on")
-        break
+            points = {(s["epoch"], s["batch"]) if s else None for _, _, s in todo}
+            why = unfusable([c for c, _, _ in todo]) if len(todo) > 1 else "one run"
+            if fuse_on and why is None and len(points) == 1:  # all new, or all at the same step
+                try:
+                    train_many([c for c, _, _ in todo], [o for _, o, _ in todo], todo[0][2] is not None,
+                               cache, progress, log)  # fmt: skip
+                    break
+                except TrainingDiverged as e:  # drop that run, continue the others
+                    failed[e.run or todo[0][1]] = str(e)
+                    log(f"{e}; the other runs go on")
+                    continue
+            if fuse_on and len(todo) > 1:
+                log(f"training one by one: {why or 'the runs stand at different steps'}")
+            for cfg, out, state in todo:
+                try:
+                    train(cfg, out=out, resume=out if state else None, cache=cache,
+                          progress=progress, log=log)  # fmt: skip
+                except TrainingDiverged as e:
+                    failed[out] = str(e)
+                    log(f"{e}; the other runs go on")
+            break
+    except TrainingInterrupted as e:  # the advice is the whole job's, not one run's
+        where = str(e).split("; checkpoint saved")[0]
+        raise TrainingInterrupted(
+            f"{where}; checkpoints saved: run the same command again to continue every run"
+        ) from e
     if failed:
         raise TrainingDiverged(
             f"{len(failed)} of {len(outs)} runs diverged (the others finished): "
             + "; ".join(failed.values())
         )
     return outs
+
+
+def stretched_schedule(old: Config, new: Config) -> str | None:
+    """A warning when a run continues with other epochs under a decaying learning rate."""
+    if new.train.epochs == old.train.epochs or old.train.lr_decay == 1:
+        return None
+    return (f"warning: train.epochs {old.train.epochs} -> {new.train.epochs} with "
+            f"train.lr_decay = {old.train.lr_decay} stretches the learning-rate schedule over "
+            "the new length")  # fmt: skip
 
 
 def _state_of(cfg: Config, out: Path) -> dict | None:
@@ -350,7 +377,7 @@ def _train(
     for run in runs:
         if not resume and run.file("state.json").exists():
             raise CheckpointError(
-                f"{run.path} already holds a run; use --resume {run.path} or another --out"
+                f"{run.path} already holds a run; continue it with `vaelab train --resume {run.path}`, or choose another --out"
             )
 
     # ---- data resident on the device (shared), the seeded models and optimizers
