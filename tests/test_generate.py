@@ -259,6 +259,19 @@ def test_sample_by_label_cli(cvae, tmp_path, mnist_cache):
     assert cli.main(["sample", str(cvae), "--label", "x", "--out", str(out)]) == 1
     assert cli.main(["sample", str(cvae), "-n", "4"]) == 0  # default: beside the run
     assert (cvae / "samples.png").exists()
+    npz = tmp_path / "two.npz"
+    assert (
+        cli.main(
+            ["sample", str(cvae), "--label", "3,7", "-n", "4", "--npz", str(npz), "--out", str(out)]
+        )
+        == 0
+    )
+    from vaelab.generate import generate
+
+    _, model = load_generator(cvae, mnist_cache)
+    cycled = generate(model, 4, ["3", "7", "3", "7"], 0).permute(0, 2, 3, 1).numpy()
+    with np.load(npz) as f:
+        assert np.array_equal(f["images"], cycled)
 
 
 @pytest.mark.parametrize("fmt", ["png", "npz", "idx"])

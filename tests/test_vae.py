@@ -370,3 +370,12 @@ def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):
     assert cli.main(["sample", str(run), "--label", "3", "--cache", str(mnist_cache)]) == 1
     assert "conditional" in capsys.readouterr().err
     assert Path(run, "model.safetensors").exists()
+    # the manifold of an AE decodes the quantiles of the Gaussian fitted to its codes
+    manifold = tmp_path / "m.png"
+    assert (
+        cli.main(
+            ["plot", str(run), "manifold", "--out", str(manifold), "--cache", str(mnist_cache)]
+        )
+        == 0
+    )
+    assert manifold.exists()

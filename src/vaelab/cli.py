@@ -217,7 +217,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from vaelab.images import make_grid, save_png
 
     _, model = load_generator(args.run, cache=args.cache)
-    u8 = generate(model, args.n, _labels(args.label), args.seed, temperature=args.temperature)
+    labels = _labels(args.label)  # several: cycled over the n images
+    labels = labels and [labels[i % len(labels)] for i in range(args.n)]
+    u8 = generate(model, args.n, labels, args.seed, temperature=args.temperature)
     if args.npz:
         hwc = u8.permute(0, 2, 3, 1).numpy()  # (n, C, H, W) -> (n, H, W, C)
         atomic_write(Path(args.npz), lambda f: np.savez_compressed(f, images=hwc))
@@ -454,7 +456,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="a run folder of a VAE (or AE: fitted Gaussian)")
-    p.add_argument("--label", help="conditional VAE: the label to draw, e.g. 7 or 427")
+    p.add_argument(
+        "--label",
+        help="conditional VAE: the label to draw, e.g. 7 or 427 (several, "
+        "comma-separated, are cycled)",
+    )
     _cache_arg(p)
     p.add_argument("-n", type=positive_int, default=64, help="number of images (64)")
     p.add_argument("--out", help="PNG grid to write (RUN_DIR/samples.png)")

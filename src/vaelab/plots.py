@@ -24,7 +24,9 @@ import torch  # noqa: E402
 from vaelab.data import Batches, atomic_write  # noqa: E402
 from vaelab.errors import VaelabError  # noqa: E402
 from vaelab.images import make_grid  # noqa: E402
-from vaelab.models import LatentModel  # noqa: E402
+from vaelab.models import Autoencoder, LatentModel  # noqa: E402
+
+DIGITS = [str(d) for d in range(10)]
 from vaelab.runs import RunFolder, load_run, load_test_batches  # noqa: E402
 
 Panels = Sequence[tuple[str, str | Path]]
@@ -82,7 +84,11 @@ def latent_figure(panels: Panels, out: str | Path, cache=None, limit: int = 10_0
                 ax.set_ylabel("$z_2$")
                 ax.set_title(title, fontsize=10)
             if c is not None:
-                fig.colorbar(sc, ax=ax, ticks=range(10), label="digit", shrink=0.8)
+                names = list(data.data.classes)
+                bar = fig.colorbar(sc, ax=ax, label="digit" if names == DIGITS else "class",
+                                   shrink=0.8, ticks=range(len(names)) if len(names) <= 20 else None)  # fmt: skip
+                if 0 < len(names) <= 20:
+                    bar.set_ticklabels(names)
     return _save(fig, out)
 
 
@@ -198,9 +204,16 @@ def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) ->
         )
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))  # (n,)
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")  # rows: z_2 from high to low
-    z = torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)  # (n², 2)
+    z = torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)  # (n², 2) quantiles of N(0, I)
+    what = "prior"
+    if isinstance(model, Autoencoder):  # no prior: the Gaussian fitted to its codes
+        from vaelab.generate import load_generator
+
+        _, model = load_generator(run, cache)
+        mean, chol = model.prior
+        z, what = mean + z @ chol.T, "fitted Gaussian's"  # (n², 2)
     return _image_figure(make_grid(model.decode(z), nrow=n, padding=0),
-                         f"{title}: decoded prior quantiles 2.5%…97.5%", out)  # fmt: skip
+                         f"{title}: decoded {what} quantiles 2.5%…97.5%", out)  # fmt: skip
 
 
 @torch.no_grad()
