@@ -436,7 +436,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="judge generated images with a classifier instead (needs --classifier)")  # fmt: skip
     p.add_argument("--classifier", metavar="RUN_DIR", help="classifier run for --generation")
     p.add_argument(
-        "-n", type=positive_int, default=2000, help="--generation: images per row (2000)"
+        "-n",
+        type=positive_int,
+        default=2000,
+        help="--generation: images generated and judged per row of the table (2000)",
     )
     p.add_argument("--labels", help="--generation: comma-separated labels to request")
     p.add_argument("--temperatures", default="1",
