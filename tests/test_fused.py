@@ -304,6 +304,18 @@ def test_fused_step_in_bf16_matches_one_by_one():
     torch.testing.assert_close(losses, each, rtol=2e-3, atol=0)
 
 
+def test_ctrl_c_in_a_sweep_without_out_names_the_folder(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise train.TrainingInterrupted("interrupted at epoch 1, step 3; checkpoints saved: run "
+                                        "the same command again to continue every run")  # fmt: skip
+
+    monkeypatch.setattr(train, "train_group", interrupted)
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
+    assert cli.main(["train", config, "--sweep", "train.lr=0.1,0.01"]) == 1
+    assert "adding --out runs/sweep-" in capsys.readouterr().err
+
+
 def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monkeypatch):
     import os
     import signal

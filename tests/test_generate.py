@@ -235,7 +235,8 @@ def test_eval_generation_cli_rows_per_temperature(cvae, classifier, mnist_cache,
     }
     assert all(row["n"] == 60 for row in record["generation"].values())
     assert cli.main([*argv[:-4], "--temperatures", "0,1", "--cache", str(mnist_cache)]) == 1
-    assert "--temperatures must be positive" in capsys.readouterr().err
+    assert "--temperatures must be finite numbers > 0" in capsys.readouterr().err
+    assert cli.main([*argv[:-4], "--temperatures", "nan", "--cache", str(mnist_cache)]) == 1
 
 
 @pytest.mark.parametrize(
@@ -258,7 +259,7 @@ def test_sample_by_label_cli(cvae, tmp_path, mnist_cache):
     assert out.exists()
     assert cli.main(["sample", str(cvae), "--label", "x", "--out", str(out)]) == 1
     assert cli.main(["sample", str(cvae), "-n", "4"]) == 0  # default: beside the run
-    assert (cvae / "samples.png").exists()
+    assert (cvae / "sample-grid.png").exists()
     npz = tmp_path / "two.npz"
     assert (
         cli.main(
@@ -296,6 +297,9 @@ def test_export_import_round_trip(cvae, tmp_path, mnist_cache, fmt):
         (out / "classes.txt").write_text("one\x0cthing\n5\n")  # only \n ends a name
         sources.import_idx("f", *idx, cache=cache)
         assert data.load_dataset("f", "train", cache).classes == ["one\x0cthing", "5"]
+        (out / "classes.txt").write_bytes(b"1\r\n5\r\n")  # written on Windows
+        sources.import_idx("w", *idx, cache=cache)
+        assert data.load_dataset("w", "train", cache).classes == ["1", "5"]
         (out / "classes.txt").write_text("1\n")
         with pytest.raises(DataError, match="names 1 classes, but .* has label 1"):
             sources.import_idx("h", *idx, cache=cache)

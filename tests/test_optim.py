@@ -130,6 +130,12 @@ def test_eps_zero_leaves_never_moved_coordinates_alone(cls):
         opt.step()
     w = w.detach()
     assert torch.isfinite(w).all() and float(w[1]) == 2.0 and float(w[0]) < 1.0
+    # a gradient whose square underflows to 0 moves the coordinate negligibly, not by m/tiny
+    u = torch.tensor([1.0], requires_grad=True)
+    opt = cls([u], lr=1e-3, eps=0.0)
+    (u * 1e-23).sum().backward()
+    opt.step()
+    assert abs(float(u.detach()) - 1.0) < 1e-6
 
 
 # --- against our own definitions -------------------------------------------------------------

@@ -157,6 +157,9 @@ def test_import_folder_splits_share_one_class_list(tmp_path):
         sources.import_folder("flat2", tmp_path / "imgs" / "test" / "cat", (8, 8), 1, cache)
     with pytest.raises(DataError, match="use --force"):
         sources.import_folder("flat", flat, (8, 8), 1, cache)
+    # --force replaces the whole data set: no old test split is left beside the new train
+    sources.import_folder("flat", flat, (8, 8), 1, cache, test_fraction=0, replace=True)
+    assert data.dataset_splits("flat", cache) == ["train"]
     with pytest.raises(DataError, match=r"sub-folders \['fox'\] are not among the classes"):
         sources.folder_dataset(tmp_path / "imgs" / "test", (8, 8), classes=["cat"])
 

@@ -178,7 +178,14 @@ def test_learned_sigma_is_a_parameter():
     with torch.no_grad():
         model.log_sigma.fill_(-20.0)
     floor = Independent(Normal(torch.sigmoid(logits), 1 / 255), 3).log_prob(x)
-    torch.testing.assert_close(model.log_px(logits, x), floor)
+    log_px = model.log_px(logits, x)
+    torch.testing.assert_close(log_px, floor)
+    log_px.sum().backward()  # straight through: a σ below the floor still gets a gradient
+    assert model.log_sigma.grad is not None and model.log_sigma.grad.abs().sum() > 0
+    real = small_vae("gaussian_identity", learn_sigma=True)  # real-valued data: no floor
+    with torch.no_grad():
+        real.log_sigma.fill_(-20.0)
+    torch.testing.assert_close(real.sigma_in_use(), real.log_sigma)
 
 
 def _test_images():

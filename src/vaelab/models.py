@@ -312,11 +312,13 @@ class VAE(LatentModel):
         return LIKELIHOODS[self.likelihood][0](widened(logits), x, self.sigma_in_use())
 
     def sigma_in_use(self) -> torch.Tensor:
-        """log σ of the Gaussian likelihood; a learned σ is floored at one grey level
-        (SIGMA_MIN = 1/255): a pixel that is blank in every image would otherwise shrink
-        its σ, and raise the likelihood, without bound."""
-        if self.learn_sigma:
-            return self.log_sigma.clamp_min(math.log(SIGMA_MIN))
+        """log σ of the Gaussian likelihood. A learned σ over [0, 1] images ("gaussian") is
+        floored at one grey level (SIGMA_MIN = 1/255): a pixel that is blank in every image
+        would otherwise shrink its σ, and raise the likelihood, without bound. The floor
+        passes gradients straight through, so a σ pushed below it can come back."""
+        if self.learn_sigma and self.likelihood == "gaussian":
+            ls = self.log_sigma
+            return ls + (ls.clamp_min(math.log(SIGMA_MIN)) - ls).detach()
         return self.log_sigma
 
     def elbo(

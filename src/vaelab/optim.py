@@ -362,13 +362,14 @@ class AMSGrad(_MomentOptimizer):
 def _descend(
     params: list[Tensor], ms: list[Tensor], denom: list[Tensor], eps: float, step_size: float
 ) -> None:
-    """θ −= step_size · m / (denom + ε). With ε = 0 a coordinate that has only seen zero
-    gradients (m = 0, denom = 0: on MNIST the weights of the always-blank corner pixels)
-    stays put instead of turning NaN: denom is raised to the smallest normal number."""
+    """θ −= step_size · m / (denom + ε). With ε = 0 a zero denom (every g² so far was 0 or
+    underflowed: on MNIST the weights of the always-blank corner pixels) becomes 1, so that
+    coordinate moves by a negligible m instead of turning NaN (0/0) or jumping (m/tiny)."""
     if eps:
         torch._foreach_add_(denom, eps)
     else:
-        torch._foreach_clamp_min_(denom, torch.finfo(denom[0].dtype).tiny)
+        for d in denom:
+            d.masked_fill_(d == 0, 1.0)
     torch._foreach_addcdiv_(params, ms, denom, -step_size)
 
 

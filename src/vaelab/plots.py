@@ -25,9 +25,9 @@ from vaelab.data import Batches, atomic_write  # noqa: E402
 from vaelab.errors import VaelabError  # noqa: E402
 from vaelab.images import make_grid  # noqa: E402
 from vaelab.models import Autoencoder, LatentModel  # noqa: E402
+from vaelab.runs import RunFolder, load_run, load_test_batches  # noqa: E402
 
 DIGITS = [str(d) for d in range(10)]
-from vaelab.runs import RunFolder, load_run, load_test_batches  # noqa: E402
 
 Panels = Sequence[tuple[str, str | Path]]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.data import ImageDataset, add_splits, atomic_write
+from vaelab.data import ImageDataset, add_splits, atomic_write, save_dataset
 from vaelab.errors import DataError
 
 # --------------------------------------------------------------------------------------
@@ -93,7 +93,8 @@ def idx_dataset(
     classes: list[str] = []
     names = None if labels is None else Path(labels).with_name("classes.txt")
     if names is not None and names.is_file():
-        classes = names.read_text(encoding="utf-8").removesuffix("\n").split("\n")
+        text = names.read_text(encoding="utf-8").removesuffix("\n")
+        classes = [line.removesuffix("\r") for line in text.split("\n")] if text else []
         if y is not None and len(y) and int(y.max()) >= len(classes):
             raise DataError(f"{names} names {len(classes)} classes, but {labels} has label "
                             f"{int(y.max())}")  # fmt: skip
@@ -250,7 +251,8 @@ def import_folder(
     """Import an image folder. With ``train/`` and ``test/`` sub-folders, each is a split;
     otherwise a seeded random ``test_fraction`` of the images becomes the ``test`` split and
     the rest ``train`` (training needs held-out images for its test loss). The classes are
-    the sub-folder names of all splits together, so a label means one class in every split."""
+    the sub-folder names of all splits together, so a label means one class in every split.
+    ``replace`` replaces the whole data set ``name``, not only the splits imported here."""
     if not 0 <= test_fraction < 1:
         raise DataError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     folder = Path(folder)
@@ -267,7 +269,9 @@ def import_folder(
             raise DataError(f"{folder}: {len(whole)} images are too few to hold out a test split")
         splits = {"train": whole.subset(order[n_test:].sort().values),
                   "test": whole.subset(order[:n_test].sort().values)}  # fmt: skip
-    return add_splits(name, splits, cache, source=f"folder {folder}", replace=replace)
+    if replace:  # the whole data set: a kept old test split could hold images now in train
+        return save_dataset(name, splits, cache, source=f"folder {folder}")
+    return add_splits(name, splits, cache, source=f"folder {folder}")
 
 
 def read_npz(path: str | Path, name: str = "") -> ImageDataset:

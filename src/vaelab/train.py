@@ -229,9 +229,10 @@ def train(
             raise ConfigError(f"train.epochs = {cfg.train.epochs} is below the {state['epoch']} "
                               f"epochs {path} has done")  # fmt: skip
         if _finished(cfg, state):
-            how = "stopped early" if state.get("stopped") else "trained"
+            early = state["epoch"] < cfg.train.epochs  # so it stopped early
+            how, key = ("stopped early", "early_stopping") if early else ("trained", "epochs")
             log(f"{path}: already {how} ({state['epoch']}/{cfg.train.epochs} epochs); nothing to "
-                "do (raise train.epochs or train.early_stopping with --set to go on)")  # fmt: skip
+                f"do (--set train.{key}=… goes on)")  # fmt: skip
             return path
     return _train([cfg], [path], resume is not None, cache, progress, log, writer)[0]
 
