@@ -237,6 +237,12 @@ def test_eval_generation_cli_rows_per_temperature(cvae, classifier, mnist_cache,
     assert cli.main([*argv[:-4], "--temperatures", "0,1", "--cache", str(mnist_cache)]) == 1
     assert "--temperatures must be finite numbers > 0" in capsys.readouterr().err
     assert cli.main([*argv[:-4], "--temperatures", "nan", "--cache", str(mnist_cache)]) == 1
+    capsys.readouterr()
+    # the options of the other mode are refused rather than ignored
+    assert cli.main([*argv, "--k", "100"]) == 1
+    assert "--k applies to the likelihood evaluation only" in capsys.readouterr().err
+    assert cli.main(["eval", str(cvae), "--labels", "3", "--cache", str(mnist_cache)]) == 1
+    assert "--labels applies to --generation only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

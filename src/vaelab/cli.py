@@ -181,6 +181,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from vaelab.evaluate import append_json, evaluate_run, format_table
 
+    # options of the other mode are refused, not silently ignored
+    given = {"-n": args.n != 2000, "--labels": args.labels is not None,
+             "--temperatures": args.temperatures != "1", "--classifier": args.classifier is not None,
+             "--k": args.k != 5000, "--limit": args.limit != 0, "--batch-size": args.batch_size != 100,
+             "--device": args.device != "cpu"}  # fmt: skip
+    other = GENERATION_ONLY if not args.generation else LIKELIHOOD_ONLY
+    if stray := [flag for flag in other if given[flag]]:
+        mode = "the likelihood evaluation" if args.generation else "--generation"
+        raise VaelabError(f"{', '.join(stray)} applies to {mode} only")
     if args.generation:
         from vaelab.generate import generation_metrics, metrics_table
 
@@ -202,6 +211,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
                           progress=not args.no_progress, device=args.device)  # fmt: skip
     print(format_table(result))
     print(f"appended to {Path(args.run) / 'eval.json'}")
+
+
+GENERATION_ONLY = ("-n", "--labels", "--temperatures", "--classifier")
+LIKELIHOOD_ONLY = ("--k", "--limit", "--batch-size", "--device")
 
 
 def _labels(text: str | None) -> list[str] | None:
