@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# A test that forgets --cache must fail on every machine, not pass where the developer's own
+# ~/.cache/vaelab happens to hold MNIST (CI's fresh machine has none): point the default cache
+# at an empty folder of this test run.
+os.environ["VAELAB_CACHE"] = tempfile.mkdtemp(prefix="vaelab-test-default-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -635,13 +635,13 @@ def test_unavailable_precision_fails_before_writing(monkeypatch, mnist_cache, tm
     assert not (tmp_path / "r").exists()
 
 
-def test_resume_in_another_precision(trained, tmp_path, capsys):
+def test_resume_in_another_precision(trained, mnist_cache, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    args = ["train", "--resume", str(run), "--no-progress", "--set", "train.epochs=2",
-            "--set", 'train.precision="bf16"']  # fmt: skip
+    args = ["train", "--resume", str(run), "--no-progress", "--cache", str(mnist_cache),
+            "--set", "train.epochs=2", "--set", 'train.precision="bf16"']  # fmt: skip
     assert cli.main(args) == 0
     assert "train.precision fp32 -> bf16" in capsys.readouterr().err
     assert runs.RunFolder(run).read_config().train.precision == "bf16"
