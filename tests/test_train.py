@@ -514,6 +514,24 @@ def test_resuming_a_finished_run_changes_nothing(trained, mnist_cache, tmp_path,
     assert len(runs.RunFolder(stopped).read_metrics()) == 2
 
 
+def test_resume_of_an_incomplete_state_is_a_one_line_error(trained, mnist_cache, tmp_path, capsys):
+    """The finished-run check reads the state's progress before restoring it: a state.json
+    without its epoch is the same CheckpointError the restore gives, not a KeyError."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    state = json.loads((run / "state.json").read_text())
+    del state["epoch"]
+    (run / "state.json").write_text(json.dumps(state))
+    argv = ["train", "--resume", str(run), "--cache", str(mnist_cache), "--no-progress",
+            "--set", "train.epochs=2"]  # fmt: skip
+    assert cli.main(argv) == 1
+    assert "state.json is incomplete (epoch)" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="incomplete"):  # a sweep's folder alike
+        train.train_group([runs.RunFolder(run).read_config()], [run], cache=mnist_cache)
+
+
 @pytest.mark.slow
 def test_plots_of_a_run(trained, mnist_cache, tmp_path):
     from PIL import Image

@@ -224,7 +224,7 @@ def train(
     """
     path = Path(resume or out or _default_out(cfg))
     if resume is not None and RunFolder(path).file("state.json").exists():
-        state = RunFolder(path).read_state()
+        state = _read_progress(RunFolder(path))
         if cfg.train.epochs < state["epoch"]:
             raise ConfigError(f"train.epochs = {cfg.train.epochs} is below the {state['epoch']} "
                               f"epochs {path} has done")  # fmt: skip
@@ -352,7 +352,16 @@ def _state_of(cfg: Config, out: Path) -> dict | None:
         raise ConfigError(
             f"{out} holds a run of another config ({'; '.join(changed)}); use another --out"
         )
-    return run.read_state()
+    return _read_progress(run)
+
+
+def _read_progress(run: RunFolder) -> dict:
+    """``state.json`` of ``run``, whose progress counts (read before the checkpoint is
+    restored) must be integers: a missing one is a CheckpointError, not a KeyError."""
+    state = run.read_state()
+    if bad := [k for k in ("epoch", "batch", "stale") if not isinstance(state.get(k), int)]:
+        raise CheckpointError(f"{run.file('state.json')} is incomplete ({', '.join(bad)})")
+    return state
 
 
 def _finished(cfg: Config, state: dict) -> bool:
