@@ -114,6 +114,14 @@ def test_import_idx_label_count_mismatch(tmp_path):
         sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path)
 
 
+def test_import_idx_classes_txt_that_is_not_utf8_is_named(tmp_path):
+    sources.write_idx(tmp_path / "i", np.zeros((2, 2, 2), np.uint8))
+    sources.write_idx(tmp_path / "l", np.array([0, 1], np.uint8))
+    (tmp_path / "classes.txt").write_bytes("café\nthé\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"classes.txt: not UTF-8 text"):
+        sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path / "c")
+
+
 def test_import_folder_labels_and_resize(tmp_path):
     from PIL import Image
 

@@ -93,7 +93,10 @@ def idx_dataset(
     classes: list[str] = []
     names = None if labels is None else Path(labels).with_name("classes.txt")
     if names is not None and names.is_file():
-        text = names.read_text(encoding="utf-8").removesuffix("\n")
+        try:
+            text = names.read_text(encoding="utf-8").removesuffix("\n")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{names}: not UTF-8 text ({e.reason} at byte {e.start})") from e
         classes = [line.removesuffix("\r") for line in text.split("\n")] if text else []
         if y is not None and len(y) and int(y.max()) >= len(classes):
             raise DataError(f"{names} names {len(classes)} classes, but {labels} has label "
