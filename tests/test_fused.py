@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab import cli, reproduce, runs, train
+from vaelab import cli, groups, reproduce, runs, train
 from vaelab.config import load_config, parse_sweep, sweep_overrides
 from vaelab.errors import ConfigError
 from vaelab.fused import Fused
@@ -41,7 +41,7 @@ def test_fused_equals_one_by_one(mnist_cache, tmp_path, extra):
             ["train.optimizer=sgd", "train.lr=0.01"]]  # fmt: skip
     common = ["train.epochs=3", *extra]
     outs = [tmp_path / f"fused{i}" for i in range(3)]
-    train.train_many([cfg(*common, *o) for o in opts], outs, cache=mnist_cache, **quiet())
+    groups.train_many([cfg(*common, *o) for o in opts], outs, cache=mnist_cache, **quiet())
     for i, o in enumerate(opts):
         alone = train.train(cfg(*common, *o), tmp_path / f"alone{i}", cache=mnist_cache, **quiet())
         # Adam divides by √v, so gradient rounding (batched vs single matmuls) shows ~1e-6
@@ -52,12 +52,14 @@ def test_fused_equals_one_by_one(mnist_cache, tmp_path, extra):
 def test_fused_resume_is_bitwise(mnist_cache, tmp_path):
     opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
     straight = [tmp_path / "s0", tmp_path / "s1"]
-    train.train_many(
+    groups.train_many(
         [cfg("train.epochs=2", o) for o in opts], straight, cache=mnist_cache, **quiet()
     )
     broken = [tmp_path / "b0", tmp_path / "b1"]
-    train.train_many([cfg("train.epochs=1", o) for o in opts], broken, cache=mnist_cache, **quiet())
-    train.train_many([cfg("train.epochs=2", o) for o in opts], broken, resume=True,
+    groups.train_many(
+        [cfg("train.epochs=1", o) for o in opts], broken, cache=mnist_cache, **quiet()
+    )
+    groups.train_many([cfg("train.epochs=2", o) for o in opts], broken, resume=True,
                      cache=mnist_cache, **quiet())  # fmt: skip
     for a, b in zip(straight, broken, strict=True):
         assert_close_runs(a, b, rtol=0, atol=0)
@@ -66,7 +68,7 @@ def test_fused_resume_is_bitwise(mnist_cache, tmp_path):
 def test_fused_vaes_draw_their_own_noise(mnist_cache, tmp_path):
     vae = ["model.kind=vae", "data.binarize=dynamic", "model.activation=tanh", "train.epochs=1"]
     outs = [tmp_path / "v0", tmp_path / "v1"]
-    train.train_many([cfg(*vae, f"train.lr={lr}") for lr in (1e-3, 1e-3)], outs,
+    groups.train_many([cfg(*vae, f"train.lr={lr}") for lr in (1e-3, 1e-3)], outs,
                      cache=mnist_cache, **quiet())  # fmt: skip
     first, second = (runs.RunFolder(o).read_metrics()[0]["train_loss"] for o in outs)
     assert first != second  # same model, data and lr: only the noise ε differs
@@ -81,12 +83,12 @@ def test_fused_vaes_draw_their_own_noise(mnist_cache, tmp_path):
 )  # fmt: skip
 def test_unfusable_configs_are_refused(tmp_path, other, match):
     with pytest.raises(ConfigError, match=match):
-        train.train_many([cfg(), cfg(*other)], [tmp_path / "a", tmp_path / "b"])
+        groups.train_many([cfg(), cfg(*other)], [tmp_path / "a", tmp_path / "b"])
 
 
 def test_early_stopping_is_not_fusable(tmp_path):
     with pytest.raises(ConfigError, match="early_stopping"):
-        train.train_many([cfg("train.early_stopping=2")] * 2, [tmp_path / "a", tmp_path / "b"])
+        groups.train_many([cfg("train.early_stopping=2")] * 2, [tmp_path / "a", tmp_path / "b"])
 
 
 def test_fused_needs_same_shapes():
@@ -137,9 +139,9 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr(reproduce, "thesis_config", small)
     calls = []
-    real_many = train.train_many
+    real_many = groups.train_many
     monkeypatch.setattr(
-        train, "train_many", lambda *a, **kw: calls.append("fused") or real_many(*a, **kw)
+        groups, "train_many", lambda *a, **kw: calls.append("fused") or real_many(*a, **kw)
     )
     report = reproduce.reproduce_thesis(
         tmp_path / "t", epochs=2, cache=mnist_cache, progress=False, fuse="on"
@@ -218,7 +220,7 @@ def test_a_diverging_run_does_not_stop_the_others(mnist_cache, tmp_path):
     outs = [tmp_path / "good", tmp_path / "bad", tmp_path / "good2"]
     cfgs = [cfg("train.epochs=2", *o) for o in (good, bad, good)]
     with pytest.raises(train.TrainingDiverged, match=r"1 of 3 runs diverged.*bad: loss is"):
-        train.train_group(cfgs, outs, cache=mnist_cache, fuse="on", **quiet())
+        groups.train_group(cfgs, outs, cache=mnist_cache, fuse="on", **quiet())
     for out in (outs[0], outs[2]):
         assert runs.RunFolder(out).read_state()["epoch"] == 2
     assert not (outs[1] / "state.json").exists()  # diverged in epoch 1: nothing saved
@@ -226,37 +228,37 @@ def test_a_diverging_run_does_not_stop_the_others(mnist_cache, tmp_path):
 
 def test_finished_includes_early_stopped():
     c = cfg("train.epochs=10", "train.early_stopping=2")
-    assert train._finished(c, {"epoch": 4, "stale": 2})
-    assert not train._finished(c, {"epoch": 4, "stale": 1})
-    assert train._finished(cfg("train.epochs=4"), {"epoch": 4, "stale": 0})
+    assert train.finished(c, {"epoch": 4, "stale": 2})
+    assert not train.finished(c, {"epoch": 4, "stale": 1})
+    assert train.finished(cfg("train.epochs=4"), {"epoch": 4, "stale": 0})
     # with train.test_every > 1 the stale count passes the patience at untested epochs,
     # where training goes on: only a run that did stop is finished
-    assert not train._finished(c, {"epoch": 4, "stale": 2, "stopped": False})
-    assert train._finished(c, {"epoch": 4, "stale": 2, "stopped": True})
+    assert not train.finished(c, {"epoch": 4, "stale": 2, "stopped": False})
+    assert train.finished(c, {"epoch": 4, "stale": 2, "stopped": True})
     # a stopped run resumed with more patience is not finished
-    assert not train._finished(c, {"epoch": 4, "stale": 1, "stopped": True})
+    assert not train.finished(c, {"epoch": 4, "stale": 1, "stopped": True})
 
 
 def test_a_sweep_refuses_folders_of_another_config(mnist_cache, tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
-    train.train_group([cfg("train.epochs=1", o) for o in opts], outs, cache=mnist_cache, **quiet())
+    groups.train_group([cfg("train.epochs=1", o) for o in opts], outs, cache=mnist_cache, **quiet())
     changed = [cfg("train.epochs=2", "train.batch_size=50", o) for o in opts]
     with pytest.raises(
         ConfigError, match=r"holds a run of another config \(train.batch_size: 100 -> 50\)"
     ):
-        train.train_group(changed, outs, cache=mnist_cache, **quiet())
+        groups.train_group(changed, outs, cache=mnist_cache, **quiet())
     assert runs.RunFolder(outs[0]).read_state()["epoch"] == 1  # untouched
     longer = [cfg("train.epochs=2", o) for o in opts]  # more epochs may be asked for
-    train.train_group(longer, outs, cache=mnist_cache, **quiet())
+    groups.train_group(longer, outs, cache=mnist_cache, **quiet())
     assert runs.RunFolder(outs[1]).read_state()["epoch"] == 2
     # under a decaying learning rate, continuing with more epochs says it stretches
     decaying = [tmp_path / "c"]
-    train.train_group(
+    groups.train_group(
         [cfg("train.epochs=1", "train.lr_decay=0.5")], decaying, cache=mnist_cache, **quiet()
     )
     said = []
-    train.train_group([cfg("train.epochs=2", "train.lr_decay=0.5")], decaying, cache=mnist_cache,
+    groups.train_group([cfg("train.epochs=2", "train.lr_decay=0.5")], decaying, cache=mnist_cache,
                       progress=False, log=said.append)  # fmt: skip
     assert any("train.epochs 1 -> 2 with train.lr_decay = 0.5 stretches" in s for s in said)
 
@@ -269,15 +271,15 @@ def test_sweep_refuses_repeated_values_and_stray_no_fuse(tmp_path):
 
 def test_fuse_auto_is_off_on_a_cpu(mnist_cache, tmp_path, monkeypatch):
     assert (
-        not train.fuses("auto", cfg())
-        and train.fuses("on", cfg())
-        and not train.fuses("off", cfg())
+        not groups.fuses("auto", cfg())
+        and groups.fuses("on", cfg())
+        and not groups.fuses("off", cfg())
     )
     with pytest.raises(ConfigError, match="fuse must be one of"):
-        train.fuses("yes", cfg())
-    monkeypatch.setattr(train, "train_many", lambda *a, **kw: pytest.fail("fused on a CPU"))
+        groups.fuses("yes", cfg())
+    monkeypatch.setattr(groups, "train_many", lambda *a, **kw: pytest.fail("fused on a CPU"))
     opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
-    train.train_group([cfg("train.epochs=1", o) for o in opts], [tmp_path / "a", tmp_path / "b"],
+    groups.train_group([cfg("train.epochs=1", o) for o in opts], [tmp_path / "a", tmp_path / "b"],
                       cache=mnist_cache, **quiet())  # fmt: skip
 
 
@@ -309,7 +311,7 @@ def test_ctrl_c_in_a_sweep_without_out_names_the_folder(monkeypatch, capsys, tmp
         raise train.TrainingInterrupted("interrupted at epoch 1, step 3; checkpoints saved: run "
                                         "the same command again to continue every run")  # fmt: skip
 
-    monkeypatch.setattr(train, "train_group", interrupted)
+    monkeypatch.setattr(groups, "train_group", interrupted)
     monkeypatch.chdir(tmp_path)
     config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
     assert cli.main(["train", config, "--sweep", "train.lr=0.1,0.01"]) == 1
@@ -333,7 +335,7 @@ def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monke
     monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
     cfgs = [cfg("train.epochs=1", o) for o in ("train.lr=1e-3", "train.lr=3e-4")]
     with pytest.raises(train.TrainingInterrupted, match="run the same command again") as e:
-        train.train_group(
+        groups.train_group(
             cfgs, [tmp_path / "a", tmp_path / "b"], cache=mnist_cache, fuse="off", **quiet()
         )
     assert "--resume" not in str(e.value)

@@ -241,6 +241,8 @@ def test_eval_generation_cli_rows_per_temperature(cvae, classifier, mnist_cache,
     # the options of the other mode are refused rather than ignored
     assert cli.main([*argv, "--k", "100"]) == 1
     assert "--k applies to the likelihood evaluation only" in capsys.readouterr().err
+    assert cli.main([*argv, "--k", "5000"]) == 1  # also when the value given is the default
+    assert "--k applies to the likelihood evaluation only" in capsys.readouterr().err
     assert cli.main(["eval", str(cvae), "--labels", "3", "--cache", str(mnist_cache)]) == 1
     assert "--labels applies to --generation only" in capsys.readouterr().err
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab import cli, runs, train
+from vaelab import cli, commands, groups, runs, train
 from vaelab.config import load_config
 from vaelab.data import ImageDataset
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
@@ -477,18 +477,18 @@ def test_resume_overrides_are_few_and_warn_on_a_stretched_schedule(capsys):
     cfg = tiny("train.epochs=4")
     for key in ("train.lr=0.1", "train.seed=3", "train.optimizer=sgd", "data.limit=10"):
         with pytest.raises(VaelabError, match=f"--set {key.split('=')[0]} cannot change"):
-            cli._apply_resume_overrides(cfg, [key])
-    new = cli._apply_resume_overrides(cfg, ["train.epochs=8", "train.early_stopping=2",
+            commands._apply_resume_overrides(cfg, [key])
+    new = commands._apply_resume_overrides(cfg, ["train.epochs=8", "train.early_stopping=2",
                                             "train.checkpoint_every=3", "train.threads=1",
                                             "train.device=cpu", 'train.precision="bf16"'])  # fmt: skip
     assert new.train.precision == "bf16"
     assert (new.train.epochs, new.train.early_stopping, new.train.checkpoint_every) == (8, 2, 3)
     assert "warning" not in capsys.readouterr().err  # lr_decay = 1: nothing stretches
     decaying = tiny("train.epochs=4", "train.lr_decay=0.1")
-    cli._apply_resume_overrides(decaying, ["train.epochs=8"])
+    commands._apply_resume_overrides(decaying, ["train.epochs=8"])
     assert "vaelab: warning: train.epochs 4 -> 8" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="train.epochs must be >= 1"):
-        cli._apply_resume_overrides(cfg, ["train.epochs=0"])
+        commands._apply_resume_overrides(cfg, ["train.epochs=0"])
 
 
 def test_resuming_a_finished_run_changes_nothing(trained, mnist_cache, tmp_path, capsys):
@@ -529,7 +529,7 @@ def test_resume_of_an_incomplete_state_is_a_one_line_error(trained, mnist_cache,
     assert cli.main(argv) == 1
     assert "state.json is incomplete (epoch)" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="incomplete"):  # a sweep's folder alike
-        train.train_group([runs.RunFolder(run).read_config()], [run], cache=mnist_cache)
+        groups.train_group([runs.RunFolder(run).read_config()], [run], cache=mnist_cache)
 
 
 @pytest.mark.slow

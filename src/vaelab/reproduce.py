@@ -12,9 +12,10 @@ from pathlib import Path
 
 from vaelab.config import load_config
 from vaelab.data import atomic_write, fetch
+from vaelab.groups import fuses, train_group
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
 from vaelab.runs import RunFolder
-from vaelab.train import fuses, setup_data, setup_model, step_function, train_group
+from vaelab.train import setup_data, setup_model, step_function
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
@@ -59,7 +60,7 @@ def reproduce_thesis(
     """Train the four models (or continue them where a previous call stopped), write the
     figures and ``reproduction.md`` into ``out``; returns the report's path. ``fuse``
     ("auto": on accelerators; "on"; "off") decides whether the Adam and AMSGrad models of
-    each bottleneck train together in one fused step (:func:`~vaelab.train.train_group`),
+    each bottleneck train together in one fused step (:func:`~vaelab.groups.train_group`),
     with the same results as one by one."""
     epochs = epochs or PRESETS[preset]
     fetch("mnist", cache=cache)

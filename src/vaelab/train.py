@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import AUTOCAST, FILLED_IN, RESUME_OVERRIDES, Config, differences
+from vaelab.config import AUTOCAST, Config
 from vaelab.data import Batches, ImageDataset, derive_seed, heldout_batches, load_split
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.evaluate import mean_objective
@@ -172,28 +172,6 @@ def deferred_interrupts() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
-FUSABLE = ("optimizer", "lr", "lr_decay")
-"""The train.* fields in which models trained together (:func:`train_many`) may differ."""
-
-
-def unfusable(cfgs: list[Config]) -> str | None:
-    """Why ``cfgs`` cannot be trained in one fused step, or None if they can: same data,
-    model and training settings except :data:`FUSABLE`, and no early stopping."""
-    first = cfgs[0]
-    for cfg in cfgs[1:]:
-        changed = [
-            d.split(":")[0] for d in differences(first, cfg, tuple(f"train.{f}" for f in FUSABLE))
-        ]
-        if any(not key.startswith("train.") for key in changed):
-            return "fused runs need the same [data] and [model] settings"
-        if changed:
-            diff = [key.removeprefix("train.") for key in changed]
-            return f"fused runs may differ only in train.{{{','.join(FUSABLE)}}}, not in {diff}"
-    if first.train.early_stopping:
-        return "fused runs cannot stop early one by one (train.early_stopping must be 0)"
-    return None
-
-
 @dataclass
 class Member:
     """One model of a training call and what is its own: config, run folder, optimizer,
@@ -224,112 +202,17 @@ def train(
     """
     path = Path(resume or out or _default_out(cfg))
     if resume is not None and RunFolder(path).file("state.json").exists():
-        state = _read_progress(RunFolder(path))
+        state = read_progress(RunFolder(path))
         if cfg.train.epochs < state["epoch"]:
             raise ConfigError(f"train.epochs = {cfg.train.epochs} is below the {state['epoch']} "
                               f"epochs {path} has done")  # fmt: skip
-        if _finished(cfg, state):
+        if finished(cfg, state):
             early = state["epoch"] < cfg.train.epochs  # so it stopped early
             how, key = ("stopped early", "early_stopping") if early else ("trained", "epochs")
             log(f"{path}: already {how} ({state['epoch']}/{cfg.train.epochs} epochs); nothing to "
                 f"do (--set train.{key}=… goes on)")  # fmt: skip
             return path
-    return _train([cfg], [path], resume is not None, cache, progress, log, writer)[0]
-
-
-def train_many(
-    cfgs: list[Config],
-    outs: list[str | Path],
-    resume: bool = False,
-    cache: str | Path | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> list[Path]:
-    """Train same-shaped models, which differ only in optimizer, lr or lr_decay, together in
-    one fused step (:class:`~vaelab.fused.Fused`), each into its own run folder as
-    :func:`train` would; ``resume`` continues them all, which must stand at the same step."""
-    if len(cfgs) != len(outs) or not cfgs:
-        raise ValueError("train_many needs one output folder per config")
-    why = unfusable(cfgs)
-    if why:
-        raise ConfigError(why)
-    return _train(cfgs, [Path(o) for o in outs], resume, cache, progress, log, True)
-
-
-FUSE_MODES = ("auto", "on", "off")
-"""When :func:`train_group` fuses: "auto" on accelerators only (on a CPU the fused step
-measured 0.81-0.95x the speed of stepping models in turn), "on" always, "off" never."""
-
-
-def fuses(mode: str, cfg: Config) -> bool:
-    """Whether fuse ``mode`` fuses runs of ``cfg`` (see :data:`FUSE_MODES`)."""
-    if mode not in FUSE_MODES:
-        raise ConfigError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {mode!r}")
-    return mode == "on" or (mode == "auto" and resolve_device(cfg.train.device).type != "cpu")
-
-
-def train_group(
-    cfgs: list[Config],
-    outs: list[str | Path],
-    cache: str | Path | None = None,
-    progress: bool = True,
-    fuse: str = "auto",
-    log: Callable[[str], None] = print,
-) -> list[Path]:
-    """Bring each run ``outs[i]`` of config ``cfgs[i]`` to its end: finished (or early
-    stopped) runs are kept, started ones continue, and the rest train together in one fused
-    step (:func:`train_many`) when ``fuse`` says so (:func:`fuses`), :func:`unfusable` finds
-    nothing and they stand at the same step; otherwise one by one. A run that diverges keeps its last good
-    checkpoint and the others go on; :class:`TrainingDiverged` at the end names it. A run
-    folder that holds a run of another config (beyond :data:`RESUME_OVERRIDES`) is a
-    ConfigError. Used by sweeps and the thesis reproduction."""
-    outs = [Path(o) for o in outs]
-    fuse_on = fuses(fuse, cfgs[0])
-    failed: dict[Path, str] = {}
-    for cfg, out in zip(cfgs, outs, strict=True):
-        state = _state_of(cfg, out)  # checks every stored config before anything trains
-        if state and _finished(cfg, state):
-            log(f"{out}: already trained, kept")
-        elif state and (warning := stretched_schedule(RunFolder(out).read_config(), cfg)):
-            log(f"{out}: {warning}")
-    try:
-        while True:
-            todo = [(c, o, s) for c, o, s in zip(cfgs, outs, map(_state_of, cfgs, outs), strict=True)
-                    if o not in failed and not (s and _finished(c, s))]  # fmt: skip
-            if not todo:
-                break
-            points = {(s["epoch"], s["batch"]) if s else None for _, _, s in todo}
-            why = unfusable([c for c, _, _ in todo]) if len(todo) > 1 else "one run"
-            if fuse_on and why is None and len(points) == 1:  # all new, or all at the same step
-                try:
-                    train_many([c for c, _, _ in todo], [o for _, o, _ in todo], todo[0][2] is not None,
-                               cache, progress, log)  # fmt: skip
-                    break
-                except TrainingDiverged as e:  # drop that run, continue the others
-                    failed[e.run or todo[0][1]] = str(e)
-                    log(f"{e}; the other runs go on")
-                    continue
-            if fuse_on and len(todo) > 1:
-                log(f"training one by one: {why or 'the runs stand at different steps'}")
-            for cfg, out, state in todo:
-                try:
-                    train(cfg, out=out, resume=out if state else None, cache=cache,
-                          progress=progress, log=log)  # fmt: skip
-                except TrainingDiverged as e:
-                    failed[out] = str(e)
-                    log(f"{e}; the other runs go on")
-            break
-    except TrainingInterrupted as e:  # the advice is the whole job's, not one run's
-        where = str(e).split("; checkpoint saved")[0]
-        raise TrainingInterrupted(
-            f"{where}; checkpoints saved: run the same command again to continue every run"
-        ) from e
-    if failed:
-        raise TrainingDiverged(
-            f"{len(failed)} of {len(outs)} runs diverged (the others finished): "
-            + "; ".join(failed.values())
-        )
-    return outs
+    return train_runs([cfg], [path], resume is not None, cache, progress, log, writer)[0]
 
 
 def stretched_schedule(old: Config, new: Config) -> str | None:
@@ -341,21 +224,7 @@ def stretched_schedule(old: Config, new: Config) -> str | None:
             "the new length")  # fmt: skip
 
 
-def _state_of(cfg: Config, out: Path) -> dict | None:
-    """The saved state of run folder ``out`` (None if it holds no checkpoint); the run must
-    have been trained with ``cfg``, up to :data:`RESUME_OVERRIDES`."""
-    run = RunFolder(out)
-    if not run.file("state.json").exists():
-        return None
-    changed = differences(run.read_config(), cfg, RESUME_OVERRIDES + FILLED_IN)
-    if changed:
-        raise ConfigError(
-            f"{out} holds a run of another config ({'; '.join(changed)}); use another --out"
-        )
-    return _read_progress(run)
-
-
-def _read_progress(run: RunFolder) -> dict:
+def read_progress(run: RunFolder) -> dict:
     """``state.json`` of ``run``, whose progress counts (read before the checkpoint is
     restored) must be integers: a missing one is a CheckpointError, not a KeyError."""
     state = run.read_state()
@@ -364,7 +233,7 @@ def _read_progress(run: RunFolder) -> dict:
     return state
 
 
-def _finished(cfg: Config, state: dict) -> bool:
+def finished(cfg: Config, state: dict) -> bool:
     """Whether a run with ``state`` has ended: all epochs done, or stopped early (and the
     patience in ``cfg`` would stop it too). A state written before ``stopped`` existed
     was tested at every epoch, where a stale count past the patience means it stopped."""
@@ -373,7 +242,7 @@ def _finished(cfg: Config, state: dict) -> bool:
     return state["epoch"] >= cfg.train.epochs or bool(stopped)
 
 
-def _train(
+def train_runs(
     cfgs: list[Config],
     outs: list[Path],
     resume: bool,
@@ -382,7 +251,7 @@ def _train(
     log: Callable[[str], None],
     writer: bool,
 ) -> list[Path]:
-    """:func:`train` for one config, :func:`train_many` for several (fused)."""
+    """:func:`train` for one config, :func:`~vaelab.groups.train_many` for several (fused)."""
     runs = [RunFolder(o, writer=writer) for o in outs]
     for run in runs:
         if not resume and run.file("state.json").exists():
