@@ -54,3 +54,21 @@ def test_reconstructions_of_a_small_test_split(ae_run, mnist_small, tmp_path, la
     argv = ["plot", str(ae_run), "recon", "--out", str(out), "--cache", str(cache)]
     assert cli.main(argv) == 0
     assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("n", [3, 10, 15])
+def test_class_colours_are_distinct_and_centred_on_their_ticks(n):
+    """Label k gets the k-th colour of the table, and the colour bar's band of class k is
+    centred on tick k (with tab10's default range 0…9 the bands drift off their ticks)."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    kw = plots.class_colours(n)
+    cmap, norm = kw["cmap"], Normalize(kw["vmin"], kw["vmax"])
+    assert cmap.N == n
+    colours = [cmap(norm(k)) for k in range(n)]
+    assert len(set(colours)) == n
+    width = (kw["vmax"] - kw["vmin"]) / cmap.N
+    centres = kw["vmin"] + (np.arange(n) + 0.5) * width
+    np.testing.assert_allclose(centres, np.arange(n))
+    assert plots.class_colours(1) == {} and plots.class_colours(30) == {"cmap": "viridis"}

@@ -20,6 +20,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 
 from vaelab.data import Batches, atomic_write  # noqa: E402
 from vaelab.errors import VaelabError  # noqa: E402
@@ -57,6 +58,17 @@ def _test_split(run_dir: str | Path, cache: str | Path | None, limit: int = 0) -
     return cfg, model, load_test_batches(cfg, cache, limit)
 
 
+def class_colours(n: int) -> dict:
+    """scatter() colour arguments for class labels 0…n−1: one distinct colour per class for
+    up to 20 classes, each class's colour band centred on its tick in the colour bar."""
+    if n <= 1:
+        return {}
+    if n > 20:
+        return {"cmap": "viridis"}
+    table = matplotlib.colormaps["tab10" if n <= 10 else "tab20"].colors[:n]
+    return {"cmap": ListedColormap(table), "vmin": -0.5, "vmax": n - 0.5}
+
+
 def latent_figure(panels: Panels, out: str | Path, cache=None, limit: int = 10_000) -> Path:
     """Scatter of the encoded test split coloured by label, with a colour bar. A 2-D
     latent gives one panel per run; a 3-D latent two viewing angles per run (two rows)."""
@@ -70,16 +82,17 @@ def latent_figure(panels: Panels, out: str | Path, cache=None, limit: int = 10_0
     for col, (title, _cfg, model, data) in enumerate(loaded):
         z = encode_dataset(model, data).numpy()
         c = data.labels.cpu().numpy() if data.labels is not None else None
+        colours = class_colours(len(data.data.classes) if c is not None else 0)
         for row, view in enumerate(views):
             idx = row * len(loaded) + col + 1
             if three_d:
                 ax = fig.add_subplot(len(views), len(loaded), idx, projection="3d")
-                sc = ax.scatter(z[:, 0], z[:, 1], z[:, 2], c=c, cmap="tab10", s=1.5, alpha=0.6)
+                sc = ax.scatter(z[:, 0], z[:, 1], z[:, 2], c=c, s=1.5, alpha=0.6, **colours)
                 ax.view_init(*view)
                 ax.set_title(f"{title}  (elev {view[0]}°, azim {view[1]}°)", fontsize=10)
             else:
                 ax = fig.add_subplot(1, len(loaded), idx)
-                sc = ax.scatter(z[:, 0], z[:, 1], c=c, cmap="tab10", s=1.5, alpha=0.6)
+                sc = ax.scatter(z[:, 0], z[:, 1], c=c, s=1.5, alpha=0.6, **colours)
                 ax.set_xlabel("$z_1$")
                 ax.set_ylabel("$z_2$")
                 ax.set_title(title, fontsize=10)
