@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import signal
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def test_cli_train_loss_falls(mnist_cache, tmp_path, capsys):
     assert metrics[-1]["test_loss"] < metrics[0]["test_loss"]
     for name in ("config.toml", "model.safetensors", "optimizer.safetensors", "state.json"):
         assert (out / name).exists()
-    assert "epoch    4/4" in capsys.readouterr().out
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert lines[-1].startswith("epoch    4/4") and "eta" not in lines[-1]
+    assert all(re.search(r"s  eta (\d+h)?\d+m\d\ds$", line) for line in lines[:3]), lines
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "amsgrad"])

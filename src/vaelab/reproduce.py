@@ -6,7 +6,6 @@ with Adam and once with AMSGrad (learning rate 3·10⁻⁴, batch 512, MSE), and
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from vaelab.data import atomic_write, fetch
 from vaelab.groups import fuses, train_group
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
 from vaelab.runs import RunFolder
-from vaelab.train import setup_data, setup_model, step_function
+from vaelab.train import hms, setup_data, setup_model, step_function
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
@@ -67,7 +66,7 @@ def reproduce_thesis(
     fused = fuses(fuse, thesis_config("adam", 2, epochs))
     estimate = projected_seconds(epochs, cache, fused)
     print(f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each"
-          f"{', fused in pairs' if fused else ''}; projected training time {_hms(estimate)} "
+          f"{', fused in pairs' if fused else ''}; projected training time {hms(estimate)} "
           "on this machine")  # fmt: skip
     rows = [(opt, nb, out / f"{opt}-nb{nb}") for nb in BOTTLENECKS for opt in OPTIMIZERS]
     for nb in BOTTLENECKS:  # the two optimizers' models of one shape train fused
@@ -113,17 +112,9 @@ def _report(out: Path, rows, figures: list[Path], epochs: int, fuse: bool) -> Pa
         last = RunFolder(run_dir).read_metrics()[-1]
         lines.append(
             f"| {OPTIMIZERS[opt]} | {nb} | {last['epoch']} | {last['train_loss']:.3f} | "
-            f"{last['test_loss']:.3f} | {last['test_loss'] / 784:.5f} | {_hms(last['seconds'])} |"
+            f"{last['test_loss']:.3f} | {last['test_loss'] / 784:.5f} | {hms(last['seconds'])} |"
         )
     lines += ["", "Figures (Adam left, AMSGrad right):", ""]
     lines += [f"- [{p.name}]({p.name})" for p in figures]
     text = ("\n".join(lines) + "\n").encode()
     return atomic_write(out / "reproduction.md", lambda f: f.write(text))
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

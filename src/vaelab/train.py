@@ -291,6 +291,7 @@ def train_runs(
         f"{len(train_set):,} {cfg.data.name} images -> {', '.join(str(r.path) for r in runs)}")  # fmt: skip
 
     t0 = time.perf_counter() - p.seconds
+    start = (p.epoch, p.seconds)  # where this call began, for the time still to go
     wide = torch.float32 if batches.device.type == "mps" else torch.float64  # mps: no float64
     sums = torch.zeros(len(members), dtype=wide, device=batches.device)  # (M,)
     synced = [p.step]  # the step of the last sync
@@ -378,8 +379,11 @@ def train_runs(
                                       "test_loss": test_loss, "seconds": round(q.seconds, 3)})  # fmt: skip
                 name = f"{m.run.path.name}: " if len(members) > 1 else ""
                 shown = "   -   " if test_loss is None else f"{test_loss:.4f}"
+                left = cfg.train.epochs - q.epoch
+                pace = (q.seconds - start[1]) / (q.epoch - start[0])  # s/epoch in this call
+                eta = f"  eta {hms(pace * left)}" if left else ""
                 log(f"{name}epoch {q.epoch:>4}/{cfg.train.epochs}  train {train_loss:.4f}  "
-                    f"test {shown}  {q.seconds:7.1f}s")  # fmt: skip
+                    f"test {shown}  {q.seconds:7.1f}s{eta}")  # fmt: skip
                 patience = cfg.train.early_stopping
                 stop = q.stopped = bool(tested and patience and q.stale >= patience)
                 if q.epoch == cfg.train.epochs or stop or q.epoch % cfg.train.checkpoint_every == 0:
@@ -389,6 +393,15 @@ def train_runs(
                 break
             halt_if(interrupted())
     return [r.path for r in runs]
+
+
+def hms(seconds: float) -> str:
+    """A duration as 1h02m03s or 2m03s (? when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 SYNC_EVERY = 10
