@@ -83,6 +83,20 @@ def test_objective_uses_the_configured_beta_and_k():
     torch.testing.assert_close(objective, -iwae.iwae_bound(x, 5))
 
 
+def test_beta_with_the_iwae_bound_is_refused(mnist_cache, tmp_path):
+    """The IWAE objective has no KL term to weight: β ≠ 1 with k > 1 is a ConfigError
+    naming both keys (it used to be ignored), before any run file is written."""
+    from vaelab.errors import ConfigError
+
+    config = Path(__file__).parents[1] / "configs" / "mnist_vae.toml"
+    cfg = load_config(config, ["model.beta=4.0", "model.k=5", "data.limit=100"])
+    with pytest.raises(ConfigError, match=r"model.beta = 4.0 .*model.k = 5"):
+        train.train(cfg, tmp_path / "r", cache=mnist_cache, progress=False, log=lambda s: None)
+    assert not (tmp_path / "r").exists()
+    small_vae(beta=4.0)  # k = 1: a β-VAE
+    small_vae(k=5)
+
+
 def test_log_weights_match_torch_densities():
     model = small_vae()
     x = torch.rand(3, 1, 6, 6).round()

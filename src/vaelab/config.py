@@ -56,7 +56,7 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     """vae: decoder likelihood p(x|z): bernoulli, gaussian, continuous_bernoulli"""
     beta: float = 1.0
-    """vae: weight of the KL term (β ≠ 1: β-VAE)"""
+    """vae: weight of the ELBO's KL term (β ≠ 1: β-VAE; only with k = 1)"""
     k: int = 1
     """vae: importance samples in the training objective (1 = ELBO, k > 1 = IWAE bound)"""
     sigma: float = 0.1

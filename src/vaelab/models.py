@@ -197,6 +197,11 @@ class VAE(LatentModel):
             )
         if k < 1:
             raise ConfigError(f"the number of importance samples k must be >= 1, got {k}")
+        if beta != 1 and k > 1:  # it would be silently ignored
+            raise ConfigError(
+                f"model.beta = {beta} weights the KL term of the ELBO (k = 1); the IWAE bound "
+                f"(model.k = {k}) has no β: set one of them to 1"
+            )
         self.encoder, self.decoder, self.latent_dim = encoder, decoder, latent_dim
         self.likelihood, self.beta, self.k = likelihood, beta, k
         log_sigma = torch.full(tuple(image_shape or ()) if learn_sigma else (), math.log(sigma))
