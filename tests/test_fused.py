@@ -206,8 +206,11 @@ def test_cli_sweep_over_the_model_trains_one_by_one(mnist_cache, tmp_path, capsy
 
 
 def test_parameters_the_objective_ignores_get_no_gradient():
-    c = cfg("model.image_shape=[1,28,28]", "model.kind=vae", "model.learn_sigma=true")
-    models = [build_model(c.model, "mse") for _ in range(2)]  # Bernoulli: log σ unused
+    c = cfg("model.image_shape=[1,28,28]", "model.kind=vae", "model.likelihood='gaussian'",
+            "model.learn_sigma=true")  # fmt: skip
+    models = [build_model(c.model, "mse") for _ in range(2)]
+    for m in models:
+        m.likelihood = "bernoulli"  # log σ is now a parameter the objective never reads
     fused = Fused(models)
     fused.backward(fused.objective(torch.rand(4, 1, 28, 28)))
     for m in models:

@@ -19,6 +19,7 @@ from torch.distributions import (
 from vaelab import cli, runs, train
 from vaelab.config import ModelConfig, load_config
 from vaelab.data import Batches, ImageDataset
+from vaelab.errors import ConfigError
 from vaelab.evaluate import evaluate_vae, log_likelihood
 from vaelab.models import VAE, build_model, digitwise
 
@@ -33,7 +34,7 @@ def small_vae(likelihood="bernoulli", **kw):
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli"])
 def test_log_px_matches_torch_distributions(likelihood):
-    model = small_vae(likelihood, sigma=0.3)
+    model = small_vae(likelihood, **({"sigma": 0.3} if likelihood == "gaussian" else {}))
     x = torch.rand(4, 1, 6, 6)
     if likelihood == "bernoulli":
         x = x.round()
@@ -86,8 +87,6 @@ def test_objective_uses_the_configured_beta_and_k():
 def test_beta_with_the_iwae_bound_is_refused(mnist_cache, tmp_path):
     """The IWAE objective has no KL term to weight: β ≠ 1 with k > 1 is a ConfigError
     naming both keys (it used to be ignored), before any run file is written."""
-    from vaelab.errors import ConfigError
-
     config = Path(__file__).parents[1] / "configs" / "mnist_vae.toml"
     cfg = load_config(config, ["model.beta=4.0", "model.k=5", "data.limit=100"])
     with pytest.raises(ConfigError, match=r"model.beta = 4.0 .*model.k = 5"):
@@ -95,6 +94,24 @@ def test_beta_with_the_iwae_bound_is_refused(mnist_cache, tmp_path):
     assert not (tmp_path / "r").exists()
     small_vae(beta=4.0)  # k = 1: a β-VAE
     small_vae(k=5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "setting", "message"),
+    [
+        ("ae", {"k": 5}, "model.k needs model.kind = 'vae' (it is 'ae')"),
+        ("classifier", {"likelihood": "gaussian"}, "model.likelihood needs model.kind = 'vae'"),
+        ("ae", {"conditional": True}, "model.conditional needs model.kind = 'vae'"),
+        ("vae", {"learn_sigma": True}, "model.learn_sigma applies to the likelihoods gaussian,"),
+        ("vae", {"sigma": 0.3, "likelihood": "continuous_bernoulli"}, "model.sigma applies to"),
+    ],
+)
+def test_settings_the_model_would_ignore_are_refused(kind, setting, message):
+    cfg = ModelConfig(kind=kind, image_shape=[1, 28, 28], **setting)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_model(cfg, "mse")
+    build_model(ModelConfig(kind="vae", image_shape=[1, 28, 28], likelihood="gaussian",
+                            sigma=0.3, learn_sigma=True), "mse")  # fmt: skip
 
 
 def test_log_weights_match_torch_densities():

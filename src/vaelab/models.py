@@ -477,8 +477,6 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]]
 
 def build_autoencoder(cfg: ModelConfig, loss: str) -> Autoencoder:
     make_encoder, make_decoder, _ = _arch(cfg)
-    if cfg.conditional:
-        raise ConfigError("model.conditional needs model.kind = 'vae'")
     return Autoencoder(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss)
 
 
@@ -577,10 +575,33 @@ def _arch(cfg: ModelConfig) -> tuple[Callable[..., nn.Module], Callable[..., nn.
     return ARCHS[cfg.arch]
 
 
+VAE_ONLY = ("likelihood", "beta", "k", "sigma", "learn_sigma", "conditional")
+"""model.* keys that only a VAE reads."""
+SIGMA_LIKELIHOODS = ("gaussian", "gaussian_identity")
+"""The likelihoods that read model.sigma and model.learn_sigma."""
+
+
+def check_unused(cfg: ModelConfig) -> None:
+    """A ConfigError for a model.* key set away from its default where the model would
+    ignore it: VAE keys on another kind, σ under a likelihood without one."""
+    default = ModelConfig()
+    changed = [key for key in VAE_ONLY if getattr(cfg, key) != getattr(default, key)]
+    if cfg.kind != "vae" and changed:
+        raise ConfigError(f"model.{changed[0]} needs model.kind = 'vae' (it is {cfg.kind!r})")
+    if cfg.likelihood not in SIGMA_LIKELIHOODS and (
+        sigma := [key for key in ("sigma", "learn_sigma") if key in changed]
+    ):
+        raise ConfigError(
+            f"model.{sigma[0]} applies to the likelihoods {', '.join(SIGMA_LIKELIHOODS)} only "
+            f"(model.likelihood is {cfg.likelihood!r})"
+        )
+
+
 def build_model(cfg: ModelConfig, loss: str) -> nn.Module:
     """The model a config describes (``cfg.image_shape`` must be filled in)."""
     if cfg.kind not in MODELS:
         raise ConfigError(f"unknown model.kind {cfg.kind!r} (known: {', '.join(MODELS)})")
+    check_unused(cfg)
     try:
         return MODELS[cfg.kind](cfg, loss)
     except ValueError as e:
