@@ -343,3 +343,17 @@ def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monke
         )
     assert "--resume" not in str(e.value)
     assert runs.RunFolder(tmp_path / "a").read_state()["step"] == 3  # checkpointed where it stood
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [["model.k=5"], ["model.kind=vae", "model.beta=4.0", "model.k=5"]],
+)
+def test_a_group_refuses_a_config_before_any_run_trains(mnist_cache, tmp_path, refused):
+    """A sweep over the model trains one by one: a combination that sets a key its model
+    would ignore is refused before the earlier combinations train, not after them."""
+    cfgs = [cfg("train.epochs=1"), cfg("train.epochs=1", *refused)]
+    outs = [tmp_path / "ok", tmp_path / "refused"]
+    with pytest.raises(ConfigError, match="model.k"):
+        groups.train_group(cfgs, outs, cache=mnist_cache, fuse="off", **quiet())
+    assert not outs[0].exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vaelab.config import FILLED_IN, RESUME_OVERRIDES, Config, differences
 from vaelab.errors import ConfigError
+from vaelab.models import check_unused
 from vaelab.runs import RunFolder, resolve_device
 from vaelab.train import (
     TrainingDiverged,
@@ -90,6 +91,8 @@ def train_group(
     outs = [Path(o) for o in outs]
     fuse_on = fuses(fuse, cfgs[0])
     failed: dict[Path, str] = {}
+    for cfg in cfgs:  # a sweep trains one by one: refuse a bad combination before any trains
+        check_unused(cfg.model)
     for cfg, out in zip(cfgs, outs, strict=True):
         state = _state_of(cfg, out)  # checks every stored config before anything trains
         if state and finished(cfg, state):

@@ -197,11 +197,7 @@ class VAE(LatentModel):
             )
         if k < 1:
             raise ConfigError(f"the number of importance samples k must be >= 1, got {k}")
-        if beta != 1 and k > 1:  # it would be silently ignored
-            raise ConfigError(
-                f"model.beta = {beta} weights the KL term of the ELBO (k = 1); the IWAE bound "
-                f"(model.k = {k}) has no β: set one of them to 1"
-            )
+        check_beta(beta, k)
         self.encoder, self.decoder, self.latent_dim = encoder, decoder, latent_dim
         self.likelihood, self.beta, self.k = likelihood, beta, k
         log_sigma = torch.full(tuple(image_shape or ()) if learn_sigma else (), math.log(sigma))
@@ -581,13 +577,24 @@ SIGMA_LIKELIHOODS = ("gaussian", "gaussian_identity")
 """The likelihoods that read model.sigma and model.learn_sigma."""
 
 
+def check_beta(beta: float, k: int) -> None:
+    """β ≠ 1 with k > 1 is a ConfigError: the IWAE bound has no KL term to weight."""
+    if beta != 1 and k > 1:  # it would be silently ignored
+        raise ConfigError(
+            f"model.beta = {beta} weights the KL term of the ELBO (k = 1); the IWAE bound "
+            f"(model.k = {k}) has no β: set one of them to 1"
+        )
+
+
 def check_unused(cfg: ModelConfig) -> None:
     """A ConfigError for a model.* key set away from its default where the model would
-    ignore it: VAE keys on another kind, σ under a likelihood without one."""
+    ignore it: VAE keys on another kind, σ under a likelihood without one, β with k > 1.
+    Needs no image shape, so groups of runs check every config before any trains."""
     default = ModelConfig()
     changed = [key for key in VAE_ONLY if getattr(cfg, key) != getattr(default, key)]
     if cfg.kind != "vae" and changed:
         raise ConfigError(f"model.{changed[0]} needs model.kind = 'vae' (it is {cfg.kind!r})")
+    check_beta(cfg.beta, cfg.k)
     if cfg.likelihood not in SIGMA_LIKELIHOODS and (
         sigma := [key for key in ("sigma", "learn_sigma") if key in changed]
     ):
