@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # ~/.cache/vaelab happens to hold MNIST (CI's fresh machine has none): point the default cache
 # at an empty folder of this test run.
 os.environ["VAELAB_CACHE"] = tempfile.mkdtemp(prefix="vaelab-test-default-cache-")
+atexit.register(shutil.rmtree, os.environ["VAELAB_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -161,7 +161,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperatures",
                    help=f"--generation: comma-separated prior temperatures, one row each ({d['temperatures']})")  # fmt: skip
     p.add_argument("--k", type=positive_int, help=f"importance samples per image ({d['k']})")
-    p.add_argument("--limit", type=non_negative_int, help="only the first N test images")
+    p.add_argument("--limit", type=non_negative_int, help="only the first N test images (0: all)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampling (0)")
     p.add_argument(
         "--batch-size", type=positive_int, help=f"test images per batch ({d['batch_size']})"

@@ -168,7 +168,8 @@ class VAE(LatentModel):
     ``encoder`` maps images to (B, 2·Z) = (μ, log σ²); ``decoder`` maps (B, Z) to logits
     (B, C, H, W). The per-example objective in nats is −ELBO = −E_q[log p(x | z)] + β·KL
     with one reparameterised sample (β ≠ 1 is the β-VAE), or with ``k`` > 1 the negative
-    IWAE bound −log (1/k) Σ_i p(x, z_i)/q(z_i | x) (Burda et al. 2015), where β is unused.
+    IWAE bound −log (1/k) Σ_i p(x, z_i)/q(z_i | x) (Burda et al. 2015), which has no β
+    (β ≠ 1 with k > 1 is refused).
 
     With ``classes`` the model is conditional (a CVAE): the label's condition vector
     (:func:`condition_table`) is appended to the encoder's input — to the flattened image

@@ -1,7 +1,7 @@
 """The training loop: resident-data batches, an optimizer by name, per-example losses
 reduced once, checkpoints that resume bit for bit.
 
-Read :func:`train` top to bottom; everything it writes goes through one
+Read :func:`train_runs` (the loop behind :func:`train`) top to bottom; everything it writes goes through one
 :class:`~vaelab.runs.RunFolder`, so only one process writes files.
 """
 
@@ -291,7 +291,8 @@ def train_runs(
         f"{len(train_set):,} {cfg.data.name} images -> {', '.join(str(r.path) for r in runs)}")  # fmt: skip
 
     t0 = time.perf_counter() - p.seconds
-    start = (p.epoch, p.seconds)  # where this call began, for the time still to go
+    # where this call began (in epochs, a resumed part-epoch counted in part), for the eta
+    start = (p.epoch + p.batch / len(batches), p.seconds)
     wide = torch.float32 if batches.device.type == "mps" else torch.float64  # mps: no float64
     sums = torch.zeros(len(members), dtype=wide, device=batches.device)  # (M,)
     synced = [p.step]  # the step of the last sync
