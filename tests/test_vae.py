@@ -316,8 +316,9 @@ def test_cli_train_eval_sample(trained_vae, mnist_cache, tmp_path, capsys):
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert cli.main(["eval", str(trained_vae), "--k", "50", "--limit", "100", "--cache",
                      str(mnist_cache), "--no-progress"]) == 0  # fmt: skip
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "nll" in out and "bits_per_dim" in out and "active_units" in out
+    assert "on the first 100 test images with k = 50 importance samples per image" in err
     png, npz = tmp_path / "s.png", tmp_path / "s.images"  # written under exactly that name
     assert (
         cli.main(["sample", str(trained_vae), "-n", "16", "--out", str(png), "--npz", str(npz)])

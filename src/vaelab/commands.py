@@ -206,6 +206,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         )
         return
 
+    from vaelab.runs import RunFolder
+
+    which = f"the first {args.limit:,}" if args.limit else "all"
+    vae = RunFolder(args.run, writer=False).read_config().model.kind == "vae"
+    sampled = f" with k = {args.k:,} importance samples per image" if vae else ""
+    print(f"vaelab: evaluating {args.run} on {which} test images{sampled} …", file=sys.stderr,
+          flush=True)  # fmt: skip
     result = evaluate_run(args.run, k=args.k, limit=args.limit, seed=args.seed,
                           batch_size=args.batch_size, cache=args.cache,
                           progress=not args.no_progress, device=args.device)  # fmt: skip
