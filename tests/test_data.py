@@ -1,3 +1,5 @@
+import os
+import stat
 import zipfile
 
 import pytest
@@ -165,6 +167,28 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         data.atomic_write(tmp_path / "x.npz", boom)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["022", "077"])
+def test_atomic_write_gives_the_permissions_open_would(tmp_path, umask):
+    """Not the temporary file's private 0o600: run files and figures stay readable by
+    whoever may read the folder's other files; an existing file keeps its mode."""
+    old = os.umask(umask)
+    try:
+        new = data.atomic_write(tmp_path / "new.txt", lambda f: f.write(b"x"))
+        with open(tmp_path / "plain.txt", "wb") as f:
+            f.write(b"x")
+        assert (
+            stat.S_IMODE(new.stat().st_mode)
+            == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+            == 0o666 & ~umask
+        )
+        new.chmod(0o640)
+        data.atomic_write(new, lambda f: f.write(b"y"))
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640 and new.read_bytes() == b"y"
+    finally:
+        os.umask(old)
 
 
 # ---------------------------------------------------------------- MNIST

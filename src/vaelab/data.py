@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import stat
 import subprocess
 import sys
 import tempfile
@@ -112,12 +113,25 @@ def _dataset_path(name: str, cache: str | Path | None) -> Path:
     return cache_dir(cache) / "datasets" / f"{name}.npz"
 
 
+def _file_mode(path: Path) -> int:
+    """The permission bits a plain ``open(path, "w")`` would leave ``path`` with."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only portable way to read it is to set it
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(file_object)`` into a temporary file beside ``path``, then rename it into
-    place, so an interrupted write never leaves a half-written ``path``."""
+    place, so an interrupted write never leaves a half-written ``path``. The file gets the
+    permissions ``open`` would give it (an existing file's, else 0o666 less the umask), not
+    the temporary file's private 0o600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
