@@ -433,7 +433,7 @@ def main() -> None:
     lines += ["### Many small models at once (thesis §2.3 pair: Adam + AMSGrad, n_b = 2)", "",
               f"Two 784-512-256-128-2 autoencoders, batch {fz['batch']}, {fz['steps']} steps each; "
               "fused = stacked parameters, one vmapped step (`vaelab.fused.Fused`, what "
-              "`vaelab reproduce thesis` uses on a GPU or with `--fuse on`); one by one = the same two "
+              "`vaelab reproduce thesis` uses with `--device cuda` or `--fuse on`); one by one = the same two "
               "steps in turn.", "",
               "| fused | one by one | speed-up | per fused step | projected thesis (10,000 epochs x 4 models) |",
               "|---|---|---|---|---|",

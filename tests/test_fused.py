@@ -132,8 +132,8 @@ def test_fused_objective_matches_each_model(arch, monkeypatch):
 def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     real = reproduce.thesis_config
 
-    def small(optimizer, bottleneck, epochs):
-        c = real(optimizer, bottleneck, epochs)
+    def small(optimizer, bottleneck, epochs, device="cpu"):
+        c = real(optimizer, bottleneck, epochs, device)
         c.data.limit, c.data.test_limit, c.model.widths = 1024, 256, [32, 16]
         return c
 
@@ -161,6 +161,31 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     after = runs.read_tensors(alone / "model.safetensors")[0]
     for k in before:
         torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5)
+
+
+def test_reproduce_trains_on_the_device_asked_for(mnist_cache, tmp_path, monkeypatch, capsys):
+    """--device reaches every run's config, and --fuse auto fuses off the CPU ("meta"
+    stands in for an accelerator; the training itself is stubbed)."""
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def group(cfgs, outs, *args, **kwargs):
+        seen.extend(cfgs)
+        raise Stop
+
+    monkeypatch.setattr(reproduce, "projected_seconds", lambda *a, **kw: 0.0)
+    monkeypatch.setattr(reproduce, "train_group", group)
+    argv = ["reproduce", "thesis", "--out", str(tmp_path / "t"), "--cache", str(mnist_cache)]
+    with pytest.raises(Stop):
+        cli.main([*argv, "--device", "meta", "--no-progress"])
+    assert [c.train.device for c in seen] == ["meta", "meta"]
+    assert "fused in pairs" in capsys.readouterr().out
+    # an unknown device: one line naming the option, before anything is written
+    assert cli.main([*argv, "--device", "nosuch"]) == 1
+    assert "--device = 'nosuch' is not available" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
 
 
 def test_parse_sweep():

@@ -113,14 +113,14 @@ def _import_npz_args(p: argparse.ArgumentParser) -> None:
 
 def _fuse_arg(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--fuse", choices=("auto", "on", "off"), default="auto",
-                   help=f"train {what} in one fused step: auto (default) = on a GPU only, "
-                        "where it pays; on a CPU it runs at 0.8-0.95x of one by one")  # fmt: skip
+                   help=f"train {what} in one fused step: auto (default) = on an accelerator "
+                        "only, where it pays; on a CPU it ran at 0.81-0.97x of one by one")  # fmt: skip
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="TOML config, e.g. configs/mnist_ae.toml")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (TOML syntax), e.g. --set model.widths=[512,256]")  # fmt: skip
+                   help="override a config value (TOML syntax), e.g. --set 'model.widths=[512,256]'")  # fmt: skip
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -246,6 +246,7 @@ def _reproduce_args(p: argparse.ArgumentParser) -> None:
         "for the other presets, so one never continues another's runs)",
     )
     _fuse_arg(p, "the Adam and AMSGrad models of each bottleneck")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps … (cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _cache_arg(p)
 

@@ -313,7 +313,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     suffix = f"-{args.epochs}ep" if args.epochs else "" if preset == "default" else f"-{preset}"
     reproduce_thesis(out=Path(args.out or f"runs/thesis{suffix}"), preset=preset,
                      epochs=args.epochs, cache=args.cache, progress=not args.no_progress,
-                     fuse=args.fuse)  # fmt: skip
+                     fuse=args.fuse, device=args.device)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------

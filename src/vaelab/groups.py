@@ -63,7 +63,7 @@ def train_many(
 
 FUSE_MODES = ("auto", "on", "off")
 """When :func:`train_group` fuses: "auto" on accelerators only (on a CPU the fused step
-measured 0.81-0.95x the speed of stepping models in turn), "on" always, "off" never."""
+measured 0.81-0.97x the speed of stepping models in turn), "on" always, "off" never."""
 
 
 def fuses(mode: str, cfg: Config) -> bool:

@@ -6,6 +6,7 @@ with Adam and once with AMSGrad (learning rate 3·10⁻⁴, batch 512, MSE), and
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from vaelab.config import load_config
 from vaelab.data import atomic_write, fetch
 from vaelab.groups import fuses, train_group
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
-from vaelab.runs import RunFolder
+from vaelab.runs import RunFolder, resolve_device
 from vaelab.train import hms, setup_data, setup_model, step_function
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
@@ -21,17 +22,20 @@ OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
 BOTTLENECKS = (2, 3)
 
 
-def thesis_config(optimizer: str, bottleneck: int, epochs: int):
+def thesis_config(optimizer: str, bottleneck: int, epochs: int, device: str = "cpu"):
     """The config of one of the four runs: the defaults of :class:`~vaelab.config.Config`
     are the thesis's setting (see configs/mnist_ae.toml)."""
     return load_config(None, [f"train.optimizer={optimizer}", f"model.bottleneck={bottleneck}",
-                                f"train.epochs={epochs}"])  # fmt: skip
+                              f"train.epochs={epochs}", f"train.device={json.dumps(device)}"])  # fmt: skip
 
 
-def projected_seconds(epochs: int, cache=None, fuse: bool = False, steps: int = 30) -> float:
+def projected_seconds(
+    epochs: int, cache=None, fuse: bool = False, steps: int = 30, device: str = "cpu"
+) -> float:
     """Time ``steps`` training steps (fused: of both optimizers' models at once) and
     project the four runs' total."""
-    cfgs = [thesis_config(opt, 2, epochs) for opt in (OPTIMIZERS if fuse else ["adam"])]
+    opts = OPTIMIZERS if fuse else ["adam"]
+    cfgs = [thesis_config(opt, 2, epochs, device) for opt in opts]
     batches = setup_data(cfgs[0], cache, also=cfgs[1:])[0]
     made = [setup_model(c, batches.device) for c in cfgs]
     step = step_function([m for m, _ in made], [o for _, o in made])
@@ -55,23 +59,25 @@ def reproduce_thesis(
     cache=None,
     progress: bool = True,
     fuse: str = "auto",
+    device: str = "cpu",
 ) -> Path:
     """Train the four models (or continue them where a previous call stopped), write the
     figures and ``reproduction.md`` into ``out``; returns the report's path. ``fuse``
     ("auto": on accelerators; "on"; "off") decides whether the Adam and AMSGrad models of
     each bottleneck train together in one fused step (:func:`~vaelab.groups.train_group`),
-    with the same results as one by one."""
+    with the same results as one by one, on ``device`` ("cpu", "cuda", …)."""
     epochs = epochs or PRESETS[preset]
+    resolve_device(device, "--device")  # before any download or file
     fetch("mnist", cache=cache)
-    fused = fuses(fuse, thesis_config("adam", 2, epochs))
-    estimate = projected_seconds(epochs, cache, fused)
+    fused = fuses(fuse, thesis_config("adam", 2, epochs, device))
+    estimate = projected_seconds(epochs, cache, fused, device=device)
     print(f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each"
           f"{', fused in pairs' if fused else ''}; projected training time {hms(estimate)} "
           "on this machine")  # fmt: skip
     rows = [(opt, nb, out / f"{opt}-nb{nb}") for nb in BOTTLENECKS for opt in OPTIMIZERS]
     for nb in BOTTLENECKS:  # the two optimizers' models of one shape train fused
         print(f"--- n_b = {nb}: {' and '.join(OPTIMIZERS.values())}")
-        group = [(thesis_config(opt, nb, epochs), d) for opt, b, d in rows if b == nb]
+        group = [(thesis_config(opt, nb, epochs, device), d) for opt, b, d in rows if b == nb]
         train_group([c for c, _ in group], [d for _, d in group], cache, progress, fuse)
     figures = _figures(out, cache)
     report = _report(out, rows, figures, epochs, fused)
