@@ -187,8 +187,24 @@ def test_atomic_write_gives_the_permissions_open_would(tmp_path, umask):
         new.chmod(0o640)
         data.atomic_write(new, lambda f: f.write(b"y"))
         assert stat.S_IMODE(new.stat().st_mode) == 0o640 and new.read_bytes() == b"y"
+        new.chmod(0o4750)  # setuid is not carried over, as a write by open() clears it
+        data.atomic_write(new, lambda f: f.write(b"z"))
+        assert stat.S_IMODE(new.stat().st_mode) == 0o750
     finally:
         os.umask(old)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_write_where_modes_cannot_be_set(tmp_path, monkeypatch):
+    """A file system that refuses chmod (vfat, CIFS) still gets the file written."""
+    path = data.atomic_write(tmp_path / "x.txt", lambda f: f.write(b"x"))
+
+    def refuse(*args):
+        raise PermissionError("operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    data.atomic_write(path, lambda f: f.write(b"y"))
+    assert path.read_bytes() == b"y" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
 # ---------------------------------------------------------------- MNIST

@@ -175,17 +175,27 @@ def test_reproduce_trains_on_the_device_asked_for(mnist_cache, tmp_path, monkeyp
         seen.extend(cfgs)
         raise Stop
 
-    monkeypatch.setattr(reproduce, "projected_seconds", lambda *a, **kw: 0.0)
+    def projected(*args, device, **kwargs):
+        seen.append(device)
+        return 0.0
+
+    fetched = []
+    real_fetch = reproduce.fetch
+    monkeypatch.setattr(
+        reproduce, "fetch", lambda *a, **kw: fetched.append(1) or real_fetch(*a, **kw)
+    )
+    monkeypatch.setattr(reproduce, "projected_seconds", projected)
     monkeypatch.setattr(reproduce, "train_group", group)
     argv = ["reproduce", "thesis", "--out", str(tmp_path / "t"), "--cache", str(mnist_cache)]
     with pytest.raises(Stop):
         cli.main([*argv, "--device", "meta", "--no-progress"])
-    assert [c.train.device for c in seen] == ["meta", "meta"]
+    assert seen[0] == "meta" and [c.train.device for c in seen[1:]] == ["meta", "meta"]
     assert "fused in pairs" in capsys.readouterr().out
-    # an unknown device: one line naming the option, before anything is written
+    # an unknown device: one line naming the option, before MNIST is fetched
+    fetched.clear()
     assert cli.main([*argv, "--device", "nosuch"]) == 1
     assert "--device = 'nosuch' is not available" in capsys.readouterr().err
-    assert not (tmp_path / "t").exists()
+    assert fetched == []
 
 
 def test_parse_sweep():

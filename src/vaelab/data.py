@@ -9,12 +9,14 @@ permutation: no per-sample Python work, every index exactly once per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
 import pickle
+import secrets
 import stat
 import subprocess
 import sys
@@ -113,32 +115,37 @@ def _dataset_path(name: str, cache: str | Path | None) -> Path:
     return cache_dir(cache) / "datasets" / f"{name}.npz"
 
 
-def _file_mode(path: Path) -> int:
-    """The permission bits a plain ``open(path, "w")`` would leave ``path`` with."""
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)  # the only portable way to read it is to set it
-        os.umask(umask)
-        return 0o666 & ~umask
+def _temporary_beside(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path``, opened for writing, created with mode 0o666 so that the
+    kernel applies the umask as it does for ``open`` (``mkstemp`` would make it 0o600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(file_object)`` into a temporary file beside ``path``, then rename it into
     place, so an interrupted write never leaves a half-written ``path``. The file gets the
-    permissions ``open`` would give it (an existing file's, else 0o666 less the umask), not
-    the temporary file's private 0o600."""
+    permissions ``open`` would give it: an existing file's (less setuid/setgid/sticky), else
+    0o666 less the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_beside(path)
     try:
-        os.chmod(tmp, _file_mode(path))
         with os.fdopen(fd, "wb") as f:
+            if os.name == "posix" and path.is_file():
+                with contextlib.suppress(OSError):  # file systems without modes (vfat, CIFS)
+                    os.fchmod(f.fileno(), stat.S_IMODE(path.stat().st_mode) & 0o777)
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

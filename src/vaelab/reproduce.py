@@ -42,11 +42,13 @@ def projected_seconds(
     t0, done = time.perf_counter(), 0
     while done < steps:
         for x, y in batches:
-            step(x, y)
+            losses = step(x, y)  # (M, B), on the device
             done += 1
             if done == 5:
+                losses.sum().item()  # wait for the device (CUDA queues work ahead)
                 t0 = time.perf_counter()  # leave out warm-up
             if done == steps:
+                losses.sum().item()
                 break
     per_step = (time.perf_counter() - t0) / (steps - 5)
     return per_step * len(batches) * epochs * len(OPTIMIZERS) * len(BOTTLENECKS) / len(cfgs)
