@@ -137,8 +137,8 @@ def atomic_write(path: Path, write) -> Path:
     fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            if os.name == "posix" and path.is_file():
-                with contextlib.suppress(OSError):  # file systems without modes (vfat, CIFS)
+            if os.name == "posix":  # keep an existing file's mode
+                with contextlib.suppress(OSError):  # none yet, or no modes (vfat, CIFS)
                     os.fchmod(f.fileno(), stat.S_IMODE(path.stat().st_mode) & 0o777)
             write(f)
             f.flush()
