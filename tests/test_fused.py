@@ -149,6 +149,9 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     assert calls == ["fused", "fused"]
     text = report.read_text()
     assert text.count("| 2 |") >= 2 and "AMSGrad" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| Adam |", "| AMSGrad |"))]
+    assert len(rows) == 4 and all(row.endswith("(fused) |") for row in rows)
+    assert "A wall time marked fused is its pair's" in text
     # one model of a pair is gone: the other is kept, the missing one trains alone
     alone = tmp_path / "t" / "amsgrad-nb2"
     before = runs.read_tensors(alone / "model.safetensors")[0]
@@ -158,6 +161,13 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
         tmp_path / "t", epochs=2, cache=mnist_cache, progress=False, fuse="on"
     )
     assert calls == ["fused", "fused"]
+    # the report tells the run that trained alone from its kept, fused partner
+    text = (tmp_path / "t" / "reproduction.md").read_text()
+    rows = {
+        tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| A")
+    }
+    assert rows["| Adam", "2"].endswith("(fused) |") and "fused" not in rows["| AMSGrad", "2"]
+    assert rows["| AMSGrad", "3"].endswith("(fused) |")
     after = runs.read_tensors(alone / "model.safetensors")[0]
     for k in before:
         torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5)

@@ -376,8 +376,10 @@ def train_runs(
                 # stale: epochs since the best test loss so far
                 improved = test_loss is not None and test_loss < q.best
                 q.best, q.stale = (test_loss, 0) if improved else (q.best, q.stale + 1)
+                # models: how many trained in this step (> 1: fused; then seconds are shared)
                 m.run.append_metrics({"epoch": q.epoch, "step": q.step, "train_loss": train_loss,
-                                      "test_loss": test_loss, "seconds": round(q.seconds, 3)})  # fmt: skip
+                                      "test_loss": test_loss, "seconds": round(q.seconds, 3),
+                                      "models": len(members)})  # fmt: skip
                 name = f"{m.run.path.name}: " if len(members) > 1 else ""
                 shown = "   -   " if test_loss is None else f"{test_loss:.4f}"
                 left = cfg.train.epochs - q.epoch
