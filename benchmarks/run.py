@@ -27,11 +27,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from vaelab.build import build_model  # noqa: E402
 from vaelab.cli import keep_freed_memory  # noqa: E402
 from vaelab.config import ModelConfig  # noqa: E402
 from vaelab.data import Batches, fetch, load_dataset  # noqa: E402
 from vaelab.evaluate import log_likelihood  # noqa: E402
-from vaelab.models import build_model  # noqa: E402
 from vaelab.optim import Adam  # noqa: E402
 
 RESULTS = Path(__file__).parent / "RESULTS.md"

@@ -116,10 +116,10 @@ def test_shipped_configs_load():
 
 def test_shipped_configs_build_their_models():
     """No shipped config (configs/*.toml, the classifier's) sets a key its model would
-    ignore (models.check_unused) or is otherwise refused when its model is built."""
+    ignore (build.check_unused) or is otherwise refused when its model is built."""
     from pathlib import Path
 
-    from vaelab.models import build_model
+    from vaelab.build import build_model
 
     root = Path(__file__).parents[1]
     paths = [

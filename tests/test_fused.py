@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from vaelab import cli, groups, reproduce, runs, train
+from vaelab.build import build_model
 from vaelab.config import load_config, parse_sweep, sweep_overrides
 from vaelab.errors import ConfigError
 from vaelab.fused import Fused
-from vaelab.models import build_model
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
 TINY = ["data.limit=1000", "data.test_limit=200", "model.widths=[64,32]", "train.batch_size=100"]

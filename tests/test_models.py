@@ -2,10 +2,11 @@ import pytest
 import torch
 from torch import nn
 
+from vaelab.build import build_model
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.losses import bce, mse
-from vaelab.models import Autoencoder, build_model
+from vaelab.models import Autoencoder
 
 
 def cfg(**kw):

@@ -17,11 +17,12 @@ from torch.distributions import (
 )
 
 from vaelab import cli, runs, train
+from vaelab.build import build_model
 from vaelab.config import ModelConfig, load_config
 from vaelab.data import Batches, ImageDataset
 from vaelab.errors import ConfigError
 from vaelab.evaluate import evaluate_vae, log_likelihood
-from vaelab.models import VAE, build_model, digitwise
+from vaelab.models import VAE, digitwise
 
 
 def small_vae(likelihood="bernoulli", **kw):

@@ -3,9 +3,11 @@
 Built from the definitions of the thesis *On variational autoencoders: theory and
 applications*; each public piece cites the definition it implements (see
 docs/thesis-map.md). Sub-modules: ``data``, ``sources``, ``images``, ``nn``, ``losses``,
-``optim``, ``models``, ``config``, ``train``, ``fused``, ``evaluate``, ``runs``, ``plots``.
+``optim``, ``models``, ``build``, ``config``, ``train``, ``fused``, ``evaluate``, ``runs``,
+``plots``.
 """
 
+from vaelab.build import build_model
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.images import (
     ImageLayer,
@@ -35,7 +37,7 @@ from vaelab.losses import (
     mse_mean,
     squared_error,
 )
-from vaelab.models import VAE, Autoencoder, build_model
+from vaelab.models import VAE, Autoencoder
 from vaelab.nn import ACTIVATIONS, MLP, activation, compose, decoder_mlp, encoder_mlp
 from vaelab.optim import (
     GD,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from vaelab.build import check_unused
 from vaelab.config import FILLED_IN, RESUME_OVERRIDES, Config, differences
 from vaelab.errors import ConfigError
-from vaelab.models import check_unused
 from vaelab.runs import RunFolder, resolve_device
 from vaelab.train import (
     TrainingDiverged,

@@ -1,5 +1,6 @@
-"""Autoencoders (Def 2.1.5) with injectable encoder and decoder networks, and the builders
-that make fully connected (Def 2.3.1-2.3.3) and convolutional ones from a config.
+"""Autoencoders (Def 2.1.5) and VAEs (§3) with injectable encoder and decoder networks,
+and the classifier that judges generated images; :mod:`vaelab.build` makes them from a
+config.
 
 Every model speaks one interface, which the trainer, evaluation and plots rely on:
 
@@ -15,23 +16,13 @@ stay in [0, 1], and losses that work from logits (BCE) get the logits directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.losses import LIKELIHOODS, LOSS_TAKES_LOGITS, LOSSES, kl_normal_std, normal_log_prob
-from vaelab.nn import (
-    MLP,
-    activation,
-    check_decoder_widths,
-    check_encoder_widths,
-    decoder_mlp,
-    encoder_mlp,
-)
 
 
 def widened(t: torch.Tensor) -> torch.Tensor:
@@ -359,145 +350,6 @@ class VAE(LatentModel):
         return -self.elbo(x, self.beta, c) if self.k == 1 else -self.iwae_bound(x, self.k, c)
 
 
-# --------------------------------------------------------------------------------------
-# Encoder / decoder builders
-# --------------------------------------------------------------------------------------
-
-
-def _checked(check: Callable[[list[int]], object], sizes: list[int], cfg: ModelConfig) -> list[int]:
-    """``sizes`` after the encoder's or decoder's width rule ``check``; a violation is a
-    ConfigError that names model.widths."""
-    try:
-        check(sizes)
-    except ValueError as e:
-        raise ConfigError(
-            f"model.widths = {cfg.widths} between {sizes[0]} inputs and {sizes[-1]} outputs: {e}"
-        ) from e
-    return sizes
-
-
-def _encoder_head(cfg: ModelConfig, in_dim: int, out_dim: int) -> nn.Module:
-    """The dense part of an encoder: in_dim ≥ widths… ≥ out_dim (Def 2.1.1)."""
-    sizes = _checked(check_encoder_widths, [in_dim, *cfg.widths, out_dim], cfg)
-    return encoder_mlp(sizes, cfg.activation)
-
-
-def _decoder_head(cfg: ModelConfig, in_dim: int, out_dim: int) -> nn.Module:
-    """The dense part of a decoder: in_dim ≤ mirrored widths… ≤ out_dim (Def 2.1.2)."""
-    sizes = _checked(check_decoder_widths, [in_dim, *reversed(cfg.widths), out_dim], cfg)
-    return decoder_mlp(sizes, cfg.activation)
-
-
-def mlp_encoder(cfg: ModelConfig, out_dim: int, extra_in: int = 0) -> nn.Module:
-    """Flatten (Lemma 1.3.7), then a linear encoder C·H·W ≥ widths… ≥ out_dim (Def 2.3.1).
-    ``extra_in`` widens the input for a condition appended to the flattened image."""
-    c, h, w = cfg.image_shape
-    return nn.Sequential(
-        nn.Flatten(),  # (B, C, H, W) -> (B, C·H·W); already flat inputs pass unchanged
-        _encoder_head(cfg, c * h * w + extra_in, out_dim),
-    )
-
-
-def mlp_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
-    """A linear decoder in_dim ≤ mirrored widths… ≤ C·H·W (Def 2.3.2), then unflatten."""
-    c, h, w = cfg.image_shape
-    return nn.Sequential(
-        _decoder_head(cfg, in_dim, c * h * w),
-        nn.Unflatten(1, (c, h, w)),  # (B, C·H·W) -> (B, C, H, W)
-    )
-
-
-def _pooled_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
-    """Resolutions (H_i, W_i) after each 2x2 max-pool of the conv encoder."""
-    _, h, w = cfg.image_shape
-    sizes = [(h, w)]
-    for _ in cfg.channels:
-        h, w = h // 2, w // 2
-        if min(h, w) < 1:
-            raise ConfigError(
-                f"model.channels has {len(cfg.channels)} pooling blocks, too many for "
-                f"images of {cfg.image_shape[1]}x{cfg.image_shape[2]}"
-            )
-        sizes.append((h, w))
-    return sizes
-
-
-def conv_features(cfg: ModelConfig, extra_in: int = 0) -> tuple[nn.Sequential, int]:
-    """Image layers φ(T_conv ψ + b) (Def 1.3.9, 1.3.10) each followed by 2x2 max-pooling
-    (Def 1.3.13), flattened; returns the network and its output width. 3x3 kernels with
-    padding 1 keep the resolution, so only the pooling shrinks it. ``extra_in`` adds input
-    channels (condition planes)."""
-    c = cfg.image_shape[0] + extra_in
-    layers: list[nn.Module] = []
-    for ch in cfg.channels:
-        layers += [nn.Conv2d(c, ch, 3, padding=1), activation(cfg.activation), nn.MaxPool2d(2)]
-        c = ch
-    h, w = _pooled_sizes(cfg)[-1]
-    return nn.Sequential(*layers, nn.Flatten()), c * h * w  # (B, C, H, W) -> (B, c·h·w)
-
-
-def conv_encoder(cfg: ModelConfig, out_dim: int, extra_in: int = 0) -> nn.Module:
-    """:func:`conv_features`, then a linear encoder to ``out_dim``."""
-    features, flat = conv_features(cfg, extra_in)
-    return nn.Sequential(features, _encoder_head(cfg, flat, out_dim))
-
-
-def conv_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
-    """The mirror of :func:`conv_encoder`: a linear layer to the smallest feature map, then
-    per block an upsampling to the encoder's resolution at that depth and a 3x3 image
-    layer, so any image size comes back exactly; the last layer gives C logit channels."""
-    sizes = _pooled_sizes(cfg)
-    chans = [cfg.image_shape[0], *cfg.channels]
-    h, w = sizes[-1]
-    layers: list[nn.Module] = [
-        _decoder_head(cfg, in_dim, chans[-1] * h * w),
-        activation(cfg.activation),
-        nn.Unflatten(1, (chans[-1], h, w)),  # (B, c·h·w) -> (B, c, h, w)
-    ]
-    for i in range(len(cfg.channels), 0, -1):
-        last = i == 1
-        layers += [
-            nn.Upsample(size=sizes[i - 1], mode="nearest"),  # (B, c, h, w) -> (B, c, 2h', 2w')
-            nn.Conv2d(chans[i], chans[i - 1], 3, padding=1),  # (B, c_i, ., .) -> (B, c_{i-1}, ., .)
-        ]
-        if not last:
-            layers.append(activation(cfg.activation))
-    return nn.Sequential(*layers)  # (B, in_dim) -> (B, C, H, W) logits
-
-
-ARCHS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]] = {
-    # arch: (encoder builder, decoder builder, how a VAE appends a condition to the image)
-    "mlp": (mlp_encoder, mlp_decoder, "flat"),
-    "conv": (conv_encoder, conv_decoder, "planes"),
-}
-
-
-def build_autoencoder(cfg: ModelConfig, loss: str) -> Autoencoder:
-    make_encoder, make_decoder, _ = _arch(cfg)
-    return Autoencoder(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss)
-
-
-def build_vae(cfg: ModelConfig, loss: str) -> VAE:
-    make_encoder, make_decoder, cond_mode = _arch(cfg)
-    classes = cfg.classes if cfg.conditional else []
-    if cfg.conditional and not classes:
-        raise ConfigError("model.conditional needs a labelled data set (model.classes is empty)")
-    d = condition_table(classes).shape[1] if classes else 0  # condition width D
-    return VAE(
-        make_encoder(cfg, 2 * cfg.bottleneck, d),  # (μ, log σ²)
-        make_decoder(cfg, cfg.bottleneck + d),
-        cfg.bottleneck,
-        cfg.likelihood,
-        cfg.beta,
-        cfg.k,
-        cfg.sigma,
-        cfg.learn_sigma,
-        tuple(cfg.image_shape),
-        classes,
-        cond_mode,
-    )
-
-
 class Classifier(nn.Module):
     """A small CNN (conv features of §1.3, then a dense head) that reads class labels; the
     judge of generated images. ``features`` is its penultimate layer (for Fréchet
@@ -541,43 +393,6 @@ class Classifier(nn.Module):
         return self.logits(self.slots(x)).argmax(1).reshape(x.shape[0], slots)
 
 
-def build_classifier(cfg: ModelConfig, loss: str) -> Classifier:
-    if cfg.arch != "conv":
-        raise ConfigError(f"a classifier has model.arch = 'conv', got {cfg.arch!r}")
-    _check_image_shape(cfg)
-    if not cfg.classes:
-        raise ConfigError("a classifier needs a labelled data set (model.classes is empty)")
-    features, flat = conv_features(cfg)
-    head = MLP([flat, *cfg.widths, len(cfg.classes)], cfg.activation)
-    return Classifier(nn.Sequential(features, *list(head)[:-2]), nn.Sequential(*list(head)[-2:]),
-                      cfg.classes, cfg.image_shape)  # fmt: skip
-
-
-MODELS: dict[str, Callable[[ModelConfig, str], nn.Module]] = {
-    "ae": build_autoencoder,
-    "vae": build_vae,
-    "classifier": build_classifier,
-}
-
-
-def _check_image_shape(cfg: ModelConfig) -> None:
-    if len(cfg.image_shape) != 3 or min(cfg.image_shape) < 1:
-        raise ConfigError(f"model.image_shape must be (C, H, W), got {cfg.image_shape}")
-
-
-def _arch(cfg: ModelConfig) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]:
-    if cfg.arch not in ARCHS:
-        raise ConfigError(f"unknown model.arch {cfg.arch!r} (known: {', '.join(ARCHS)})")
-    _check_image_shape(cfg)
-    return ARCHS[cfg.arch]
-
-
-VAE_ONLY = ("likelihood", "beta", "k", "sigma", "learn_sigma", "conditional")
-"""model.* keys that only a VAE reads."""
-SIGMA_LIKELIHOODS = ("gaussian", "gaussian_identity")
-"""The likelihoods that read model.sigma and model.learn_sigma."""
-
-
 def check_beta(beta: float, k: int) -> None:
     """β ≠ 1 with k > 1 is a ConfigError: the IWAE bound has no KL term to weight."""
     if beta != 1 and k > 1:  # it would be silently ignored
@@ -585,32 +400,3 @@ def check_beta(beta: float, k: int) -> None:
             f"model.beta = {beta} weights the KL term of the ELBO (k = 1); the IWAE bound "
             f"(model.k = {k}) has no β: set one of them to 1"
         )
-
-
-def check_unused(cfg: ModelConfig) -> None:
-    """A ConfigError for a model.* key set away from its default where the model would
-    ignore it: VAE keys on another kind, σ under a likelihood without one, β with k > 1.
-    Needs no image shape, so groups of runs check every config before any trains."""
-    default = ModelConfig()
-    changed = [key for key in VAE_ONLY if getattr(cfg, key) != getattr(default, key)]
-    if cfg.kind != "vae" and changed:
-        raise ConfigError(f"model.{changed[0]} needs model.kind = 'vae' (it is {cfg.kind!r})")
-    check_beta(cfg.beta, cfg.k)
-    if cfg.likelihood not in SIGMA_LIKELIHOODS and (
-        sigma := [key for key in ("sigma", "learn_sigma") if key in changed]
-    ):
-        raise ConfigError(
-            f"model.{sigma[0]} applies to the likelihoods {', '.join(SIGMA_LIKELIHOODS)} only "
-            f"(model.likelihood is {cfg.likelihood!r})"
-        )
-
-
-def build_model(cfg: ModelConfig, loss: str) -> nn.Module:
-    """The model a config describes (``cfg.image_shape`` must be filled in)."""
-    if cfg.kind not in MODELS:
-        raise ConfigError(f"unknown model.kind {cfg.kind!r} (known: {', '.join(MODELS)})")
-    check_unused(cfg)
-    try:
-        return MODELS[cfg.kind](cfg, loss)
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from e

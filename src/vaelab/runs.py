@@ -333,7 +333,7 @@ def load_run(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Config, torch.nn.Module]:
     """The config and trained model of a run folder (in eval mode)."""
-    from vaelab.models import build_model
+    from vaelab.build import build_model
 
     device = resolve_device(str(device), "device")
     run = RunFolder(path, writer=False)

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from vaelab.build import build_model
 from vaelab.config import AUTOCAST, Config
 from vaelab.data import Batches, ImageDataset, derive_seed, heldout_batches, load_split
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.evaluate import mean_objective
 from vaelab.fused import Fused
-from vaelab.models import build_model
 from vaelab.optim import make_optimizer
 from vaelab.runs import RunFolder, decode_bytes, encode_bytes, finite_or_none, resolve_device
 
