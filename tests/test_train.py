@@ -110,6 +110,45 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
     assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
 
 
+def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
+    mnist_cache, tmp_path, monkeypatch, straight_ae
+):
+    """A signal during the last batch of an epoch stops the run at the epoch's end (a
+    checkpoint at batch 10 of 10 resumed with zero epochs done and divided by it); an old
+    checkpoint written there still resumes."""
+    real_step, steps = Adam.step, {"n": 0}
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 10:  # 10 batches per epoch: the last one of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
+    with pytest.raises(train.TrainingInterrupted, match="epoch 2, step 10"):
+        quiet(tiny("train.epochs=2"), tmp_path / "b", cache=mnist_cache)
+    state = runs.RunFolder(tmp_path / "b").read_state()
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 0, 10)
+    assert [m["epoch"] for m in runs.RunFolder(tmp_path / "b").read_metrics()] == [1]
+    monkeypatch.setattr(Adam, "step", real_step)
+    logged = []
+    train.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache,
+                progress=False, log=logged.append)  # fmt: skip
+    assert_same_weights(straight_ae, tmp_path / "b")
+    # a checkpoint at an epoch's end but before its end-of-epoch work (batch = 10 of 10)
+    path = tmp_path / "b" / "state.json"
+    old = json.loads(path.read_text())
+    first = runs.RunFolder(tmp_path / "b").read_metrics()[0]
+    old.update(epoch=0, batch=10, train_sum=first["train_loss"] * 1000, stopped=False)
+    path.write_text(json.dumps(old))
+    logged.clear()
+    train.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache,
+                progress=False, log=logged.append)  # fmt: skip
+    epochs = [line for line in logged if line.startswith("epoch")]
+    assert epochs[0].startswith("epoch    1/2") and "eta ?" in epochs[0], logged
+    assert [m["epoch"] for m in runs.RunFolder(tmp_path / "b").read_metrics()] == [1, 2]
+
+
 def test_second_ctrl_c_interrupts_at_once():
     before = signal.getsignal(signal.SIGINT)
     with train.deferred_interrupts() as interrupted:

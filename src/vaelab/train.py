@@ -358,7 +358,8 @@ def train_runs(
                     sync()
                     seen = min(p.batch * batches.batch_size, len(train_set))
                     bar.set_postfix(loss="/".join(f"{m.p.train_sum / seen:.4g}" for m in members))
-                halt_if(interrupted())
+                if p.batch < len(batches):  # after the last batch: stop once the epoch is done
+                    halt_if(interrupted())
             sync()
             # ---- end of epoch: test loss, metrics, checkpoint, early stopping
             tested = (epoch + 1) % cfg.train.test_every == 0 or epoch + 1 == cfg.train.epochs
@@ -383,7 +384,8 @@ def train_runs(
                 name = f"{m.run.path.name}: " if len(members) > 1 else ""
                 shown = "   -   " if test_loss is None else f"{test_loss:.4f}"
                 left = cfg.train.epochs - q.epoch
-                pace = (q.seconds - start[1]) / (q.epoch - start[0])  # s/epoch in this call
+                done = q.epoch - start[0]  # epochs in this call; 0 when resumed at an epoch's end
+                pace = (q.seconds - start[1]) / done if done > 0 else math.nan  # s/epoch
                 eta = f"  eta {hms(pace * left)}" if left else ""
                 log(f"{name}epoch {q.epoch:>4}/{cfg.train.epochs}  train {train_loss:.4f}  "
                     f"test {shown}  {q.seconds:7.1f}s{eta}")  # fmt: skip
