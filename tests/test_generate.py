@@ -157,24 +157,32 @@ def test_cvae_generates_the_requested_digits(cvae, classifier, mnist_cache):
     assert 0 < model_row["class_entropy"] <= np.log(10) + 1e-9
 
 
-def test_judge_metrics_against_torch_distributions():
-    """A classifier whose class probabilities are a known function of a tile's brightness:
-    class entropy, inception score and label / digit accuracy against direct formulas."""
-    from torch import distributions as D
+def brightness_classifier(classes):
+    """A classifier of 4x4 tiles whose class probabilities are a known function of the
+    tile's brightness: dark -> classes[0], mid -> classes[1], bright -> classes[2]."""
     from torch import nn
 
-    from vaelab.generate import judge
     from vaelab.models import Classifier
 
     head = nn.Linear(1, 3)
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[-8.0], [0.0], [8.0]]))
-        head.bias.copy_(torch.tensor([4.0, 0.0, -4.0]))  # dark -> '0', mid -> '1', bright -> '2'
+        head.bias.copy_(torch.tensor([4.0, 0.0, -4.0]))
     brightness = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
     with torch.no_grad():
         brightness[1].weight.fill_(1 / 16)
         brightness[1].bias.zero_()
-    clf = Classifier(brightness, head, ["0", "1", "2"], (1, 4, 4))
+    return Classifier(brightness, head, classes, (1, 4, 4))
+
+
+def test_judge_metrics_against_torch_distributions():
+    """Class entropy, inception score and label / digit accuracy of the brightness
+    classifier against direct formulas."""
+    from torch import distributions as D
+
+    from vaelab.generate import judge
+
+    clf = brightness_classifier(["0", "1", "2"])
     g = torch.Generator().manual_seed(0)
     levels = torch.randint(0, 256, (40, 2), generator=g, dtype=torch.uint8)  # (N, slots)
     images = levels[:, None, None, :, None].expand(40, 1, 4, 2, 4).reshape(40, 1, 4, 8)
@@ -194,6 +202,19 @@ def test_judge_metrics_against_torch_distributions():
     assert row["label_accuracy"] == pytest.approx(30 / 40)
     wrong_digits = sum(ch != "1" for t in labels[:10] for ch in t)  # '1' maps to itself
     assert row["digit_accuracy"] == pytest.approx(1 - wrong_digits / 80)
+
+
+def test_judge_names_of_different_lengths():
+    """Class names that are not digit strings ("cat" read as "bird"): label accuracy, and no
+    digit accuracy, which has no digits to compare (it was a zip error)."""
+    from vaelab.generate import judge
+
+    clf = brightness_classifier(["cat", "dog", "bird"])
+    images = torch.tensor([0, 255, 255, 0], dtype=torch.uint8)[:, None, None, None]
+    images = images.expand(4, 1, 4, 4).contiguous()  # dark, bright, bright, dark
+    feats = torch.randn(8, 1, dtype=torch.float64)
+    row = judge(clf, images, ["cat", "bird", "dog", "cat"], feats, images.float() / 255)
+    assert row["label_accuracy"] == pytest.approx(3 / 4) and "digit_accuracy" not in row
 
 
 def test_generate_and_import_npz_cli(cvae, tmp_path, mnist_cache, capsys):

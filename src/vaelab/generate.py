@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from vaelab.data import atomic_write, load_split
 from vaelab.errors import VaelabError
 from vaelab.images import normalize, quantize, save_png
-from vaelab.models import Autoencoder, Classifier
+from vaelab.models import Autoencoder, Classifier, digitwise
 from vaelab.runs import load_run
 from vaelab.sources import write_idx
 
@@ -198,11 +198,13 @@ def judge(
         "nearest_train_distance": float(nearest_distance(x, train_images).mean()),
     }
     if labels is not None:
-        row["label_accuracy"] = float(np.mean([r == t for r, t in zip(read, labels, strict=True)]))
-        digits = [
-            (a == b) for r, t in zip(read, labels, strict=True) for a, b in zip(r, t, strict=True)
-        ]
-        row["digit_accuracy"] = float(np.mean(digits))
+        pairs = list(zip(read, labels, strict=True))
+        row["label_accuracy"] = float(np.mean([r == t for r, t in pairs]))
+        # digit by digit only where names are digit strings read slot by slot ("cat" read as
+        # "bird" has no digits to compare)
+        if digitwise(clf.classes) and all(len(r) == len(t) for r, t in pairs):
+            hits = [a == b for r, t in pairs for a, b in zip(r, t, strict=True)]
+            row["digit_accuracy"] = float(np.mean(hits))
     return row
 
 
