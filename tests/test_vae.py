@@ -419,3 +419,16 @@ def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):
         == 0
     )
     assert manifold.exists()
+
+
+def test_manifold_of_a_conditional_vae(mnist_cache, tmp_path, capsys):
+    """A 2-D conditional VAE's manifold decodes the grid under its first class (it was a
+    'needs a label to decode' error that `vaelab plot` gave no way to act on)."""
+    cfg = load_config(None, ["model.kind=vae", "model.conditional=true", "model.widths=[32]",
+                             "data.limit=200", "data.test_limit=50", "data.binarize=dynamic",
+                             "train.epochs=1"])  # fmt: skip
+    run = train.train(cfg, tmp_path / "cvae", cache=mnist_cache, progress=False, log=lambda s: None)
+    out = tmp_path / "m.png"
+    argv = ["plot", str(run), "manifold", "--out", str(out), "--cache", str(mnist_cache)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert out.stat().st_size > 0

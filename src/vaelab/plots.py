@@ -208,7 +208,8 @@ def samples_figure(panels: Panels, out: str | Path, cache=None, n: int = 64, see
 @torch.no_grad()
 def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) -> Path:
     """For a 2-D latent: decoded images on an n x n grid of the prior's quantiles (Kingma &
-    Welling 2014, Figure 4)."""
+    Welling 2014, Figure 4); a conditional VAE's under its first class, so the grid shows
+    the style that z carries for one label."""
     (title, run), *_ = panels
     cfg, model = _latent_run(run)
     if cfg.model.bottleneck != 2:
@@ -225,8 +226,12 @@ def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) ->
         _, model = load_generator(run, cache)
         mean, chol = model.prior
         z, what = mean + z @ chol.T, "fitted Gaussian's"  # (n², 2)
-    return _image_figure(make_grid(model.decode(z), nrow=n, padding=0),
-                         f"{title}: decoded {what} quantiles 2.5%…97.5%", out)  # fmt: skip
+    c, label = None, ""
+    if model.classes:  # conditional: one label for the whole grid
+        c = model.condition_of(model.classes[:1]).expand(len(z), -1)  # (n², D)
+        label = f", label {model.classes[0]!r}"
+    return _image_figure(make_grid(model.decode(z, c), nrow=n, padding=0),
+                         f"{title}: decoded {what} quantiles 2.5%…97.5%{label}", out)  # fmt: skip
 
 
 @torch.no_grad()
