@@ -298,6 +298,10 @@ def test_evaluation_is_deterministic():
     h = evaluate_vae(model, half, k=20, seed=5, progress=False)
     assert 0 < a["nll_stderr"] < 0.1 * abs(a["nll"])
     assert abs(h["nll"] - a["nll"]) < 4 * a["nll_stderr"]
+    # one image has no spread across the test set: neither number is defined (NaN > 0.01
+    # read as "0 active units", and a standard error of 0.0)
+    one = evaluate_vae(model, Batches(_test_images().limit(1), 1, shuffle=False), k=2)
+    assert one["active_units"] is None and one["nll_stderr"] is None
 
 
 TINY_VAE = ["model.kind=vae", "model.widths=[64,32]", "model.bottleneck=2", "data.limit=2000",
@@ -432,3 +436,13 @@ def test_manifold_of_a_conditional_vae(mnist_cache, tmp_path, capsys):
     argv = ["plot", str(run), "manifold", "--out", str(out), "--cache", str(mnist_cache)]
     assert cli.main(argv) == 0, capsys.readouterr().err
     assert out.stat().st_size > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ae_fits_its_prior_on_the_gpu():
+    """fit_prior keeps the codes' device (its jitter term was made on the CPU)."""
+    ae = build_model(ModelConfig(image_shape=[1, 6, 6], widths=[16], bottleneck=3), "mse")
+    ae = ae.to("cuda")
+    ae.fit_prior(torch.rand(50, 1, 6, 6, device="cuda"))
+    assert ae.prior[0].device.type == ae.prior[1].device.type == "cuda"
+    assert ae.sample(4).shape == (4, 1, 6, 6)

@@ -114,7 +114,8 @@ def evaluate_vae(
             bar.update(len(x))
         bar.close()
     mu = torch.cat(mus)  # (N, Z)
-    active = int((mu.var(dim=0) > 0.01).sum())
+    # a variance across one image is undefined (NaN, which would read as 0 active units)
+    active = int((mu.var(dim=0) > 0.01).sum()) if n > 1 else None
     ll = torch.cat(lls)  # (N,) log p(x) per image
     nll = -float(ll.mean())
     return {
@@ -123,7 +124,7 @@ def evaluate_vae(
         "seed": seed,
         "elbo": sums["elbo"] / n,
         "nll": nll,
-        "nll_stderr": float(ll.std()) / math.sqrt(n) if n > 1 else 0.0,  # over test images
+        "nll_stderr": float(ll.std()) / math.sqrt(n) if n > 1 else None,  # over test images
         # bits/dim of a discrete distribution: binary pixels under a Bernoulli likelihood; a
         # density on grey values (or a Bernoulli read at grey values) has no such number
         "bits_per_dim": nll / (dims * math.log(2)) if discrete else None,

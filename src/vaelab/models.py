@@ -131,7 +131,8 @@ class Autoencoder(LatentModel):
         """Fit N(mean, cov) to the codes of images ``x`` (N, C, H, W) in [0, 1]."""
         z = torch.cat([self.encode(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
         cov = torch.cov(z.T).reshape(z.shape[1], z.shape[1])
-        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype))
+        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+        chol = torch.linalg.cholesky(cov + 1e-6 * eye)
         self.prior = (z.mean(0).float(), chol.float())
 
     @torch.no_grad()
