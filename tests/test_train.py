@@ -5,6 +5,8 @@ import os
 import pickle
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,38 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
     epochs = [line for line in logged if line.startswith("epoch")]
     assert epochs[0].startswith("epoch    1/2") and "eta ?" in epochs[0], logged
     assert [m["epoch"] for m in runs.RunFolder(tmp_path / "b").read_metrics()] == [1, 2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_folder_in_training_is_refused_to_a_second_process(mnist_cache, tmp_path, capsys):
+    """While another process holds a run folder (as a trainer does), --resume of it is one
+    line naming that process and changes nothing; once the holder is gone (even killed),
+    the run resumes."""
+    run = quiet(tiny("train.epochs=1"), tmp_path / "r", cache=mnist_cache)
+
+    def files():
+        return {f.name: f.read_bytes() for f in run.iterdir() if f.name != runs.LOCK}
+
+    before = files()
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.write(fd, b'4242'); "
+            "print('held', flush=True); time.sleep(120)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run / runs.LOCK)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress",
+                "--cache", str(mnist_cache)]  # fmt: skip
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert "in use by another vaelab process (pid 4242)" in err and "Traceback" not in err
+        assert files() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli.main(argv) == 0
+    assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1, 2]
+    assert (run / runs.LOCK).read_text().strip() == str(os.getpid())
 
 
 def test_second_ctrl_c_interrupts_at_once():

@@ -13,10 +13,13 @@ A run folder, as the trainer writes it::
     optimizer.safetensors  optimizer state (tensors; scalars and groups in its metadata)
     state.json             epoch, step, RNG states, best loss, file hashes
     metrics.jsonl          one JSON record per epoch, appended as it happens
+    .lock                  held (flock) by the process training in the folder
 
 A checkpoint writes the new tensor files as ``*.safetensors.next``, then ``state.json``
 (atomically, with their hashes), then renames them into place; a reader finds the files
 ``state.json`` describes at either name, and the writer finishes (or discards) the renames.
+One process at a time trains in a folder (:meth:`RunFolder.held`): a second one, say the
+same sweep started twice, is refused by name instead of both writing the same files.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import math
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,11 @@ from vaelab.config import Config, dumps, load_config
 from vaelab.data import Batches, atomic_write, heldout_batches, load_split, sha256_file
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, run folders are not guarded
+    fcntl = None
+
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"}
 CONFIG, MODEL, OPTIMIZER, STATE, METRICS = (
     "config.toml",
@@ -49,6 +58,8 @@ CONFIG, MODEL, OPTIMIZER, STATE, METRICS = (
     "metrics.jsonl",
 )
 PENDING = ".next"  # suffix of tensor files written but not yet moved into place
+LOCK = ".lock"
+_HELD: dict[Path, int] = {}  # run folders this process holds -> its lock file's descriptor
 
 
 # --------------------------------------------------------------------------------------
@@ -180,6 +191,41 @@ class RunFolder:
                 "loads pickles, refusing the folder"
             )
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the folder for this process (an exclusive flock on ``.lock``, which holds the
+        pid): another process that tries to train in it, or to finish its checkpoint, gets a
+        CheckpointError naming the holder. Re-entrant within a process; the kernel releases
+        it when the process ends, also by a kill. Where flock is missing or refused
+        (Windows, some network file systems) the folder is used unguarded."""
+        key = self.path.resolve()
+        if not self.writer or fcntl is None or key in _HELD:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(
+                f"{self.path} is in use by another vaelab process (pid {holder}); wait for it "
+                "to finish or stop it, or choose another --out"
+            ) from None
+        except OSError:  # no locks on this file system
+            os.close(fd)
+            yield
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD[key] = fd
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            os.close(fd)  # releases the lock
+
     # ---- writing
     def write_config(self, cfg: Config) -> None:
         if self.writer:
@@ -258,7 +304,8 @@ class RunFolder:
         if not isinstance(state, dict):
             raise CheckpointError(f"{self.file(STATE)} is corrupt (not a JSON object)")
         if self.writer:
-            self._roll_forward(state)
+            with self.held():  # never under a trainer that is mid-checkpoint
+                self._roll_forward(state)
         return state
 
     def read_metrics(self, torn_tail: bool = False) -> list[dict[str, Any]]:

@@ -277,19 +277,6 @@ def train_runs(
     p = members[0].p  # epoch, batch and step are the same for all members
     if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
         raise CheckpointError("runs trained together must stand at the same epoch and batch")
-    for m in members:  # only now write anything
-        if resume:
-            m.run.reset_metrics(upto_epoch=m.p.epoch)
-            log(f"resuming {m.run.path} at epoch {m.p.epoch}, step {m.p.step}")
-        else:
-            m.run.path.mkdir(parents=True, exist_ok=True)
-            m.run.reset_metrics()
-        m.run.write_config(m.cfg)
-    n_params = sum(t.numel() for t in members[0].model.parameters())
-    log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters"
-        f"{f', {len(members)} models fused' if len(members) > 1 else ''}) on "
-        f"{len(train_set):,} {cfg.data.name} images -> {', '.join(str(r.path) for r in runs)}")  # fmt: skip
-
     t0 = time.perf_counter() - p.seconds
     # where this call began (in epochs, a resumed part-epoch counted in part), for the eta
     start = (p.epoch + p.batch / len(batches), p.seconds)
@@ -340,7 +327,20 @@ def train_runs(
             m.p.step += 1
 
     # ---- the loop
-    with deferred_interrupts() as interrupted:
+    with deferred_interrupts() as interrupted, contextlib.ExitStack() as held:
+        for m in members:  # only now take the folders (one trainer each) and write anything
+            held.enter_context(m.run.held())
+            if resume:
+                m.run.reset_metrics(upto_epoch=m.p.epoch)
+                log(f"resuming {m.run.path} at epoch {m.p.epoch}, step {m.p.step}")
+            else:
+                m.run.path.mkdir(parents=True, exist_ok=True)
+                m.run.reset_metrics()
+            m.run.write_config(m.cfg)
+        n_params = sum(t.numel() for t in members[0].model.parameters())
+        log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters"
+            f"{f', {len(members)} models fused' if len(members) > 1 else ''}) on "
+            f"{len(train_set):,} {cfg.data.name} images -> {', '.join(str(r.path) for r in runs)}")  # fmt: skip
         for epoch in range(p.epoch, cfg.train.epochs):
             for m in members:
                 m.model.train()
