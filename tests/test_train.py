@@ -183,6 +183,20 @@ def test_a_folder_in_training_is_refused_to_a_second_process(mnist_cache, tmp_pa
     assert (run / runs.LOCK).read_text().strip() == str(os.getpid())
 
 
+def test_an_unwritable_run_folder_is_one_line(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def refused(path, *args, **kwargs):
+        if str(path).endswith(runs.LOCK):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(CheckpointError, match="cannot write in run folder .*Permission denied"):
+        with runs.RunFolder(tmp_path / "r").held():
+            pass
+
+
 def test_second_ctrl_c_interrupts_at_once():
     before = signal.getsignal(signal.SIGINT)
     with train.deferred_interrupts() as interrupted:

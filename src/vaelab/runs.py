@@ -202,8 +202,11 @@ class RunFolder:
         if not self.writer or fcntl is None or key in _HELD:
             yield
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise CheckpointError(f"cannot write in run folder {self.path} ({e})") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
