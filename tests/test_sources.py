@@ -205,6 +205,39 @@ def test_npz_import(tmp_path):
         sources.read_npz(tmp_path / "k.npz")
 
 
+def test_npz_shapes_and_files_that_are_not_npz(tmp_path):
+    """Channels-first arrays are refused with the transpose to use (they read as 28
+    channels of 1x28); a .npy is named as one bare array; byte-string class names are
+    decoded, not written as "b'cat'"."""
+    x = np.zeros((5, 1, 28, 28), np.uint8)
+    np.savez(tmp_path / "chw.npz", images=x)
+    with pytest.raises(DataError, match=r"channels-first .*transpose\(0, 2, 3, 1\)"):
+        sources.read_npz(tmp_path / "chw.npz")
+    np.save(tmp_path / "x.npy", x[:, 0])
+    with pytest.raises(DataError, match=r"x.npy: one bare array, not an .npz"):
+        sources.read_npz(tmp_path / "x.npy")
+    np.savez(tmp_path / "b.npz", images=x[:2, 0], labels=np.arange(2),
+             classes=np.array([b"cat", b"dog"]))  # fmt: skip
+    assert sources.read_npz(tmp_path / "b.npz").classes == ["cat", "dog"]
+
+
+def test_import_folder_of_16_bit_images(tmp_path):
+    """16-bit grey images are scaled 65535 -> 255 (Pillow's convert clips them to white);
+    float images are refused by name."""
+    from PIL import Image
+
+    (tmp_path / "deep" / "a").mkdir(parents=True)
+    ramp = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369  # 0 … 65535
+    Image.fromarray(ramp).save(tmp_path / "deep" / "a" / "0.png")
+    assert Image.open(tmp_path / "deep" / "a" / "0.png").mode == "I;16"
+    ds = sources.folder_dataset(tmp_path / "deep", (4, 4))
+    assert ds.images[0, 0].flatten().tolist() == [17 * k for k in range(16)]  # 4369 k / 257
+    (tmp_path / "float" / "a").mkdir(parents=True)
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float" / "a" / "0.tif")
+    with pytest.raises(DataError, match=r"0.tif: a floating-point image"):
+        sources.folder_dataset(tmp_path / "float", (4, 4))
+
+
 def test_an_npz_path_is_not_a_data_set_name(tmp_path, monkeypatch):
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 3), np.uint8))
     monkeypatch.chdir(tmp_path)

@@ -113,6 +113,10 @@ def from_arrays(
         raise DataError(
             f"{where}: images must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}"
         )
+    if images.ndim == 4 and images.shape[3] > 4:  # channels last: 1 (grey) … 4 (RGBA)
+        hint = (" — it looks channels-first (N, C, H, W): use images.transpose(0, 2, 3, 1)"
+                if images.shape[1] <= 4 else "")  # fmt: skip
+        raise DataError(f"{where}: images {images.shape} must be (N, H, W, C) with C <= 4{hint}")
     x = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)  # -> (N, C, H, W)
     y = None
     if labels is not None:
@@ -191,6 +195,25 @@ def class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def eight_bit(im, path: Path):
+    """A Pillow image with 8-bit channels: 16-bit grey (modes I;16*, or I holding values in
+    0…65535, as some 16-bit files open) scaled 65535 -> 255, since Pillow's own convert
+    clips them to white; other modes as they are. Float images (mode F) have no standard
+    range and are a DataError."""
+    from PIL import Image
+
+    if im.mode == "F":
+        raise DataError(f"{path}: a floating-point image (mode F) has no standard pixel range; "
+                        "save it as 8- or 16-bit")  # fmt: skip
+    if not (im.mode.startswith("I;16") or im.mode == "I"):
+        return im
+    a = np.asarray(im).astype(np.int64)  # (H, W)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise DataError(f"{path}: a 32-bit integer image with values {a.min()}…{a.max()} "
+                        "(only 16-bit ranges, 0…65535, are read)")  # fmt: skip
+    return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
+
 def folder_dataset(
     folder: str | Path,
     size: tuple[int, int],
@@ -231,9 +254,10 @@ def folder_dataset(
     for i, (p, _) in enumerate(bar):
         try:
             with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                im = eight_bit(im, p).convert("L" if channels == 1 else "RGB")
+                im = im.resize((w, h), Image.BILINEAR)
                 out[i] = np.asarray(im, dtype=np.uint8).reshape(h, w, channels)
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise DataError(f"{p}: cannot decode image ({e})") from e
     labelled = bool(subdirs)
     labels = torch.tensor([k for _, k in files]) if labelled else None
@@ -281,13 +305,18 @@ def read_npz(path: str | Path, name: str = "") -> ImageDataset:
     """An ``.npz`` with ``images`` (N, H, W[, C]) uint8 and optional ``labels`` (N,)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy: one bare array
+            raise DataError(f"{path}: one bare array, not an .npz archive; write it with "
+                            "np.savez(path, images=..., labels=...)")  # fmt: skip
+        with loaded as npz:
             if "images" not in npz.files:
                 raise DataError(f"{path}: no 'images' array (has {', '.join(npz.files)})")
             x = npz["images"]
             y = npz["labels"] if "labels" in npz.files else None
-            classes = [str(c) for c in npz["classes"]] if "classes" in npz.files else []
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+            names = npz["classes"] if "classes" in npz.files else []
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # UnicodeDecodeError is one
         raise DataError(f"{path}: cannot read as .npz ({e})") from e
     return from_arrays(x, y, classes, name or path.stem, str(path))
 
