@@ -107,6 +107,34 @@ def test_import_idx_torchvision_layout(tmp_path):
     assert len(data.load_dataset("tv", "test", cache)) == 5
 
 
+def test_import_idx_emnist_layout(tmp_path):
+    """EMNIST's names (emnist-SET-train-…, -test-), torchvision's plain-and-.gz pairs as one
+    file, a folder of several sets refused with the way out, --transpose, and LABELS or
+    --split with a folder refused (they were silently ignored)."""
+    x = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    y = np.arange(6, dtype=np.uint8)
+    one = tmp_path / "one"
+    one.mkdir()
+    for split, n in (("train", 6), ("test", 3)):
+        sources.write_idx(one / f"emnist-digits-{split}-images-idx3-ubyte.gz", x[:n])
+        sources.write_idx(one / f"emnist-digits-{split}-labels-idx1-ubyte.gz", y[:n])
+    sources.write_idx(one / "emnist-digits-train-images-idx3-ubyte", x)  # unpacked beside
+    cache = tmp_path / "cache"
+    sources.import_idx("em", one, cache=cache, transpose=True)
+    train = data.load_dataset("em", "train", cache)
+    assert np.array_equal(train.images[:, 0].numpy(), x.transpose(0, 2, 1))
+    assert train.labels.tolist() == y.tolist() and len(data.load_dataset("em", "test", cache)) == 3
+    sources.write_idx(one / "emnist-letters-train-images-idx3-ubyte.gz", x)
+    with pytest.raises(DataError, match=r"several data sets \(emnist-digits-train.*emnist-letters"):
+        sources.import_idx("em2", one, cache=cache)
+    with pytest.raises(DataError, match="is a folder: .*LABELS and --split"):
+        sources.import_idx(
+            "em3", one, one / "emnist-digits-train-labels-idx1-ubyte.gz", cache=cache
+        )
+    with pytest.raises(DataError, match="is a folder"):
+        sources.import_idx("em3", one, split="test", cache=cache)
+
+
 def test_import_idx_label_count_mismatch(tmp_path):
     sources.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
     sources.write_idx(tmp_path / "l", np.zeros(4, np.uint8))

@@ -81,7 +81,9 @@ def _import_idx_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", help="IDX image file (plain or .gz), or a folder such as MNIST/raw")
     p.add_argument("labels", nargs="?", help="IDX label file")
     p.add_argument("--name", required=True, help="name to store the data set under")
-    p.add_argument("--split", default="train", help="split for a single file pair (train)")
+    p.add_argument("--split", help="split for a single file pair (default train)")
+    p.add_argument("--transpose", action="store_true",
+                   help="swap each image's rows and columns (EMNIST stores its images so)")  # fmt: skip
     _force_arg(p)
     _cache_arg(p)
 

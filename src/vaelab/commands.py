@@ -58,7 +58,7 @@ def cmd_data_import_idx(args: argparse.Namespace) -> None:
     from vaelab import sources
 
     path = sources.import_idx(
-        args.name, args.images, args.labels, args.split, args.cache, args.force
+        args.name, args.images, args.labels, args.split, args.cache, args.force, args.transpose
     )
     _imported(args, path)
 

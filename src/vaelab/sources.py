@@ -3,6 +3,7 @@ and ``.npz`` arrays, each into the cache of :mod:`vaelab.data` as a named data s
 
 from __future__ import annotations
 
+import glob
 import gzip
 import zipfile
 import zlib
@@ -83,12 +84,17 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
 
 
 def idx_dataset(
-    images: str | Path, labels: str | Path | None = None, name: str = ""
+    images: str | Path, labels: str | Path | None = None, name: str = "", transpose: bool = False
 ) -> ImageDataset:
     """An :class:`ImageDataset` from an IDX image file (N, H, W) and optional label file (N,).
     A ``classes.txt`` beside the label file (one name per line, as ``vaelab generate
-    --format idx`` writes it) names the labels; without one they are '0', '1', …"""
+    --format idx`` writes it) names the labels; without one they are '0', '1', …
+    ``transpose`` swaps each image's rows and columns (EMNIST stores its images so)."""
     x = read_idx(images)
+    if transpose:
+        if x.ndim != 3:
+            raise DataError(f"{images}: transposing needs images (N, H, W), got {x.shape}")
+        x = np.ascontiguousarray(x.transpose(0, 2, 1))  # (N, H, W) -> (N, W, H)
     y = None if labels is None else read_idx(labels)
     classes: list[str] = []
     names = None if labels is None else Path(labels).with_name("classes.txt")
@@ -135,37 +141,53 @@ def from_arrays(
 
 
 def find_idx_splits(folder: Path) -> dict[str, tuple[Path, Path | None]]:
-    """Find train/test IDX pairs in a folder such as torchvision's ``MNIST/raw/``."""
+    """Find the train/test IDX pairs in a folder such as torchvision's ``MNIST/raw/``:
+    ``[PREFIX-]train-images-idx3-ubyte[.gz]`` and ``t10k-`` or ``test-`` for the test split
+    (EMNIST names them ``emnist-digits-train-…``). A folder of several data sets (all of
+    EMNIST's) is a DataError that lists them: import one by its files."""
     for sub in (folder, folder / "raw", folder / "MNIST" / "raw"):
         found: dict[str, tuple[Path, Path | None]] = {}
-        for split, prefix in (("train", "train"), ("test", "t10k")):
-            imgs = sorted(sub.glob(f"{prefix}-images*idx3-ubyte*"))
-            labs = sorted(sub.glob(f"{prefix}-labels*idx1-ubyte*"))
-            if imgs:
-                found[split] = (imgs[0], labs[0] if labs else None)
+        for split, marks in (("train", ("train",)), ("test", ("t10k", "test"))):
+            by_prefix: dict[str, tuple[str, Path]] = {}  # data set prefix -> (mark, file)
+            for m in marks:  # sorted: a plain file before its .gz (torchvision keeps both)
+                for f in sorted(sub.glob(f"*{m}-images*idx3-ubyte*")):
+                    by_prefix.setdefault(f.name[: f.name.index(f"{m}-images")], (m, f))
+            if len(by_prefix) > 1:
+                names = ", ".join(f.name for _, f in by_prefix.values())
+                raise DataError(f"{sub} holds the {split} images of several data sets ({names}); "
+                                f"import one pair: vaelab data import-idx IMAGES LABELS --split {split}")  # fmt: skip
+            for prefix, (m, f) in by_prefix.items():
+                labs = sorted(sub.glob(f"{glob.escape(prefix)}{m}-labels*idx1-ubyte*"))
+                found[split] = (f, labs[0] if labs else None)
         if found:
             return found
-    raise DataError(f"{folder}: no '<train|t10k>-images-idx3-ubyte[.gz]' files found")
+    raise DataError(f"{folder}: no '[PREFIX-]<train|t10k|test>-images-idx3-ubyte[.gz]' files found")
 
 
 def import_idx(
     name: str,
     images: str | Path,
     labels: str | Path | None = None,
-    split: str = "train",
+    split: str | None = None,
     cache: str | Path | None = None,
     replace: bool = False,
+    transpose: bool = False,
 ) -> Path:
     """Import IDX files (or a folder of them, e.g. ``MNIST/raw``) as data set ``name``.
 
-    A single image file becomes ``split`` and is added to the splits the data set has
-    (replacing a split of that name only with ``replace``)."""
+    A single image file becomes ``split`` (default train) and is added to the splits the
+    data set has (replacing a split of that name only with ``replace``); a folder's splits
+    and label files are found by name, so ``labels`` and ``split`` are refused with one.
+    ``transpose``: see :func:`idx_dataset`."""
     images = Path(images)
     if images.is_dir():
+        if labels is not None or split is not None:
+            raise DataError(f"{images} is a folder: its splits and label files are found by "
+                            "name; LABELS and --split go with a single image file")  # fmt: skip
         pairs = find_idx_splits(images)
     else:
-        pairs = {split: (images, Path(labels) if labels else None)}
-    splits = {s: idx_dataset(i, lab, name) for s, (i, lab) in pairs.items()}
+        pairs = {split or "train": (images, Path(labels) if labels else None)}
+    splits = {s: idx_dataset(i, lab, name, transpose) for s, (i, lab) in pairs.items()}
     return add_splits(name, splits, cache, source=f"IDX {images}", replace=replace)
 
 
