@@ -18,6 +18,13 @@ def test_overrides_are_parsed_as_toml():
     assert parse_override("train.epochs=3") == ("train", "epochs", 3)
 
 
+def test_a_bare_word_for_a_text_key_is_the_text():
+    """data.name=2024 names the data set "2024" (it was "must be str, got 2024")."""
+    assert load_config(None, ["data.name=2024"]).data.name == "2024"
+    assert load_config(None, ["data.name=inf", "train.device=cuda"]).data.name == "inf"
+    assert load_config(None, ['data.name="a b"']).data.name == "a b"
+
+
 def test_int_is_accepted_for_float():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
 
@@ -27,7 +34,9 @@ def test_int_is_accepted_for_float():
     [
         ("train.epoch=3", "unknown config key train.epoch"),
         ("trian.epochs=3", r"unknown config section \[trian\]"),
-        ("train.epochs=three", "train.epochs must be int"),
+        ("train.epochs=three", "train.epochs = 'three' is not an integer"),
+        ("train.lr=.001", r"train.lr = '.001' is not a number \(TOML writes 0.001"),
+        ("train.lr=abc", r"train.lr = 'abc' is not a number$"),
         ("train.epochs=true", "train.epochs must be int"),
         ("model.widths=[1, 'a']", r"model.widths\[1\] must be int"),
         ("epochs=3", "section.key=value"),

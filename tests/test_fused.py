@@ -212,6 +212,10 @@ def test_parse_sweep():
     assert parse_sweep("train.lr=1e-3,3e-4") == ("train.lr", [1e-3, 3e-4])
     assert parse_sweep("train.optimizer=adam, amsgrad") == ("train.optimizer", ["adam", "amsgrad"])
     assert parse_sweep("model.widths=[64],[128,64]") == ("model.widths", [[64], [128, 64]])
+    assert parse_sweep("data.name=2024,2025") == ("data.name", ["2024", "2025"])
+    # the value that is not a number is named, not the first one of the list
+    with pytest.raises(ConfigError, match="sweep train.lr = 'abc' is not a number"):
+        parse_sweep("train.lr=1e-3,abc")
     for bad in ("train.lr", "lr=1,2", "train.optimizer=adam,,sgd"):
         with pytest.raises(ConfigError):
             parse_sweep(bad)

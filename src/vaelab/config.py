@@ -226,16 +226,35 @@ def differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[
             if f"{s}.{k}" not in ignore and a[s][k] != b[s][k]]  # fmt: skip
 
 
+def _hint(path: str) -> Any:
+    """The type annotation of 'section.key' (None for an unknown one, refused later)."""
+    section, _, key = path.partition(".")
+    return typing.get_type_hints(SECTIONS[section]).get(key) if section in SECTIONS else None
+
+
+def _not_toml(path: str, raw: str, hint: Any) -> ConfigError:
+    what = {int: "an integer", float: "a number"}.get(hint, "a TOML value")
+    bare_dot = raw.strip().lstrip("+-").startswith(".")
+    more = " (TOML writes 0.001 or 1e-3, not .001)" if hint is float and bare_dot else ""
+    return ConfigError(f"{path} = {raw.strip()!r} is not {what}{more}")
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """'model.widths=[512,256]' -> ('model', 'widths', [512, 256])."""
+    """'model.widths=[512,256]' -> ('model', 'widths', [512, 256]). Values are TOML; for a
+    text key a bare word (amsgrad, 2024) is the string itself."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     path, raw = text.split("=", 1)
     section, key = path.strip().split(".", 1)
+    hint = _hint(f"{section}.{key}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
+        if hint not in (str, None):
+            raise _not_toml(f"{section}.{key}", raw, hint) from None
         value = raw  # a bare word such as amsgrad is a string
+    if hint is str and not isinstance(value, str):
+        value = raw.strip()  # data.name=2024 names a data set "2024"
     return section, key, value
 
 
@@ -262,10 +281,21 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"sweep {text!r} must look like section.key=value1,value2,...")
     path, raw = (part.strip() for part in text.split("=", 1))
+    hint = _hint(path)
+    words = [w.strip() for w in raw.split(",")]
     try:
         values = tomllib.loads(f"v = [{raw}]")["v"]
     except tomllib.TOMLDecodeError:
-        values = [w.strip() for w in raw.split(",")]
+        if hint not in (str, None):  # name the value that is not TOML, not the first one
+            for w in words:
+                try:
+                    tomllib.loads(f"v = {w}")
+                except tomllib.TOMLDecodeError:
+                    raise _not_toml(f"sweep {path}", w, hint) from None
+            raise _not_toml(f"sweep {path}", raw, None) from None
+        values = words
+    if hint is str and not all(isinstance(v, str) for v in values):
+        values = words  # bare words, as in --set
     if not values or any(v == "" for v in values):
         raise ConfigError(f"sweep {text!r} has an empty value")
     return path, values
