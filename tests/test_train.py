@@ -197,6 +197,22 @@ def test_an_unwritable_run_folder_is_one_line(tmp_path, monkeypatch):
             pass
 
 
+def test_the_test_split_must_hold_other_images(mnist_cache):
+    """MNIST's valid is rows 50,000-60,000 of its train split: another name, the same
+    images. Disjoint rows (a limit, train50k) are fine."""
+    with pytest.raises(
+        ConfigError, match=r"share 10,000 images \('mnist' 'train' rows 50,000-60,000\)"
+    ):
+        train.load_splits(load_config(None, ["data.test_split=valid"]), mnist_cache)
+    with pytest.raises(ConfigError, match="share 1,000 images"):
+        train.load_splits(load_config(None, ["data.split=valid", "data.test_split=train",
+                                             "data.test_limit=51000"]), mnist_cache)  # fmt: skip
+    for ok in (["data.split=train50k", "data.test_split=valid"],
+               ["data.limit=50000", "data.test_split=valid"]):  # fmt: skip
+        tr, te = train.load_splits(load_config(None, ok), mnist_cache)
+        assert len(tr) == 50_000 and len(te) == 10_000
+
+
 def test_second_ctrl_c_interrupts_at_once():
     before = signal.getsignal(signal.SIGINT)
     with train.deferred_interrupts() as interrupted:

@@ -30,7 +30,8 @@ class DataConfig:
     split: str = "train"
     """split to train on"""
     test_split: str = "test"
-    """split for the per-epoch test (validation) loss and early stopping; not ``split``"""
+    """split for the per-epoch test (validation) loss and early stopping; no images of ``split``
+    (MNIST: test, or valid with split = train50k)"""
     limit: int = 0
     """use only the first N training images (0 = all)"""
     test_limit: int = 0

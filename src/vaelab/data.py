@@ -197,6 +197,15 @@ def dataset_splits(name: str, cache: str | Path | None = None) -> list[str]:
     return list(meta["splits"]) + list(meta["derived"])
 
 
+def split_rows(name: str, split: str, cache: str | Path | None = None) -> tuple[str, int, int]:
+    """Where split ``split`` of data set ``name`` lies: (stored split, first row, end row);
+    a derived split is a slice of a stored one (MNIST's valid: train rows 50,000-60,000)."""
+    meta = _load_meta(name, cache)
+    base, lo, hi = meta["derived"].get(split, (split, 0, None))
+    n = meta["splits"].get(base, {}).get("n", 0)
+    return base, lo, n if hi is None else min(hi, n)
+
+
 def _open(name: str, cache: str | Path | None) -> tuple[Path, np.lib.npyio.NpzFile]:
     if name in KNOWN_SOURCES and not _dataset_path(name, cache).exists():
         raise DataError(

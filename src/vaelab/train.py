@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from vaelab.build import build_model
 from vaelab.config import AUTOCAST, Config
-from vaelab.data import Batches, ImageDataset, derive_seed, heldout_batches, load_split
+from vaelab.data import (
+    Batches,
+    ImageDataset,
+    derive_seed,
+    heldout_batches,
+    load_split,
+    split_rows,
+)
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
 from vaelab.evaluate import mean_objective
 from vaelab.fused import Fused
@@ -62,6 +69,15 @@ def load_splits(cfg: Config, cache: str | Path | None = None) -> tuple[ImageData
     d = cfg.data
     train = load_split(d.name, d.split, cache, d.limit, cfg.model.image_shape)
     test = load_split(d.name, d.test_split, cache, d.test_limit, train.image_shape)
+    # held out means other rows, not only another split name (MNIST's valid is in its train)
+    (a, a0, _), (b, b0, _) = (split_rows(d.name, s, cache) for s in (d.split, d.test_split))
+    a1, b1 = a0 + len(train), b0 + len(test)  # a limit takes a split's first rows
+    if a == b and a0 < b1 and b0 < a1:
+        raise ConfigError(
+            f"data.split {d.split!r} and data.test_split {d.test_split!r} share "
+            f"{min(a1, b1) - max(a0, b0):,} images ({d.name!r} {a!r} rows {max(a0, b0):,}-"
+            f"{min(a1, b1):,}): the test loss must come from held-out images"
+        )
     return train, test
 
 
