@@ -157,6 +157,23 @@ def test_adding_a_split_keeps_the_derived_splits_and_extra_metadata(tmp_path):
     assert len(data.load_dataset("toy", "train", tmp_path)) == len(ds)
     data.add_splits("toy", {"train": _toy(12)}, tmp_path, source="test", replace=True)
     assert data.dataset_splits("toy", tmp_path) == ["train", "more"]
+    # every import is credited, each once
+    assert data._load_meta("toy", tmp_path)["source"] == "test (more); test (train)"
+
+
+def test_info_and_list_of_odd_data_sets(tmp_path, capsys):
+    """An empty split of many classes has an info line (it was an IndexError); an
+    unreadable file in the cache is one line of `data list`, the others still listed."""
+    from vaelab import cli
+
+    empty = data.ImageDataset(torch.zeros(0, 1, 2, 2, dtype=torch.uint8),
+                              torch.zeros(0, dtype=torch.int64), [f"c{i}" for i in range(30)])  # fmt: skip
+    data.save_dataset("many", {"train": empty}, tmp_path)
+    assert "30 classes ('c0' … 'c29'); per class min 0" in data.dataset_info("many", tmp_path)
+    (tmp_path / "datasets" / "broken.npz").write_bytes(b"not a zip")
+    assert cli.main(["data", "list", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "broken           (unreadable:" in out and "many             splits: train" in out
 
 
 def test_interrupted_write_leaves_nothing(tmp_path):

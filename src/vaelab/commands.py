@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from vaelab.errors import VaelabError
+from vaelab.errors import DataError, VaelabError
 
 CLASSIFIER_CONFIG = Path(__file__).parent / "classifier.toml"
 
@@ -41,8 +41,11 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 
     names = data.available_datasets(args.cache)
     print(f"cache: {data.cache_dir(args.cache)}")
-    for name in names:
-        print(f"  {name:<16} splits: {', '.join(data.dataset_splits(name, args.cache))}")
+    for name in names:  # one unreadable file does not hide the others
+        try:
+            print(f"  {name:<16} splits: {', '.join(data.dataset_splits(name, args.cache))}")
+        except DataError as e:
+            print(f"  {name:<16} (unreadable: {e})")
     if not names:
         print("  (empty: run `vaelab data fetch mnist`)")
 

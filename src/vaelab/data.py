@@ -264,6 +264,10 @@ def add_splits(
     derived, extra = {}, {}
     if _dataset_path(name, cache).exists():
         meta = _load_meta(name, cache)
+        # the source of every import that made the set: "IDX a (train); IDX b (test)"
+        added = f"{source} ({', '.join(splits)})"
+        parts = [x for x in meta.get("source", "").split("; ") if x]
+        source = "; ".join(dict.fromkeys([*parts, added]))  # a repeated import once
         taken = [s for s in splits if s in meta["splits"] or s in meta["derived"]]
         if taken and not replace:
             raise DataError(f"data set {name!r} already has split(s) {', '.join(taken)}; "
@@ -447,7 +451,7 @@ def dataset_info(name: str, cache: str | Path | None = None) -> str:
                 lines.append(f"           counts {counts}")
             else:
                 absent = [names[i] for i, c in enumerate(counts) if c == 0]
-                nonzero = sorted(c for c in counts if c)
+                nonzero = sorted(c for c in counts if c) or [0]  # [0]: an empty split
                 lines.append(f"           {len(counts)} classes ({names[0]!r} … {names[-1]!r}); "
                              f"per class min {nonzero[0]}, median {nonzero[len(nonzero) // 2]}, "
                              f"max {nonzero[-1]}")  # fmt: skip
