@@ -158,6 +158,7 @@ def test_import_folder_labels_and_resize(tmp_path):
         for i in range(3):
             Image.new("RGB", (40, 30), colour).save(tmp_path / "imgs" / cls / f"{i}.png")
     Image.new("L", (10, 10), 7).save(tmp_path / "imgs" / "dog" / "x.jpg")
+    (tmp_path / "imgs" / "dog" / "._x.png").write_bytes(b"macOS resource fork")  # skipped
     ds = sources.folder_dataset(tmp_path / "imgs", (16, 12), channels=3)
     assert ds.images.shape == (7, 3, 16, 12) and ds.classes == ["cat", "dog"]
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]

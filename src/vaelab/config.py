@@ -265,7 +265,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as e:
             raise ConfigError(f"config file {path} not found") from e
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

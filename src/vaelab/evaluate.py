@@ -200,7 +200,7 @@ def append_json(path: Path, record: dict[str, Any]) -> None:
     history = []
     if path.exists():
         try:
-            history = json.loads(path.read_text())
+            history = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:  # also bad UTF-8
             raise CheckpointError(f"{path} is corrupt ({e}); move it away to start afresh") from e
         if not isinstance(history, list):

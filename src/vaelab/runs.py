@@ -299,7 +299,7 @@ class RunFolder:
         """``state.json``; a writer also finishes a checkpoint that was cut off."""
         self.check_no_pickles()
         try:
-            state = json.loads(self.file(STATE).read_text())
+            state = json.loads(self.file(STATE).read_text(encoding="utf-8"))
         except FileNotFoundError as e:
             raise CheckpointError(f"{self.path} has no checkpoint yet (no {STATE})") from e
         except ValueError as e:
@@ -319,7 +319,7 @@ class RunFolder:
         if not path.exists():
             return []
         records = []
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

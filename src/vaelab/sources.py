@@ -266,7 +266,8 @@ def folder_dataset(
     groups = [(index[d.name], d) for d in subdirs] or [(0, folder)]
     files: list[tuple[Path, int]] = []
     for k, d in groups:
-        files += [(p, k) for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        files += [(p, k) for p in sorted(d.iterdir())  # not hidden ones (macOS ._x.png)
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]  # fmt: skip
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     h, w = size
