@@ -123,3 +123,8 @@ def test_data_info_mnist(mnist_cache, capsys):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_memory_is_kept_on_linux():
     assert cli.keep_freed_memory()  # both mallopt calls accepted
+
+
+def test_compose_holdout_that_names_no_label(capsys):
+    assert cli.main(["data", "compose", "--holdout", "", "--name", "c"]) == 1
+    assert "--holdout '' names no label" in capsys.readouterr().err

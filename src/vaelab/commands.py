@@ -303,6 +303,9 @@ def cmd_compose(args: argparse.Namespace) -> None:
         if args.holdout == "auto"
         else ([] if args.holdout == "none" else _labels(args.holdout))
     )
+    if holdout is None and args.holdout != "auto":  # '' or ',' named no label
+        raise VaelabError(f"--holdout {args.holdout!r} names no label: give labels such as "
+                          "123,456, or auto, or none")  # fmt: skip
     path = compose_dataset(args.name, args.source, args.digits, args.n, args.n_test, args.seed,
                            holdout, args.cache, replace=args.force)  # fmt: skip
     print(data.dataset_info(args.name, cache=args.cache))
