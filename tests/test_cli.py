@@ -126,5 +126,6 @@ def test_freed_memory_is_kept_on_linux():
 
 
 def test_compose_holdout_that_names_no_label(capsys):
-    assert cli.main(["data", "compose", "--holdout", "", "--name", "c"]) == 1
-    assert "--holdout '' names no label" in capsys.readouterr().err
+    for bad in ("", ","):
+        assert cli.main(["data", "compose", "--holdout", bad, "--name", "c"]) == 1
+        assert f"--holdout {bad!r} names no label" in capsys.readouterr().err

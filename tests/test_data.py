@@ -157,8 +157,11 @@ def test_adding_a_split_keeps_the_derived_splits_and_extra_metadata(tmp_path):
     assert len(data.load_dataset("toy", "train", tmp_path)) == len(ds)
     data.add_splits("toy", {"train": _toy(12)}, tmp_path, source="test", replace=True)
     assert data.dataset_splits("toy", tmp_path) == ["train", "more"]
-    # every import is credited, each once
-    assert data._load_meta("toy", tmp_path)["source"] == "test (more); test (train)"
+    # every import is credited, a replaced split's no more
+    data.add_splits("toy", {"more": _toy(8)}, tmp_path, source="npz b", replace=True)
+    assert data._load_meta("toy", tmp_path)["source"] == "test (train); npz b (more)"
+    data.add_splits("toy", {"train": _toy(8)}, tmp_path, source="npz b", replace=True)
+    assert data._load_meta("toy", tmp_path)["source"] == "npz b"
 
 
 def test_info_and_list_of_odd_data_sets(tmp_path, capsys):

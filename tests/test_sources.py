@@ -133,6 +133,12 @@ def test_import_idx_emnist_layout(tmp_path):
         )
     with pytest.raises(DataError, match="is a folder"):
         sources.import_idx("em3", one, split="test", cache=cache)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    sources.write_idx(mixed / "emnist-digits-train-images-idx3-ubyte", x)
+    sources.write_idx(mixed / "emnist-letters-test-images-idx3-ubyte", x)
+    with pytest.raises(DataError, match="belong to different data sets"):
+        sources.import_idx("em4", mixed, cache=cache)
 
 
 def test_import_idx_label_count_mismatch(tmp_path):

@@ -149,6 +149,12 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
     epochs = [line for line in logged if line.startswith("epoch")]
     assert epochs[0].startswith("epoch    1/2") and "eta ?" in epochs[0], logged
     assert [m["epoch"] for m in runs.RunFolder(tmp_path / "b").read_metrics()] == [1, 2]
+    # in the last batch of the last epoch: the run ends, and says it is finished
+    steps["n"] = 0
+    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
+    with pytest.raises(train.TrainingInterrupted, match="as training ended .*the run is finished"):
+        quiet(tiny("train.epochs=1"), tmp_path / "c", cache=mnist_cache)
+    assert runs.RunFolder(tmp_path / "c").read_state()["epoch"] == 1
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
@@ -180,7 +186,42 @@ def test_a_folder_in_training_is_refused_to_a_second_process(mnist_cache, tmp_pa
         holder.wait()
     assert cli.main(argv) == 0
     assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1, 2]
-    assert (run / runs.LOCK).read_text().strip() == str(os.getpid())
+    assert (run / runs.LOCK).read_text().startswith(f"{os.getpid()} on ")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_new_run_into_a_held_folder_is_refused(mnist_cache, tmp_path, capsys):
+    """The trainer takes the folder before anything else: a fresh `train --out X` while
+    another process holds X writes nothing there. A run refused before it wrote anything
+    leaves no folder; a finished run's state is read without making a lock file."""
+    out = tmp_path / "x"
+    out.mkdir()
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'77 on elsewhere'); "
+            "print('held', flush=True); time.sleep(120)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / runs.LOCK)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
+        argv = ["train", config, "--out", str(out), "--no-progress", "--cache", str(mnist_cache)]
+        argv += [a for t in TINY + ["train.epochs=1"] for a in ("--set", t)]
+        assert cli.main(argv) == 1
+        assert "in use by another vaelab process (pid 77 on elsewhere)" in capsys.readouterr().err
+        assert [f.name for f in out.iterdir()] == [runs.LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(VaelabError):  # refused after the folder was taken: no trace left
+        quiet(tiny("data.name=nosuch"), tmp_path / "new" / "r", cache=mnist_cache)
+    assert not (tmp_path / "new").exists()
+    run = quiet(tiny("train.epochs=1"), tmp_path / "done", cache=mnist_cache)
+    (run / runs.LOCK).unlink()
+    runs.RunFolder(run).read_state()
+    assert not (run / runs.LOCK).exists()
+    with pytest.raises(ConfigError, match="a folder each"):
+        train.train_runs([tiny(), tiny()], [run, tmp_path / "done" / "."], True, mnist_cache,
+                         False, lambda s: None, True)  # fmt: skip
 
 
 def test_an_unwritable_run_folder_is_one_line(tmp_path, monkeypatch):

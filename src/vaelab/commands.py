@@ -303,7 +303,7 @@ def cmd_compose(args: argparse.Namespace) -> None:
         if args.holdout == "auto"
         else ([] if args.holdout == "none" else _labels(args.holdout))
     )
-    if holdout is None and args.holdout != "auto":  # '' or ',' named no label
+    if not holdout and args.holdout not in ("auto", "none"):  # '' or ',' named no label
         raise VaelabError(f"--holdout {args.holdout!r} names no label: give labels such as "
                           "123,456, or auto, or none")  # fmt: skip
     path = compose_dataset(args.name, args.source, args.digits, args.n, args.n_test, args.seed,

@@ -295,8 +295,8 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
                     raise _not_toml(f"sweep {path}", w, hint) from None
             raise _not_toml(f"sweep {path}", raw, None) from None
         values = words
-    if hint is str and not all(isinstance(v, str) for v in values):
-        values = words  # bare words, as in --set
+    if hint is str:  # bare words, as in --set: data.name=2024,2025
+        values = [v if isinstance(v, str) else _toml_value(v) for v in values]
     if not values or any(v == "" for v in values):
         raise ConfigError(f"sweep {text!r} has an empty value")
     return path, values

@@ -155,25 +155,36 @@ def save_dataset(
     splits: dict[str, ImageDataset],
     cache: str | Path | None = None,
     derived: dict[str, tuple[str, int, int]] | None = None,
-    source: str = "",
+    source: str | dict[str, str] = "",
     extra: dict | None = None,
 ) -> Path:
     """Store ``splits`` (e.g. train/test) as ``<cache>/datasets/<name>.npz``, atomically.
 
     ``derived`` names extra splits as slices of stored ones: ``{"valid": ("train", 50000,
-    60000)}``. Nothing is pickled: arrays plus a JSON string of metadata.
+    60000)}``. ``source`` says where the data came from, for all splits or per split (then
+    the set's credit reads "IDX a (train); IDX b (test)"). Nothing is pickled: arrays plus a
+    JSON string of metadata.
     """
     if not splits:
         raise DataError(f"data set {name!r}: nothing to save")
     path = _dataset_path(name, cache)
+    per_split = source if isinstance(source, dict) else dict.fromkeys(splits, source)
+    by_source: dict[str, list[str]] = {}
+    for split, src in per_split.items():
+        by_source.setdefault(src, []).append(split)
+    credit = (
+        "; ".join(f"{src} ({', '.join(ss)})" for src, ss in by_source.items() if src)
+        if len(by_source) > 1
+        else next(iter(by_source), "")
+    )
     arrays: dict[str, np.ndarray] = {}
-    meta: dict = {"name": name, "source": source, "splits": {}, "derived": derived or {},
+    meta: dict = {"name": name, "source": credit, "splits": {}, "derived": derived or {},
                   "extra": extra or {}}  # fmt: skip
     for split, ds in splits.items():
         arrays[f"{split}_images"] = ds.images.numpy()
         if ds.labels is not None:
             arrays[f"{split}_labels"] = ds.labels.numpy()
-        meta["splits"][split] = {"n": len(ds), "classes": ds.classes}
+        meta["splits"][split] = {"n": len(ds), "classes": ds.classes, "source": per_split[split]}
     arrays["meta"] = np.array(json.dumps(meta))
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
@@ -262,12 +273,11 @@ def add_splits(
     one shape. The derived splits (slices) of the splits kept stay, and so does the set's
     extra metadata."""
     derived, extra = {}, {}
+    credits = dict.fromkeys(splits, source)  # split -> where it came from
     if _dataset_path(name, cache).exists():
         meta = _load_meta(name, cache)
-        # the source of every import that made the set: "IDX a (train); IDX b (test)"
-        added = f"{source} ({', '.join(splits)})"
-        parts = [x for x in meta.get("source", "").split("; ") if x]
-        source = "; ".join(dict.fromkeys([*parts, added]))  # a repeated import once
+        kept = {s: v.get("source", meta.get("source", "")) for s, v in meta["splits"].items()}
+        credits = {**kept, **credits}
         taken = [s for s in splits if s in meta["splits"] or s in meta["derived"]]
         if taken and not replace:
             raise DataError(f"data set {name!r} already has split(s) {', '.join(taken)}; "
@@ -279,7 +289,7 @@ def add_splits(
     shapes = {s: ds.image_shape for s, ds in splits.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"data set {name!r}: splits have different image shapes {shapes}")
-    return save_dataset(name, splits, cache, derived=derived, source=source, extra=extra)
+    return save_dataset(name, splits, cache, derived=derived, source=credits, extra=extra)
 
 
 # --------------------------------------------------------------------------------------

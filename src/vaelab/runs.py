@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,41 +194,48 @@ class RunFolder:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Hold the folder for this process (an exclusive flock on ``.lock``, which holds the
-        pid): another process that tries to train in it, or to finish its checkpoint, gets a
-        CheckpointError naming the holder. Re-entrant within a process; the kernel releases
-        it when the process ends, also by a kill. Where flock is missing or refused
-        (Windows, some network file systems) the folder is used unguarded."""
+        """Hold the folder for this process (an exclusive flock on ``.lock``, which names the
+        pid and host): another process that tries to train in it, or to finish its
+        checkpoint, gets a CheckpointError naming the holder. Re-entrant within a process;
+        the kernel releases it when the process ends, also by a kill. A folder it had to
+        create is removed again if nothing but the lock was put in it (a run refused before
+        it wrote anything leaves no trace). Where flock is missing or refused (Windows,
+        some network file systems) the folder is used unguarded."""
         key = self.path.resolve()
         if not self.writer or fcntl is None or key in _HELD:
             yield
             return
+        made = [d for d in (self.path, *self.path.parents) if not d.exists()]  # innermost first
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise CheckpointError(f"cannot write in run folder {self.path} ({e})") from e
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise CheckpointError(
-                f"{self.path} is in use by another vaelab process (pid {holder}); wait for it "
-                "to finish or stop it, or choose another --out"
-            ) from None
-        except OSError:  # no locks on this file system
-            os.close(fd)
-            yield
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        _HELD[key] = fd
-        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                raise CheckpointError(
+                    f"{self.path} is in use by another vaelab process (pid {holder}); wait for "
+                    "it to finish or stop it, or choose another --out"
+                ) from None
+            except OSError:  # no locks on this file system: unguarded
+                pass
+            else:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+                _HELD[key] = fd
             yield
         finally:
-            del _HELD[key]
+            if locked_here := (_HELD.get(key) == fd):
+                del _HELD[key]
             os.close(fd)  # releases the lock
+            if made and locked_here and [f.name for f in self.path.iterdir()] == [LOCK]:
+                self.file(LOCK).unlink()
+                for d in made:  # the folders it created, innermost first, while empty
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
 
     # ---- writing
     def write_config(self, cfg: Config) -> None:
@@ -298,6 +306,15 @@ class RunFolder:
     def read_state(self) -> dict[str, Any]:
         """``state.json``; a writer also finishes a checkpoint that was cut off."""
         self.check_no_pickles()
+        state = self._read_state()
+        pending = any(self.file(name + PENDING).exists() for name in (MODEL, OPTIMIZER))
+        if self.writer and pending:
+            with self.held():  # never under a trainer that is mid-checkpoint
+                state = self._read_state()  # as it stands now that no one else writes
+                self._roll_forward(state)
+        return state
+
+    def _read_state(self) -> dict[str, Any]:
         try:
             state = json.loads(self.file(STATE).read_text(encoding="utf-8"))
         except FileNotFoundError as e:
@@ -306,9 +323,6 @@ class RunFolder:
             raise CheckpointError(f"{self.file(STATE)} is corrupt ({e})") from e
         if not isinstance(state, dict):
             raise CheckpointError(f"{self.file(STATE)} is corrupt (not a JSON object)")
-        if self.writer:
-            with self.held():  # never under a trainer that is mid-checkpoint
-                self._roll_forward(state)
         return state
 
     def read_metrics(self, torn_tail: bool = False) -> list[dict[str, Any]]:

@@ -147,6 +147,7 @@ def find_idx_splits(folder: Path) -> dict[str, tuple[Path, Path | None]]:
     EMNIST's) is a DataError that lists them: import one by its files."""
     for sub in (folder, folder / "raw", folder / "MNIST" / "raw"):
         found: dict[str, tuple[Path, Path | None]] = {}
+        prefixes: dict[str, str] = {}
         for split, marks in (("train", ("train",)), ("test", ("t10k", "test"))):
             by_prefix: dict[str, tuple[str, Path]] = {}  # data set prefix -> (mark, file)
             for m in marks:  # sorted: a plain file before its .gz (torchvision keeps both)
@@ -159,6 +160,10 @@ def find_idx_splits(folder: Path) -> dict[str, tuple[Path, Path | None]]:
             for prefix, (m, f) in by_prefix.items():
                 labs = sorted(sub.glob(f"{glob.escape(prefix)}{m}-labels*idx1-ubyte*"))
                 found[split] = (f, labs[0] if labs else None)
+                prefixes[split] = prefix
+        if len(set(prefixes.values())) > 1:  # emnist-digits-train with emnist-letters-test
+            raise DataError(f"{sub}: the train and test files belong to different data sets "
+                            f"({found['train'][0].name}, {found['test'][0].name})")  # fmt: skip
         if found:
             return found
     raise DataError(f"{folder}: no '[PREFIX-]<train|t10k|test>-images-idx3-ubyte[.gz]' files found")

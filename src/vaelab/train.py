@@ -267,8 +267,27 @@ def train_runs(
     log: Callable[[str], None],
     writer: bool,
 ) -> list[Path]:
-    """:func:`train` for one config, :func:`~vaelab.groups.train_many` for several (fused)."""
+    """:func:`train` for one config, :func:`~vaelab.groups.train_many` for several (fused).
+    Each folder is held (:meth:`~vaelab.runs.RunFolder.held`) before its state is read, so
+    a second process on it is refused before it reads or writes anything."""
     runs = [RunFolder(o, writer=writer) for o in outs]
+    if len({r.path.resolve() for r in runs}) < len(runs):
+        raise ConfigError(f"runs trained together need a folder each, got {[str(o) for o in outs]}")
+    with contextlib.ExitStack() as held:
+        for run in runs:
+            held.enter_context(run.held())
+        return _train_held(cfgs, runs, resume, cache, progress, log)
+
+
+def _train_held(
+    cfgs: list[Config],
+    runs: list[RunFolder],
+    resume: bool,
+    cache: str | Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[Path]:
+    """The body of :func:`train_runs`, with the folders held."""
     for run in runs:
         if not resume and run.file("state.json").exists():
             raise CheckpointError(
@@ -330,6 +349,9 @@ def train_runs(
             for m in members:
                 m.p.seconds = time.perf_counter() - t0
                 checkpoint(m, mid_epoch=p.batch > 0)
+            if p.epoch == cfg.train.epochs:  # the signal came as the last epoch ended
+                raise TrainingInterrupted(f"interrupted as training ended (epoch {p.epoch} of "
+                                          f"{p.epoch}); checkpoint saved, the run is finished")  # fmt: skip
             how = (f"`vaelab train --resume {runs[0].path}`" if len(runs) == 1
                    else "the same command")  # fmt: skip
             raise TrainingInterrupted(
@@ -343,9 +365,8 @@ def train_runs(
             m.p.step += 1
 
     # ---- the loop
-    with deferred_interrupts() as interrupted, contextlib.ExitStack() as held:
-        for m in members:  # only now take the folders (one trainer each) and write anything
-            held.enter_context(m.run.held())
+    with deferred_interrupts() as interrupted:
+        for m in members:  # only now write anything
             if resume:
                 m.run.reset_metrics(upto_epoch=m.p.epoch)
                 log(f"resuming {m.run.path} at epoch {m.p.epoch}, step {m.p.step}")
