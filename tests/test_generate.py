@@ -387,3 +387,24 @@ def test_temperature_scales_the_prior(cvae):
     torch.testing.assert_close(
         model.sample(8, ["3"], generator=g(), temperature=0.5), model.decode(0.5 * z, c)
     )
+
+
+def test_generate_passes_names_generator_and_temperature_batch_by_batch():
+    """Across batches: the names in order (or one name for all), one generator stream, and
+    the temperature."""
+    from vaelab.generate import generate
+
+    calls = []
+
+    class Stub:
+        def sample(self, m, names, generator, temperature):
+            calls.append((m, names, generator, temperature))
+            return torch.zeros(m, 1, 2, 2)
+
+    out = generate(Stub(), 7, list("abcdefg"), seed=3, batch=3, temperature=0.7)
+    assert out.shape == (7, 1, 2, 2) and out.dtype == torch.uint8
+    assert [c[1] for c in calls] == [list("abc"), list("def"), ["g"]]
+    assert len({id(c[2]) for c in calls}) == 1 and {c[3] for c in calls} == {0.7}
+    calls.clear()
+    generate(Stub(), 5, ["x"], batch=2)
+    assert [c[1] for c in calls] == [["x", "x"], ["x", "x"], ["x"]]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import (
     Bernoulli,
@@ -199,6 +200,30 @@ def test_verbs_shapes_and_ranges():
     torch.testing.assert_close(path[0], model.reconstruct(x[:1])[0])
     torch.testing.assert_close(path[-1], model.reconstruct(x[1:])[0])
     assert model.encode(x).shape == (2, 3)
+    z1, z2 = model.encode(x[:1]), model.encode(x[1:])  # evenly spaced on the line
+    torch.testing.assert_close(path[1:4], model.decode(torch.cat([0.75 * z1 + 0.25 * z2,
+                                                                   0.5 * (z1 + z2),
+                                                                   0.25 * z1 + 0.75 * z2])))  # fmt: skip
+
+
+def test_iwae_bound_value_and_its_pairing_of_conditions():
+    """The bound is log (1/k) Σ w_i: under one seed it equals the chunked log-likelihood
+    estimator (another code path, float64), which a missing log k, or max for logsumexp,
+    would break. A conditional model decodes every draw of image i under c_i."""
+    model = small_vae()
+    x = torch.rand(4, 1, 6, 6).round()
+    torch.manual_seed(7)
+    bound = model.iwae_bound(x, 6)
+    torch.manual_seed(7)
+    torch.testing.assert_close(bound.double(), log_likelihood(model, x, 6), rtol=0, atol=1e-4)
+    cvae = build_model(ModelConfig(kind="vae", image_shape=[1, 6, 6], bottleneck=3, widths=[16],
+                                   conditional=True, classes=list("0123")), "mse")  # fmt: skip
+    seen = []
+    real = cvae._decoder
+    cvae._decoder = lambda z, c: seen.append(c) or real(z, c)
+    c = cvae.condition(torch.tensor([0, 1, 2, 3]))  # (4, D)
+    cvae.log_weights(x, 3, c=c)
+    torch.testing.assert_close(seen[-1].reshape(4, 3, -1), c.unsqueeze(1).expand(4, 3, -1))
 
 
 def test_learned_sigma_is_a_parameter():
@@ -273,6 +298,11 @@ def test_evaluation_is_deterministic():
     b = evaluate_vae(model, batches, k=20, seed=5, progress=False)
     assert a == b
     assert a["nll"] <= -a["elbo"] + 1.0  # log p(x) >= ELBO, up to sampling noise
+    assert a["nll"] > 0  # binary pixels under a Bernoulli: p(x) <= 1
+    x_all = torch.cat([x for x, _ in batches])
+    with torch.no_grad():
+        recon = model.decode(model.posterior(x_all)[0])  # the posterior mean's reconstruction
+    assert a["recon_mse_per_pixel"] == pytest.approx(float(F.mse_loss(recon, x_all)), rel=1e-5)
     assert a["bits_per_dim"] == pytest.approx(a["nll"] / (36 * math.log(2)))
     # active units: Var over the test set of the posterior mean > 0.01. Make unit 0 dead
     # (μ constant), put unit 1 at Var 0.05 and unit 2 at Var 0.005: exactly 1 is active
@@ -411,6 +441,17 @@ def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):
     png = tmp_path / "x.png"
     assert cli.main(["sample", str(run), "--out", str(png), "--cache", str(mnist_cache)]) == 0
     assert png.exists()
+    # the Gaussian is fitted to the codes of the training images in [0, 1]
+    from vaelab.data import load_split
+    from vaelab.generate import load_generator
+    from vaelab.images import normalize
+
+    _, ae = load_generator(run, mnist_cache, fit_images=500)
+    with torch.no_grad():
+        codes = ae.encode(normalize(load_split("mnist", "train", mnist_cache, 500).images))
+    torch.testing.assert_close(ae.prior[0], codes.mean(0))
+    chol = ae.prior[1]
+    torch.testing.assert_close(chol @ chol.T, torch.cov(codes.T), rtol=1e-3, atol=1e-4)
     assert cli.main(["sample", str(run), "--label", "3", "--cache", str(mnist_cache)]) == 1
     assert "conditional" in capsys.readouterr().err
     assert Path(run, "model.safetensors").exists()
