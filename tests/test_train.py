@@ -1,5 +1,6 @@
 """End-to-end training on real MNIST subsets: the CLI, resume, checkpoints, refusals."""
 
+import contextlib
 import json
 import os
 import pickle
@@ -157,6 +158,22 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
     assert runs.RunFolder(tmp_path / "c").read_state()["epoch"] == 1
 
 
+@contextlib.contextmanager
+def held_elsewhere(lock: Path, holder: bytes):
+    """Another process holding the run folder's lock ``lock``, its file saying ``holder``."""
+    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.write(fd, sys.argv[2].encode()); "
+            "print('held', flush=True); time.sleep(120)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(lock), holder.decode()],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
 def test_a_folder_in_training_is_refused_to_a_second_process(mnist_cache, tmp_path, capsys):
     """While another process holds a run folder (as a trainer does), --resume of it is one
@@ -168,22 +185,13 @@ def test_a_folder_in_training_is_refused_to_a_second_process(mnist_cache, tmp_pa
         return {f.name: f.read_bytes() for f in run.iterdir() if f.name != runs.LOCK}
 
     before = files()
-    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.write(fd, b'4242'); "
-            "print('held', flush=True); time.sleep(120)")  # fmt: skip
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(run / runs.LOCK)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        argv = ["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress",
-                "--cache", str(mnist_cache)]  # fmt: skip
+    argv = ["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress",
+            "--cache", str(mnist_cache)]  # fmt: skip
+    with held_elsewhere(run / runs.LOCK, b"4242"):
         assert cli.main(argv) == 1
         err = capsys.readouterr().err
         assert "in use by another vaelab process (pid 4242)" in err and "Traceback" not in err
         assert files() == before
-    finally:
-        holder.kill()
-        holder.wait()
     assert cli.main(argv) == 0
     assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1, 2]
     assert (run / runs.LOCK).read_text().startswith(f"{os.getpid()} on ")
@@ -196,22 +204,13 @@ def test_a_new_run_into_a_held_folder_is_refused(mnist_cache, tmp_path, capsys):
     leaves no folder; a finished run's state is read without making a lock file."""
     out = tmp_path / "x"
     out.mkdir()
-    hold = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'77 on elsewhere'); "
-            "print('held', flush=True); time.sleep(120)")  # fmt: skip
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / runs.LOCK)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
-        argv = ["train", config, "--out", str(out), "--no-progress", "--cache", str(mnist_cache)]
-        argv += [a for t in TINY + ["train.epochs=1"] for a in ("--set", t)]
+    config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
+    argv = ["train", config, "--out", str(out), "--no-progress", "--cache", str(mnist_cache)]
+    argv += [a for t in TINY + ["train.epochs=1"] for a in ("--set", t)]
+    with held_elsewhere(out / runs.LOCK, b"77 on elsewhere"):
         assert cli.main(argv) == 1
         assert "in use by another vaelab process (pid 77 on elsewhere)" in capsys.readouterr().err
         assert [f.name for f in out.iterdir()] == [runs.LOCK]
-    finally:
-        holder.kill()
-        holder.wait()
     with pytest.raises(VaelabError):  # refused after the folder was taken: no trace left
         quiet(tiny("data.name=nosuch"), tmp_path / "new" / "r", cache=mnist_cache)
     assert not (tmp_path / "new").exists()
