@@ -103,10 +103,11 @@ def _report(out: Path, rows, figures: list[Path], epochs: int) -> Path:
     """The table of the four runs; a wall time is marked where its run trained fused with
     its pair (the metrics record how many models each epoch stepped), since it is then the
     pair's, not the run's own."""
-    table = []
+    table, any_fused = [], False
     for opt, nb, run_dir in rows:
         records = RunFolder(run_dir).read_metrics()
         last, fused = records[-1], sum(r.get("models", 1) > 1 for r in records)
+        any_fused = any_fused or fused > 0
         mark = "" if not fused else " (fused)" if fused == len(records) else f" (fused {fused}/{len(records)} epochs)"  # fmt: skip
         table.append(
             f"| {OPTIMIZERS[opt]} | {nb} | {last['epoch']} | {last['train_loss']:.3f} | "
@@ -121,7 +122,7 @@ def _report(out: Path, rows, figures: list[Path], epochs: int) -> Path:
         + (
             " A wall time marked fused is its pair's: the Adam and AMSGrad models of that n_b "
             "trained together in one fused step."
-            if any("(fused" in row for row in table)
+            if any_fused
             else ""
         ),
         "",
