@@ -34,6 +34,7 @@ def test_a_group_without_its_command_shows_its_help():
         ["eval", "run", "-n", "-3"],
         ["eval", "run", "--batch-size", "x"],
         ["eval", "run", "--limit", "-1"],
+        ["eval", "run", "--max-rows", "0"],
         ["sample", "run", "-n", "0"],
         ["generate", "run", "--out", "o", "--per-label", "0"],
         ["classifier", "train", "--epochs", "0"],

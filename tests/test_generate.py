@@ -7,7 +7,7 @@ import torch
 from vaelab import cli, data, sources, train
 from vaelab.compose import compose_digits, default_holdout
 from vaelab.config import load_config
-from vaelab.errors import ConfigError, DataError
+from vaelab.errors import ConfigError, DataError, VaelabError
 from vaelab.generate import (
     export,
     frechet_distance,
@@ -266,6 +266,8 @@ def test_eval_generation_cli_rows_per_temperature(cvae, classifier, mnist_cache,
     assert "--k applies to the likelihood evaluation only" in capsys.readouterr().err
     assert cli.main(["eval", str(cvae), "--labels", "3", "--cache", str(mnist_cache)]) == 1
     assert "--labels applies to --generation only" in capsys.readouterr().err
+    assert cli.main([*argv, "--max-rows", "64"]) == 1
+    assert "--max-rows applies to the likelihood evaluation only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -408,3 +410,29 @@ def test_generate_passes_names_generator_and_temperature_batch_by_batch():
     calls.clear()
     generate(Stub(), 5, ["x"], batch=2)
     assert [c[1] for c in calls] == [["x", "x"], ["x", "x"], ["x"]]
+    # labels neither one nor one per image, and no images, are refused before sampling
+    calls.clear()
+    with pytest.raises(VaelabError, match="1001 labels for 2000 images"):
+        generate(Stub(), 2000, ["a"] * 1001)
+    with pytest.raises(VaelabError, match="cannot generate 0 images"):
+        generate(Stub(), 0)
+    assert calls == []
+
+
+def test_export_draws_all_labels_from_one_stream(tmp_path):
+    """Label i of an export does not reuse the draws of another export's label j (as seeds
+    seed + i did): the export is generate() over its labels in order, from one seed."""
+    from vaelab.generate import generate
+
+    class Stub:
+        classes = ["a", "b"]
+
+        def sample(self, m, names, generator, temperature):
+            return torch.rand(m, 1, 1, 1, generator=generator)  # (m, 1, 1, 1): the draws
+
+    out = export(Stub(), tmp_path / "e", per_label=3, labels=None, fmt="npz", seed=0)
+    with np.load(out / "generated.npz") as f:
+        images = f["images"]
+    direct = generate(Stub(), 6, ["a"] * 3 + ["b"] * 3, seed=0)
+    assert np.array_equal(images, direct.permute(0, 2, 3, 1).numpy())
+    assert len(np.unique(images)) == 6  # no draw repeats across the two labels

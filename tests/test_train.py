@@ -287,6 +287,26 @@ def test_cuda_rng_is_forked_and_checkpointed(mnist_cache, tmp_path):
     assert rng["device"] == "cuda" and "cuda" in rng
 
 
+def test_mps_rng_is_seeded_and_given_back(monkeypatch):
+    """On mps (absent here: its three RNG functions are stand-ins) the device's generator is
+    seeded inside the block and its state comes back afterwards, also after an error."""
+    from vaelab.evaluate import seeded
+
+    calls = []
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: "state before")
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: calls.append(("seed", s)))
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: calls.append(("restore", s)))
+    cpu = torch.random.get_rng_state()
+    with seeded(3, "mps"):
+        assert calls == [("seed", 3)]
+        torch.randn(2)
+    assert calls[-1] == ("restore", "state before")
+    assert torch.equal(torch.random.get_rng_state(), cpu)
+    with pytest.raises(KeyError), seeded(4, "mps"):
+        raise KeyError
+    assert calls[-2:] == [("seed", 4), ("restore", "state before")]
+
+
 class Crash(Exception):
     """A simulated crash (power cut) in the middle of a checkpoint."""
 

@@ -1,6 +1,7 @@
 """The VAE: objectives against torch.distributions and closed forms, the IWAE bound's
 monotonicity, evaluation, the verbs, and the CLI on real MNIST."""
 
+import json
 import math
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from vaelab import cli, runs, train
 from vaelab.build import build_model
 from vaelab.config import ModelConfig, load_config
 from vaelab.data import Batches, ImageDataset
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.evaluate import evaluate_vae, log_likelihood
 from vaelab.models import VAE, digitwise
 
@@ -274,8 +275,6 @@ def test_evaluations_share_one_signature():
 
 
 def test_corrupt_eval_json_is_a_checkpoint_error(tmp_path):
-    import json
-
     from vaelab.errors import CheckpointError
     from vaelab.evaluate import append_json
 
@@ -289,6 +288,44 @@ def test_corrupt_eval_json_is_a_checkpoint_error(tmp_path):
     path.write_text('{"a": 1}')
     with pytest.raises(CheckpointError, match="eval.json is not a JSON list"):
         append_json(path, {"a": 3})
+    # JSON has no NaN or inf: a diverged model's numbers are written as null, also nested
+    path.unlink()
+    append_json(path, {"nll": math.nan, "rows": [{"fid": math.inf}], "k": 5})
+    assert json.loads(path.read_text()) == [{"nll": None, "rows": [{"fid": None}], "k": 5}]
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, True])
+def test_bad_sample_counts_are_named(k):
+    model = small_vae()
+    x = torch.rand(3, 1, 6, 6).round()
+    with pytest.raises(VaelabError, match="k must be a whole number"):
+        log_likelihood(model, x, k)
+    with pytest.raises(VaelabError, match="max_rows must be a whole number"):
+        log_likelihood(model, x, 5, max_rows=0)
+    with pytest.raises(VaelabError, match="empty batch"):
+        log_likelihood(model, x[:0], 5)
+
+
+def test_log_weights_keep_their_digits_for_a_tight_posterior():
+    """log q(z | x) comes from ε, not from z − μ: with σ = e^−12 and μ = 3 in float32, z − μ
+    keeps only a few of ε's digits (0.1 nats off over 32 dimensions)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="vae", image_shape=[1, 10, 10], bottleneck=32, widths=[64])
+    model = build_model(cfg, "mse")
+    x = torch.rand(4, 1, 10, 10).round()
+    mu, logvar = torch.full((4, 32), 3.0), torch.full((4, 32), -24.0)
+    torch.manual_seed(3)
+    lw = model.log_weights(x, 5, (mu, logvar))  # (4, 5)
+    torch.manual_seed(3)
+    eps = torch.randn(4, 5, 32)  # the same draws
+    z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # as the model forms it
+    with torch.no_grad():
+        log_px = model.log_px(model._decoder(z.reshape(20, 32), None), x.repeat_interleave(5, 0))
+    q = Normal(mu.double().unsqueeze(1), torch.exp(0.5 * logvar.double()).unsqueeze(1))
+    log_q = q.log_prob(q.loc + q.scale * eps.double()).sum(-1)  # exact, in float64
+    log_p = Normal(0.0, 1.0).log_prob(z.double()).sum(-1)
+    ref = log_px.double().reshape(4, 5) + log_p - log_q
+    torch.testing.assert_close(lw.double(), ref, rtol=0, atol=1e-3)
 
 
 def test_evaluation_is_deterministic():
@@ -304,6 +341,18 @@ def test_evaluation_is_deterministic():
         recon = model.decode(model.posterior(x_all)[0])  # the posterior mean's reconstruction
     assert a["recon_mse_per_pixel"] == pytest.approx(float(F.mse_loss(recon, x_all)), rel=1e-5)
     assert a["bits_per_dim"] == pytest.approx(a["nll"] / (36 * math.log(2)))
+    # standard error over images: the first half's NLL differs from the whole's by about
+    # one standard error (σ/√100 − σ/√200 apart); /n instead of /√n would fail this
+    half = Batches(_test_images().limit(100), 50, shuffle=False, binarize="static")
+    h = evaluate_vae(model, half, k=20, seed=5, progress=False)
+    assert 0 < a["nll_stderr"] < 0.1 * abs(a["nll"])
+    assert abs(h["nll"] - a["nll"]) < 4 * a["nll_stderr"]
+    # the record names what decides the draws besides the seed; the model is left in the
+    # mode it was in
+    assert (a["batch_size"], a["max_rows"], a["device"]) == (50, 1024, "cpu")
+    model.train()
+    evaluate_vae(model, batches, k=2, progress=False)
+    assert model.training
     # active units: Var over the test set of the posterior mean > 0.01. Make unit 0 dead
     # (μ constant), put unit 1 at Var 0.05 and unit 2 at Var 0.005: exactly 1 is active
     mu = torch.cat([model.posterior(x)[0] for x, _ in batches])  # (N, Z) posterior means
@@ -322,12 +371,6 @@ def test_evaluation_is_deterministic():
     assert evaluate_vae(model, batches, k=2, progress=False)["active_units"] == 1
     grey = Batches(_test_images(), 50, shuffle=False, binarize="none")
     assert evaluate_vae(model, grey, k=2, progress=False)["bits_per_dim"] is None
-    # standard error over images: the first half's NLL differs from the whole's by about
-    # one standard error (σ/√100 − σ/√200 apart); /n instead of /√n would fail this
-    half = Batches(_test_images().limit(100), 50, shuffle=False, binarize="static")
-    h = evaluate_vae(model, half, k=20, seed=5, progress=False)
-    assert 0 < a["nll_stderr"] < 0.1 * abs(a["nll"])
-    assert abs(h["nll"] - a["nll"]) < 4 * a["nll_stderr"]
     # one image has no spread across the test set: neither number is defined (NaN > 0.01
     # read as "0 active units", and a standard error of 0.0)
     one = evaluate_vae(model, Batches(_test_images().limit(1), 1, shuffle=False), k=2)
@@ -350,10 +393,12 @@ def test_cli_train_eval_sample(trained_vae, mnist_cache, tmp_path, capsys):
     metrics = runs.RunFolder(trained_vae).read_metrics()
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert cli.main(["eval", str(trained_vae), "--k", "50", "--limit", "100", "--cache",
-                     str(mnist_cache), "--no-progress"]) == 0  # fmt: skip
+                     str(mnist_cache), "--no-progress", "--max-rows", "700"]) == 0  # fmt: skip
     out, err = capsys.readouterr()
     assert "nll" in out and "bits_per_dim" in out and "active_units" in out
     assert "on the first 100 test images with k = 50 importance samples per image" in err
+    record = json.loads((trained_vae / "eval.json").read_text())[-1]
+    assert (record["k"], record["max_rows"], record["batch_size"]) == (50, 700, 100)
     png, npz = tmp_path / "s.png", tmp_path / "s.images"  # written under exactly that name
     assert (
         cli.main(["sample", str(trained_vae), "-n", "16", "--out", str(png), "--npz", str(npz)])
@@ -435,14 +480,14 @@ def test_ae_prior_is_the_codes_gaussian_and_samples_follow_it():
 
 
 def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):
-    cfg = load_config(None, ["model.widths=[32]", "data.limit=200", "data.test_limit=50",
-                             "train.epochs=1"])  # fmt: skip
+    cfg_overrides = ["model.widths=[32]", "data.limit=200", "data.test_limit=50", "train.epochs=1"]
+    cfg = load_config(None, cfg_overrides)
     run = train.train(cfg, tmp_path / "ae", cache=mnist_cache, progress=False, log=lambda s: None)
     png = tmp_path / "x.png"
     assert cli.main(["sample", str(run), "--out", str(png), "--cache", str(mnist_cache)]) == 0
     assert png.exists()
     # the Gaussian is fitted to the codes of the training images in [0, 1]
-    from vaelab.data import load_split
+    from vaelab.data import heldout_batches, load_split
     from vaelab.generate import load_generator
     from vaelab.images import normalize
 
@@ -452,6 +497,16 @@ def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):
     torch.testing.assert_close(ae.prior[0], codes.mean(0))
     chol = ae.prior[1]
     torch.testing.assert_close(chol @ chol.T, torch.cov(codes.T), rtol=1e-3, atol=1e-4)
+    # … and of binarised ones for an AE that trained on those (grey codes would not match)
+    cfg_bin = load_config(None, [*cfg_overrides, "data.binarize=static"])
+    run_bin = train.train(cfg_bin, tmp_path / "ae-bin", cache=mnist_cache, progress=False,
+                          log=lambda s: None)  # fmt: skip
+    _, ae_bin = load_generator(run_bin, mnist_cache, fit_images=500)
+    grey = load_split("mnist", "train", mnist_cache, 500)
+    binary = next(iter(heldout_batches(grey, "static", batch_size=500)))[0]
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    with torch.no_grad():
+        torch.testing.assert_close(ae_bin.prior[0], ae_bin.encode(binary).mean(0))
     assert cli.main(["sample", str(run), "--label", "3", "--cache", str(mnist_cache)]) == 1
     assert "conditional" in capsys.readouterr().err
     assert Path(run, "model.safetensors").exists()

@@ -169,6 +169,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive_int, help=f"test images per batch ({d['batch_size']})"
     )
     p.add_argument("--device", help=f"cpu, cuda, … ({d['device']})")
+    p.add_argument("--max-rows", type=positive_int,
+                   help="decoder rows (images x samples) per chunk of the importance sampling: "
+                   "lower it when k samples run out of memory (1024 on the CPU, 32768 on an "
+                   "accelerator)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _cache_arg(p)
 
@@ -347,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         first = str(e).strip().splitlines()[0]
         print(f"vaelab: error: out of memory ({first[:200]}); use a smaller batch size "
-              "(train.batch_size, eval --batch-size) or fewer importance samples", file=sys.stderr)  # fmt: skip
+              "(train.batch_size, eval --batch-size), fewer decoder rows per chunk (eval --max-rows) "
+              "or fewer importance samples", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print("vaelab: interrupted", file=sys.stderr)

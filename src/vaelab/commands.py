@@ -218,7 +218,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
           flush=True)  # fmt: skip
     result = evaluate_run(args.run, k=args.k, limit=args.limit, seed=args.seed,
                           batch_size=args.batch_size, cache=args.cache,
-                          progress=not args.no_progress, device=args.device)  # fmt: skip
+                          progress=not args.no_progress, device=args.device,
+                          max_rows=args.max_rows)  # fmt: skip
     print(format_table(result))
     print(f"appended to {Path(args.run) / 'eval.json'}")
 
@@ -231,6 +232,7 @@ LIKELIHOOD_ONLY = {
     "limit": "--limit",
     "batch_size": "--batch-size",
     "device": "--device",
+    "max_rows": "--max-rows",
 }
 EVAL_DEFAULTS = {"n": 2000, "temperatures": "1", "k": 5000, "limit": 0, "batch_size": 100,
                  "device": "cpu"}  # fmt: skip

@@ -55,7 +55,8 @@ class ModelConfig:
     activation: str = "relu"
     """hidden activation (Def 1.1.1-1.1.2): relu, leaky_relu, sigmoid, tanh, identity"""
     likelihood: str = "bernoulli"
-    """vae: decoder likelihood p(x|z): bernoulli, gaussian, continuous_bernoulli"""
+    """vae: decoder likelihood p(x|z): bernoulli, gaussian, gaussian_identity,
+    continuous_bernoulli"""
     beta: float = 1.0
     """vae: weight of the ELBO's KL term (β ≠ 1: β-VAE; only with k = 1)"""
     k: int = 1

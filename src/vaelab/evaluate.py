@@ -17,23 +17,32 @@ from tqdm.auto import tqdm
 
 from vaelab.data import Batches, atomic_write
 from vaelab.errors import CheckpointError, VaelabError
+from vaelab.runs import finite_or_none, load_run, load_test_batches
 
 
 @contextlib.contextmanager
 def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Run the block with torch's CPU RNG — and for a CUDA ``device`` that device's RNG —
-    seeded to ``seed``; the caller's RNG states come back afterwards."""
+    """Run the block with torch's CPU RNG — and for a CUDA or MPS ``device`` that device's
+    RNG — seeded to ``seed``; the caller's RNG states come back afterwards."""
     device = torch.device(device)
-    if device.type != "cuda":
-        with torch.random.fork_rng(devices=[]):
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        with torch.random.fork_rng(devices=[index], device_type="cuda"), torch.cuda.device(index):
             torch.random.default_generator.manual_seed(seed)
+            torch.cuda.manual_seed(seed)
             yield
         return
-    index = torch.cuda.current_device() if device.index is None else device.index
-    with torch.random.fork_rng(devices=[index], device_type="cuda"), torch.cuda.device(index):
+    with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
-        torch.cuda.manual_seed(seed)
-        yield
+        if device.type != "mps":
+            yield
+            return
+        state = torch.mps.get_rng_state()  # fork_rng has no mps branch in every torch ≥ 2.3
+        torch.mps.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.mps.set_rng_state(state)
 
 
 @torch.no_grad()
@@ -46,9 +55,26 @@ def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> f
     total = torch.zeros((), dtype=torch.float64)
     with seeded(seed, batches.device):
         for x, y in batches:
-            total += model.objective(x, y).sum().double().cpu()  # (B,) -> ()
+            total += model.objective(x, y).sum().cpu().double()  # (B,) -> ()
     model.train(was_training)
     return float(total) / len(batches.data)
+
+
+def default_max_rows(device: str | torch.device) -> int:
+    """Decoder rows per chunk of :func:`log_likelihood`: 1024 on the CPU, where small chunks
+    are also fast (3 MiB of MNIST logits stay in the caches and reuse freed memory;
+    32768-row chunks ran 2x slower, mostly in page faults of fresh 100 MiB allocations);
+    32768 on an accelerator, where each chunk should fill the device."""
+    return 1024 if torch.device(device).type == "cpu" else 32768
+
+
+def check_samples(k: object, max_rows: object = None) -> None:
+    """``k`` importance samples and ``max_rows`` must be whole numbers ≥ 1."""
+    for name, value in (("k", k), ("max_rows", max_rows)):
+        if value is None and name == "max_rows":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise VaelabError(f"{name} must be a whole number ≥ 1, not {value!r}")
 
 
 @torch.no_grad()
@@ -56,24 +82,25 @@ def log_likelihood(
     model, x: torch.Tensor, k: int, c: torch.Tensor | None = None, max_rows: int | None = None
 ) -> torch.Tensor:
     """Importance-sampled log p(x) ≈ log (1/k) Σ_i p(x, z_i)/q(z_i | x), z_i ~ q(z | x), per
-    image (B,). The k samples are drawn in chunks of about ``max_rows`` decoder rows
-    (images × samples; at least one sample per image) and combined with a running
-    log-sum-exp, so memory stays bounded. The chunking decides which draw of the seeded
-    stream goes to which image, so it is part of what a seed reproduces.
-
-    Default: 1024 rows on the CPU, where small chunks are also fast (3 MiB of MNIST logits
-    stay in the caches and reuse freed memory; 32768-row chunks ran 2x slower, mostly in
-    page faults of fresh 100 MiB allocations); 32768 on an accelerator, where each chunk
-    should fill the device."""
+    image (B,) in float64 on the CPU. The k samples are drawn in chunks of about
+    ``max_rows`` decoder rows (images × samples; at least one sample per image; default
+    :func:`default_max_rows`) and combined with a running log-sum-exp, so memory stays
+    bounded. The chunking decides which draw of the seeded stream goes to which image, so
+    it is part of what a seed reproduces."""
+    check_samples(k, max_rows)
+    if x.shape[0] == 0:
+        raise VaelabError("log_likelihood of an empty batch")
     if max_rows is None:
-        max_rows = 1024 if x.device.type == "cpu" else 32768
+        max_rows = default_max_rows(x.device)
     posterior = model.posterior(x, c)
     chunk = max(1, max_rows // x.shape[0])
-    acc = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+    # float64 where the device has it (mps has not): the sum runs over up to k / chunk chunks
+    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    acc = torch.full((x.shape[0],), -math.inf, dtype=wide, device=x.device)
     for start in range(0, k, chunk):
         lw = model.log_weights(x, min(chunk, k - start), posterior, c)  # (B, kc)
-        acc = torch.logaddexp(acc, torch.logsumexp(lw.double(), dim=1))
-    return acc - math.log(k)
+        acc = torch.logaddexp(acc, torch.logsumexp(lw.to(wide), dim=1))
+    return acc.cpu().double() - math.log(k)
 
 
 def _sum_mse_per_pixel(recon: torch.Tensor, x: torch.Tensor) -> float:
@@ -83,13 +110,21 @@ def _sum_mse_per_pixel(recon: torch.Tensor, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_vae(
-    model, batches: Batches, *, k: int = 5000, seed: int = 0, progress: bool = True
+    model,
+    batches: Batches,
+    *,
+    k: int = 5000,
+    seed: int = 0,
+    progress: bool = True,
+    max_rows: int | None = None,
 ) -> dict[str, Any]:
     """Test ELBO, NLL with k importance samples (nats, and bits/dim for binarised images
     under a Bernoulli likelihood; with its standard error over the test images, which says
     how far another test set of this size could move it),
     reconstruction MSE per pixel and active units (Var_x[μ_j(x)] > 0.01, Burda et al. 2015)
-    over ``batches``."""
+    over ``batches``. ``max_rows``: see :func:`log_likelihood`."""
+    check_samples(k, max_rows)
+    was_training = model.training
     model.eval()
     n = len(batches.data)
     dims = math.prod(batches.data.image_shape)
@@ -107,12 +142,13 @@ def evaluate_vae(
         for x, y in batches:
             c = model.condition(y)  # None unless conditional
             mu, logvar = model.posterior(x, c)
-            mus.append(mu.double().cpu())
-            sums["elbo"] += float(model.elbo(x, c=c).double().sum())
-            lls.append(log_likelihood(model, x, k, c).cpu())  # (B,) float64
+            mus.append(mu.cpu().double())
+            sums["elbo"] += float(model.elbo(x, c=c).cpu().double().sum())
+            lls.append(log_likelihood(model, x, k, c, max_rows))  # (B,) float64
             sums["mse"] += _sum_mse_per_pixel(model.decode(mu, c), x)
             bar.update(len(x))
         bar.close()
+    model.train(was_training)
     mu = torch.cat(mus)  # (N, Z)
     # a variance across one image is undefined (NaN, which would read as 0 active units)
     active = int((mu.var(dim=0) > 0.01).sum()) if n > 1 else None
@@ -122,6 +158,10 @@ def evaluate_vae(
         "n_images": n,
         "k": k,
         "seed": seed,
+        # with the seed, the chunking decides the draws: a record names all it depends on
+        "batch_size": batches.batch_size,
+        "max_rows": max_rows or default_max_rows(batches.device),
+        "device": str(batches.device),
         "elbo": sums["elbo"] / n,
         "nll": nll,
         "nll_stderr": float(ll.std()) / math.sqrt(n) if n > 1 else None,  # over test images
@@ -136,10 +176,10 @@ def evaluate_vae(
 
 @torch.no_grad()
 def evaluate_ae(
-    model, batches: Batches, *, k: int = 0, seed: int = 0, progress: bool = False
+    model, batches: Batches, *, k=0, seed=0, progress=False, max_rows=None
 ) -> dict[str, Any]:
-    """Reconstruction MSE per pixel and per image (the thesis's MSE, Ex 2.2.2); ``k``,
-    ``seed`` and ``progress`` are unused (nothing is sampled)."""
+    """Reconstruction MSE per pixel and per image (the thesis's MSE, Ex 2.2.2); the keyword
+    arguments are unused (nothing is sampled)."""
     model.eval()
     total = 0.0
     for x, _ in batches:
@@ -152,10 +192,9 @@ def evaluate_ae(
 
 @torch.no_grad()
 def evaluate_classifier(
-    model, batches: Batches, *, k: int = 0, seed: int = 0, progress: bool = False
+    model, batches: Batches, *, k=0, seed=0, progress=False, max_rows=None
 ) -> dict[str, Any]:
-    """Test accuracy and cross-entropy of a classifier; ``k``, ``seed`` and ``progress`` are
-    unused."""
+    """Test accuracy and cross-entropy of a classifier; the keyword arguments are unused."""
     model.eval()
     correct, nll = 0, 0.0
     for x, y in batches:
@@ -167,7 +206,7 @@ def evaluate_classifier(
 
 
 EVALUATIONS = {"vae": evaluate_vae, "ae": evaluate_ae, "classifier": evaluate_classifier}
-"""model.kind -> its evaluation, each called as ``(model, batches, *, k, seed, progress)``."""
+"""model.kind -> its evaluation, called as ``(model, batches, *, k, seed, progress, max_rows)``."""
 
 
 def evaluate_run(
@@ -179,16 +218,18 @@ def evaluate_run(
     cache=None,
     progress: bool = True,
     device: str = "cpu",
+    max_rows: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder on its test split; the record is appended to ``eval.json``."""
-    from vaelab.runs import load_run, load_test_batches
-
+    check_samples(k, max_rows)
     cfg, model = load_run(run_dir, device)
     if cfg.model.kind not in EVALUATIONS:
         raise VaelabError(f"no evaluation for model.kind {cfg.model.kind!r}")
     batches = load_test_batches(cfg, cache, limit, batch_size, device)
     t0 = time.perf_counter()
-    result = EVALUATIONS[cfg.model.kind](model, batches, k=k, seed=seed, progress=progress)
+    result = EVALUATIONS[cfg.model.kind](
+        model, batches, k=k, seed=seed, progress=progress, max_rows=max_rows
+    )
     result = {"split": cfg.data.test_split, "binarize": batches.binarize, **result,
               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     append_json(Path(run_dir) / "eval.json", result)
@@ -196,7 +237,8 @@ def evaluate_run(
 
 
 def append_json(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` to the JSON list in ``path``, atomically."""
+    """Append ``record`` to the JSON list in ``path``, atomically; an inf or NaN in it is
+    written as null (JSON has neither)."""
     history = []
     if path.exists():
         try:
@@ -205,8 +247,19 @@ def append_json(path: Path, record: dict[str, Any]) -> None:
             raise CheckpointError(f"{path} is corrupt ({e}); move it away to start afresh") from e
         if not isinstance(history, list):
             raise CheckpointError(f"{path} is not a JSON list; move it away to start afresh")
-    text = json.dumps([*history, record], indent=1).encode()
+    text = json.dumps([*history, _json_safe(record)], indent=1, allow_nan=False).encode()
     atomic_write(path, lambda f: f.write(text))
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float, however deeply nested, replaced by None."""
+    if isinstance(value, float):
+        return finite_or_none(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def format_table(result: dict[str, Any]) -> str:

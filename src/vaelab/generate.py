@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.data import atomic_write, load_split
+from vaelab.data import atomic_write, heldout_batches, load_split
 from vaelab.errors import VaelabError
 from vaelab.images import normalize, quantize, save_png
 from vaelab.models import Autoencoder, Classifier, digitwise
@@ -34,7 +34,9 @@ def load_generator(run_dir: str | Path, cache=None, fit_images: int = 20000):
         raise VaelabError(f"{run_dir} holds a {cfg.model.kind}, which cannot generate images")
     if isinstance(model, Autoencoder):
         train = load_split(cfg.data.name, cfg.data.split, cache, fit_images, cfg.model.image_shape)
-        model.fit_prior(normalize(train.images))
+        # the codes of what it trained on: binarised images if it trained on those
+        batches = heldout_batches(train, cfg.data.binarize, batch_size=len(train))
+        model.fit_prior(next(iter(batches))[0])
     return cfg, model
 
 
@@ -47,8 +49,13 @@ def generate(
     batch: int = 1000,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """``n`` generated images (n, C, H, W) as uint8 (Lemma 1.3.6), in batches; ``temperature``
-    scales the prior's standard deviation (1 = the model's prior)."""
+    """``n`` generated images (n, C, H, W) as uint8 (Lemma 1.3.6), in batches; ``labels``:
+    one for all or one per image; ``temperature`` scales the prior's standard deviation
+    (1 = the model's prior)."""
+    if n < 1:
+        raise VaelabError(f"cannot generate {n} images")
+    if labels is not None and len(labels) not in (1, n):
+        raise VaelabError(f"{len(labels)} labels for {n} images: give one, or one per image")
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n, batch):
@@ -103,8 +110,10 @@ def export(
     _check_names(names, fmt)
     if out.exists() and any(out.iterdir()):  # old images would mix with the new ones
         raise VaelabError(f"{out} is not empty; export into a new folder")
-    images = torch.cat([generate(model, per_label, [nm] if conditional else None, seed + i, temperature=temperature)
-                        for i, nm in enumerate(names)])  # fmt: skip
+    # one stream for all labels: per-label seeds seed + i would give label i+1 of one export
+    # the draws of label i of the export with the next seed
+    wanted = [nm for nm in names for _ in range(per_label)] if conditional else None
+    images = generate(model, per_label * len(names), wanted, seed, temperature=temperature)
     y = np.repeat(np.arange(len(names)), per_label)
     out.mkdir(parents=True, exist_ok=True)
     hwc = images.permute(0, 2, 3, 1).numpy()  # (N, C, H, W) -> (N, H, W, C)
