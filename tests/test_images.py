@@ -16,15 +16,29 @@ def test_normalize_is_division_by_255():
 
 
 def test_quantize_rounds_half_down_as_lemma_1_3_6():
-    # ψ = ⌈255p − 0.5⌉: 255p = 2.5 gives 2, 2.5000001 gives 3
-    p = torch.tensor([2.5 / 255, 2.6 / 255, 2.4 / 255], dtype=torch.float64)
-    assert quantize(p).tolist() == [2, 3, 2]
+    # ψ = ⌈255p − 0.5⌉: 255p = 2.5 gives 2, 2.5000001 gives 3; 3.5 gives 3, where
+    # torch.round (half to even) gives 4
+    p = torch.tensor([2.5, 2.6, 2.4, 3.5, 254.5], dtype=torch.float64) / 255
+    assert quantize(p).tolist() == [2, 3, 2, 3, 254]
 
 
 def test_quantize_clips_overshoot_and_rejects_nan():
     assert quantize(torch.tensor([-0.3, 1.7])).tolist() == [0, 255]
     with pytest.raises(ValueError, match="NaN"):
         quantize(torch.tensor([0.1, float("nan")]))
+
+
+def test_pixels_of_the_wrong_type_are_refused_not_whitened_or_blackened(tmp_path):
+    # integers clipped to [0, 1] would all be white; floats cast to uint8 all black
+    with pytest.raises(ValueError, match="quantize expects values in \\[0, 1\\] as floats"):
+        quantize(torch.tensor([0, 128, 255]))
+    with pytest.raises(ValueError, match="int64"):
+        make_grid(torch.randint(0, 256, (2, 1, 2, 2)))
+    with pytest.raises(ValueError, match="nrow ≥ 1"):
+        make_grid(torch.zeros(2, 1, 2, 2), nrow=0)
+    with pytest.raises(ValueError, match="save_png expects uint8 pixels, got float64"):
+        save_png(tmp_path / "p.png", np.full((2, 2, 1), 0.9))
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_normalize_rejects_float_input():

@@ -439,6 +439,41 @@ def test_vae_figures(trained_vae, mnist_cache, tmp_path, figure):
     assert out.stat().st_size > 1000
 
 
+def test_manifold_decodes_the_prior_quantiles_in_picture_order(trained_vae, tmp_path, monkeypatch):
+    """Row by row: z_1 rises along a row, z_2 falls down the rows (up is up), both over the
+    2.5 %…97.5 % quantiles the title names; the figure decodes exactly those codes."""
+    from vaelab import plots
+
+    z = plots.quantile_codes(3)
+    lo, hi = -1.959964, 1.959964
+    torch.testing.assert_close(z, torch.tensor([[lo, hi], [0, hi], [hi, hi], [lo, 0], [0, 0], [hi, 0],
+                                                [lo, lo], [0, lo], [hi, lo]]), atol=1e-5, rtol=0)  # fmt: skip
+    seen = []
+    real = VAE.decode
+    monkeypatch.setattr(VAE, "decode", lambda self, z, c=None: seen.append(z) or real(self, z, c))
+    plots.manifold_figure([("t", trained_vae)], tmp_path / "m.png", n=4)
+    torch.testing.assert_close(seen[-1], plots.quantile_codes(4))
+    for n in (1, 0):
+        with pytest.raises(VaelabError, match="n ≥ 2"):
+            plots.quantile_codes(n)
+
+
+def test_interpolation_of_a_small_test_split(
+    trained_vae, mnist_cache, tmp_path, monkeypatch, capsys
+):
+    """Fewer than 16 test images give fewer rows (it was an IndexError); one is an error."""
+    from vaelab import plots
+
+    real = plots._test_split
+    for limit, code in ((5, 0), (1, 1)):
+        monkeypatch.setattr(plots, "_test_split", lambda run, cache, _l=limit: real(run, cache, _l))
+        argv = ["plot", str(trained_vae), "interpolate", "--out", str(tmp_path / f"{limit}.png"),
+                "--cache", str(mnist_cache)]  # fmt: skip
+        assert cli.main(argv) == code
+    assert "interpolation needs two test images" in capsys.readouterr().err
+    assert (tmp_path / "5.png").exists() and not (tmp_path / "1.png").exists()
+
+
 def test_condition_of_codes_digitwise_only_when_the_classes_are():
     from vaelab.errors import ConfigError
 

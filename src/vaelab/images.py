@@ -38,9 +38,13 @@ def quantize(p: torch.Tensor) -> torch.Tensor:
     """Turn values p ∈ [0, 1] back into pixels ψ = ⌈255·p − 0.5⌉ (Lemma 1.3.6), as uint8.
 
     Network outputs overshoot, so p is clipped to [0, 1] first; NaN has no pixel value and
-    raises ``ValueError``.
+    raises ``ValueError``, and so do integers (pixels already: clipping them to [0, 1]
+    would make every one white).
     """
     p = torch.as_tensor(p)
+    if not p.is_floating_point():
+        raise ValueError(f"quantize expects values in [0, 1] as floats, got {p.dtype} "
+                         "(uint8 pixels need no quantising)")  # fmt: skip
     if torch.isnan(p).any():
         raise ValueError("quantize got NaN values; they have no pixel value")
     p = p.to(torch.float64).clamp(0.0, 1.0)
@@ -71,6 +75,8 @@ def make_grid(
     """
     if images.dim() != 4:
         raise ValueError(f"make_grid expects (N, C, H, W), got shape {tuple(images.shape)}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"make_grid needs nrow ≥ 1 images per row, got {nrow!r}")
     u8 = images if images.dtype == torch.uint8 else quantize(images.detach().cpu())
     u8 = u8.cpu()
     n, c, h, w = u8.shape
@@ -96,9 +102,11 @@ def save_png(path: str | Path, picture: np.ndarray) -> Path:
     from vaelab.data import atomic_write
 
     arr = np.asarray(picture)
+    if arr.dtype != np.uint8:  # a cast would truncate floats to black and wrap 256 to 0
+        raise ValueError(f"save_png expects uint8 pixels, got {arr.dtype} (see quantize)")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    image = Image.fromarray(arr.astype(np.uint8))
+    image = Image.fromarray(arr)
     return atomic_write(Path(path), lambda f: image.save(f, format="png"))
 
 
@@ -242,6 +250,10 @@ class ImageLayer(nn.Module):
             nn.init.kaiming_uniform_(self.kernel, a=5**0.5)  # the nn.Conv2d default
         elif not callable(operator):
             raise ValueError(f"operator must be callable, got {type(operator).__name__}")
+        elif in_channels is not None or kernel_size != 3 or stride != 1:
+            # the operator decides its own windows: these would be silently ignored
+            raise ValueError("in_channels, kernel_size and stride belong to the learned "
+                             "convolution; an operator layer takes none of them")  # fmt: skip
         if bias:
             if isinstance(out_channels, bool) or not isinstance(out_channels, int):
                 raise ValueError(f"a bias needs out_channels, got {out_channels!r}")
@@ -256,6 +268,10 @@ class ImageLayer(nn.Module):
             t = conv2d(x, self.kernel, self.stride)  # (B, C_in, H, W) -> (B, C_out, H', W')
         else:
             t = self.operator(x)
+            if self.bias is not None and (t.dim() != 4 or t.shape[1] != self.bias.numel()):
+                raise ValueError(f"the operator gave shape {tuple(t.shape)}, not (B, "
+                                 f"{self.bias.numel()}, H', W') for the layer's "
+                                 f"{self.bias.numel()} biases (out_channels)")  # fmt: skip
         if self.bias is not None:
             t = t + self.bias.view(1, -1, 1, 1)  # (C_out,) broadcast over (B, ·, H', W')
         return self.activation(t)

@@ -130,6 +130,8 @@ def _per_class(data: Batches, n: int) -> tuple[torch.Tensor, int]:
     m = n or the size of the largest class when that is smaller (unlabelled data: up to
     10 rows of m consecutive examples)."""
     size = len(data.data)
+    if n < 1 or size == 0:
+        raise VaelabError(f"no examples to show ({n} per class of {size})")
     if data.labels is None:
         m = min(n, size)
         return torch.arange(min(size // m, 10) * m), m
@@ -205,6 +207,17 @@ def samples_figure(panels: Panels, out: str | Path, cache=None, n: int = 64, see
                          f"{title}: {n} samples from the prior", out)  # fmt: skip
 
 
+def quantile_codes(n: int) -> torch.Tensor:
+    """(n², 2) codes of the manifold grid, row by row: the 2.5 %…97.5 % quantiles of
+    N(0, 1), z_1 from low to high along a row and z_2 from high to low down the rows (so
+    up in the picture is up in z_2)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise VaelabError(f"the manifold grid needs n ≥ 2 quantiles per axis, got {n!r}")
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))  # (n,)
+    zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")  # (n, n) each
+    return torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)  # (n², 2)
+
+
 @torch.no_grad()
 def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) -> Path:
     """For a 2-D latent: decoded images on an n x n grid of the prior's quantiles (Kingma &
@@ -216,9 +229,7 @@ def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) ->
         raise VaelabError(
             f"the manifold figure needs a 2-D latent; {run} has {cfg.model.bottleneck}"
         )
-    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))  # (n,)
-    zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")  # rows: z_2 from high to low
-    z = torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)  # (n², 2) quantiles of N(0, I)
+    z = quantile_codes(n)  # (n², 2)
     what = "prior"
     if isinstance(model, Autoencoder):  # no prior: the Gaussian fitted to its codes
         from vaelab.generate import load_generator
@@ -242,6 +253,10 @@ def interpolation_figure(
     originals)."""
     (title, run), *_ = panels
     _, model, data = _test_split(run, cache)
+    pairs = min(pairs, len(data.data) // 2)  # a small test split gives fewer rows
+    if pairs < 1:
+        raise VaelabError(f"interpolation needs two test images; {run}'s test split has "
+                          f"{len(data.data)}")  # fmt: skip
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.data), generator=g)[: 2 * pairs]
     x = data.images[idx]
@@ -249,8 +264,9 @@ def interpolation_figure(
     rows = [torch.cat([x[2 * i : 2 * i + 1],
                        model.interpolate(x[2 * i], x[2 * i + 1], steps, None if c is None else c[2 * i : 2 * i + 1]),
                        x[2 * i + 1 : 2 * i + 2]]) for i in range(pairs)]  # fmt: skip
+    under = "" if c is None else ", each under its left image's label"
     return _image_figure(make_grid(torch.cat(rows), nrow=steps + 2, padding=1),
-                         f"{title}: interpolations (first and last columns: originals)", out)  # fmt: skip
+                         f"{title}: interpolations (first and last columns: originals){under}", out)  # fmt: skip
 
 
 @torch.no_grad()
