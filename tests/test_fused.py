@@ -129,7 +129,7 @@ def test_fused_objective_matches_each_model(arch, monkeypatch):
             torch.testing.assert_close(p.grad, g)
 
 
-def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
+def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch, capsys):
     real = reproduce.thesis_config
 
     def small(optimizer, bottleneck, epochs, device="cpu"):
@@ -157,10 +157,12 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     before = runs.read_tensors(alone / "model.safetensors")[0]
     for f in alone.iterdir():
         f.unlink()
+    capsys.readouterr()
     reproduce.reproduce_thesis(
         tmp_path / "t", epochs=2, cache=mnist_cache, progress=False, fuse="on"
     )
     assert calls == ["fused", "fused"]
+    assert "for the 2 epochs left" in capsys.readouterr().out  # the projection: 1 run of 2
     # the report tells the run that trained alone from its kept, fused partner
     text = (tmp_path / "t" / "reproduction.md").read_text()
     rows = {
@@ -171,6 +173,10 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch):
     after = runs.read_tensors(alone / "model.safetensors")[0]
     for k in before:
         torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5)
+    # all trained: no timing steps, just the figures and the report
+    monkeypatch.setattr(reproduce, "projected_seconds", lambda *a, **kw: calls.append("timed"))
+    reproduce.reproduce_thesis(tmp_path / "t", epochs=2, cache=mnist_cache, progress=False)
+    assert "all four runs are trained" in capsys.readouterr().out and "timed" not in calls
 
 
 def test_reproduce_trains_on_the_device_asked_for(mnist_cache, tmp_path, monkeypatch, capsys):
@@ -406,3 +412,11 @@ def test_a_group_refuses_a_config_before_any_run_trains(mnist_cache, tmp_path, r
     with pytest.raises(ConfigError, match="model.k"):
         groups.train_group(cfgs, outs, cache=mnist_cache, fuse="off", **quiet())
     assert not outs[0].exists()
+
+
+def test_a_group_needs_one_folder_per_config(tmp_path):
+    for cfgs, outs in (([], []), ([cfg()], [])):
+        with pytest.raises(ValueError, match="train_group needs one output folder per config"):
+            groups.train_group(cfgs, outs)
+        with pytest.raises(ValueError, match="train_many needs one output folder per config"):
+            groups.train_many(cfgs, outs)

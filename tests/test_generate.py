@@ -28,6 +28,15 @@ def test_compose_places_the_labelled_digits(mnist_small):
             tile = img[:, :, slot * 28 : (slot + 1) * 28].flatten()
             match = (flat_source == tile).all(1).nonzero().flatten()
             assert len(match) and int(source.labels[match[0]]) == int(digit)
+    # digits are found by class name: the same images under classes listed "9" … "0"
+    # (label k is now the digit 9 − k) still put digit d where the number says d
+    flipped = data.ImageDataset(source.images, 9 - source.labels, [str(9 - d) for d in range(10)],
+                                "flipped")  # fmt: skip
+    again = compose_digits(flipped, 3, 50, seed=4, scale=(1.0, 1.0), jitter=0.0)
+    assert torch.equal(again.images, comp.images) and torch.equal(again.labels, comp.labels)
+    letters = data.ImageDataset(source.images, source.labels, list("abcdefghij"), "letters")
+    with pytest.raises(DataError, match="has no class '0', '1'"):
+        compose_digits(letters, 2, 10, seed=0)
 
 
 def test_compose_is_deterministic_and_holds_out(mnist_small):
@@ -70,6 +79,9 @@ def test_compose_dataset_cli(mnist_cache, tmp_path, capsys):
     assert "600 images of 1x28x56" in out and "holdout: ['42', '07']" in out
     train_split = data.load_dataset("mnist2", "train", cache)
     assert not {"42", "07"} & {train_split.classes[k] for k in train_split.labels}
+    # the test split draws from every number, held-out ones included: what they are for
+    test_split = data.load_dataset("mnist2", "test", cache)
+    assert {"42", "07"} <= {test_split.classes[k] for k in test_split.labels}
     # a data set is never replaced by accident, and the source never
     before = (cache / "datasets" / "mnist2.npz").read_bytes()
     assert cli.main([*args[:-6], "--holdout", "11", "--name", "mnist2", "--cache", str(cache)]) == 1

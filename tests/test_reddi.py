@@ -79,3 +79,22 @@ def test_bad_input():
         run_online("rmsprop", 10)
     with pytest.raises(ValueError, match="steps"):
         reddi_gradients(0)
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_regret_against_its_definition(stochastic):
+    """R_t = Σ_{s≤t} f_s(x_s) − min_{x∈[−1,1]} Σ_{s≤t} f_s(x) (Def 1.2.14), in plain floats:
+    the comparator is −|Σ g_s| per horizon, and for the stochastic variant the mean loss
+    0.2x, whose minimum over [−1, 1] is −0.2 per step."""
+    steps = 400
+    run = run_online("adam", steps, stochastic=stochastic, seed=2, alpha=1.0)
+    xs, grads = run.x[:, 0].double().tolist(), reddi_gradients(steps, stochastic, 2)[:, 0].tolist()
+    loss = total = 0.0
+    ref = []
+    for x, g in zip(xs, grads, strict=True):
+        g = 0.2 if stochastic else g
+        loss, total = loss + g * x, total + g
+        ref.append(loss + abs(total))
+    torch.testing.assert_close(run.regret[:, 0], torch.tensor(ref, dtype=torch.float64))
+    if not stochastic:
+        assert run.regret[0, 0] == 1010.0  # x_1 = 0 against the best point −1 for 1010x

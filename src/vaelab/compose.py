@@ -67,7 +67,12 @@ def compose_digits(
     places = 10 ** torch.arange(digits - 1, -1, -1)  # (digits,) 100, 10, 1
     slot_digits = (numbers[:, None] // places) % 10  # (n, digits) digit in each slot
 
-    by_digit = [torch.nonzero(source.labels == d).flatten() for d in range(10)]
+    # digits by class name, not by label index: a source's classes need not be "0"…"9" in order
+    names = list(source.classes or []) if source.labels is not None else []
+    if missing := [str(d) for d in range(10) if str(d) not in names]:
+        raise DataError(f"the source data set has no class {', '.join(map(repr, missing))}: "
+                        "composites need labelled digits 0-9")  # fmt: skip
+    by_digit = [torch.nonzero(source.labels == names.index(str(d))).flatten() for d in range(10)]
     if any(len(ix) == 0 for ix in by_digit):
         raise DataError("the source data set lacks some digit 0-9")
     pick = torch.empty_like(slot_digits)
@@ -77,18 +82,27 @@ def compose_digits(
         pick[mask] = ix[torch.randint(len(ix), (int(mask.sum()),), generator=g)]
 
     h, w = source.image_shape[1:]
-    x = normalize(source.images[pick.flatten()])  # (n·digits, 1, H, W)
-    m = x.shape[0]
+    tiles = pick.flatten()  # (n·digits,) source image of each tile
+    m = len(tiles)
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(m, generator=g)  # (m,)
     shift = (torch.rand(m, 2, generator=g) * 2 - 1) * jitter  # (m, 2) pixels
     theta = torch.zeros(m, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / s  # sampling grid: zoom out by s
     theta[:, 0, 2] = -shift[:, 0] * 2 / w / s
     theta[:, 1, 2] = -shift[:, 1] * 2 / h / s
-    grid = F.affine_grid(theta, [m, 1, h, w], align_corners=False)
-    placed = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    placed = torch.empty(m, 1, h, w, dtype=torch.uint8)
+    for i in range(0, m, _TILES_PER_CHUNK):  # float tiles and grids of all 180k: about 3 GB
+        j = slice(i, i + _TILES_PER_CHUNK)
+        x = normalize(source.images[tiles[j]])  # (c, 1, H, W)
+        grid = F.affine_grid(theta[j], [len(x), 1, h, w], align_corners=False)
+        placed[j] = quantize(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                           align_corners=False))  # fmt: skip
     canvas = placed.reshape(n, digits, 1, h, w).permute(0, 2, 3, 1, 4).reshape(n, 1, h, digits * w)
-    return ImageDataset(quantize(canvas), numbers.to(torch.int64), classes, name)
+    return ImageDataset(canvas.contiguous(), numbers.to(torch.int64), classes, name)
+
+
+_TILES_PER_CHUNK = 8192
+"""Digit tiles placed at a time: bounds compose's memory (about 150 MB for MNIST tiles)."""
 
 
 def compose_dataset(

@@ -88,20 +88,22 @@ def train_group(
     checkpoint and the others go on; :class:`TrainingDiverged` at the end names it. A run
     folder that holds a run of another config (beyond :data:`RESUME_OVERRIDES`) is a
     ConfigError. Used by sweeps and the thesis reproduction."""
+    if len(cfgs) != len(outs) or not cfgs:
+        raise ValueError("train_group needs one output folder per config, and at least one")
     outs = [Path(o) for o in outs]
     fuse_on = fuses(fuse, cfgs[0])
     failed: dict[Path, str] = {}
     for cfg in cfgs:  # a sweep trains one by one: refuse a bad combination before any trains
         check_unused(cfg.model)
     for cfg, out in zip(cfgs, outs, strict=True):
-        state = _state_of(cfg, out)  # checks every stored config before anything trains
+        state = run_state(cfg, out)  # checks every stored config before anything trains
         if state and finished(cfg, state):
             log(f"{out}: already trained, kept")
         elif state and (warning := stretched_schedule(RunFolder(out).read_config(), cfg)):
             log(f"{out}: {warning}")
     try:
         while True:
-            todo = [(c, o, s) for c, o, s in zip(cfgs, outs, map(_state_of, cfgs, outs), strict=True)
+            todo = [(c, o, s) for c, o, s in zip(cfgs, outs, map(run_state, cfgs, outs), strict=True)
                     if o not in failed and not (s and finished(c, s))]  # fmt: skip
             if not todo:
                 break
@@ -139,7 +141,7 @@ def train_group(
     return outs
 
 
-def _state_of(cfg: Config, out: Path) -> dict | None:
+def run_state(cfg: Config, out: Path) -> dict | None:
     """The saved state of run folder ``out`` (None if it holds no checkpoint); the run must
     have been trained with ``cfg``, up to :data:`RESUME_OVERRIDES`."""
     run = RunFolder(out)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from vaelab.config import load_config
 from vaelab.data import atomic_write, fetch
-from vaelab.groups import fuses, train_group
+from vaelab.groups import fuses, run_state, train_group
 from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
 from vaelab.runs import RunFolder, resolve_device
-from vaelab.train import hms, setup_data, setup_model, step_function
+from vaelab.train import finished, hms, setup_data, setup_model, step_function
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}
@@ -72,11 +72,16 @@ def reproduce_thesis(
     resolve_device(device, "--device")  # before any download or file
     fetch("mnist", cache=cache)
     fused = fuses(fuse, thesis_config("adam", 2, epochs, device))
-    estimate = projected_seconds(epochs, cache, fused, device=device)
-    print(f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each"
-          f"{', fused in pairs' if fused else ''}; projected training time {hms(estimate)} "
-          "on this machine")  # fmt: skip
     rows = [(opt, nb, out / f"{opt}-nb{nb}") for nb in BOTTLENECKS for opt in OPTIMIZERS]
+    left = sum(_epochs_left(thesis_config(opt, nb, epochs, device), d) for opt, nb, d in rows)
+    what = f"reproducing thesis §2.3: 2 optimizers x bottleneck {{2, 3}}, {epochs} epochs each"
+    if left == 0:  # a call after the runs ended: only the figures and the report
+        print(f"{what}: all four runs are trained; writing the figures and the report")
+    else:
+        # the timed steps are the whole job's; a resumed call has only ``left`` epochs to go
+        estimate = projected_seconds(epochs, cache, fused, device=device) * left / (4 * epochs)
+        print(f"{what}{', fused in pairs' if fused else ''}; projected training time "
+              f"{hms(estimate)} for the {left:,} epochs left, on this machine")  # fmt: skip
     for nb in BOTTLENECKS:  # the two optimizers' models of one shape train fused
         print(f"--- n_b = {nb}: {' and '.join(OPTIMIZERS.values())}")
         group = [(thesis_config(opt, nb, epochs, device), d) for opt, b, d in rows if b == nb]
@@ -85,6 +90,12 @@ def reproduce_thesis(
     report = _report(out, rows, figures, epochs)
     print(f"wrote {report} and {len(figures)} figures in {out}")
     return report
+
+
+def _epochs_left(cfg, out: Path) -> int:
+    """Epochs that run ``out`` still has to train under ``cfg`` (all of them when new)."""
+    state = run_state(cfg, out)
+    return cfg.train.epochs if state is None else 0 if finished(cfg, state) else cfg.train.epochs - state["epoch"]  # fmt: skip
 
 
 def _figures(out: Path, cache) -> list[Path]:
