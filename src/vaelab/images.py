@@ -147,8 +147,10 @@ def _check_window(x: torch.Tensor, window: tuple[int, int], what: str) -> None:
 def conv2d(x: torch.Tensor, kernel: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """The image convolution operator T_conv of Def 1.3.10 (eq. 1.9), batched.
 
-    (ψ_1)_ij = Σ_{m,n} (ψ_0)_{i+m, j+n} k_mn over the valid positions (indices from 0 here;
-    the thesis's 1-based sum means the same window). This is a cross-correlation — the
+    (ψ_1)_ij = Σ_{m,n} (ψ_0)_{i+m, j+n} k_mn over the valid positions, indices from 0 here.
+    Read literally, eq. 1.9's 1-based indices run one past the image (i = M₀ − s + 1 and
+    m = s give M₀ + 1); the window meant, (ψ_0)_{i+m−1, j+n−1}, is the one computed, with
+    M₁ = M₀ − s + 1 outputs as the definition says. This is a cross-correlation — the
     kernel is not flipped — which is exactly what ``F.conv2d`` computes, so it is used as is.
     Multi-channel: x (B, C_in, H, W), kernel (C_out, C_in, s1, s2), and every output channel
     sums over the input channels; a kernel (s1, s2) means C_in = C_out = 1. Output
