@@ -141,6 +141,30 @@ def test_import_idx_emnist_layout(tmp_path):
         sources.import_idx("em4", mixed, cache=cache)
 
 
+def test_import_idx_names_emnist_classes_from_its_mapping(tmp_path):
+    """emnist-SET-mapping.txt names the labels by their characters (letters: both cases;
+    its unused label 0 keeps its number); a garbled mapping is named, not a traceback."""
+    x = np.zeros((4, 28, 28), dtype=np.uint8)
+    folder = tmp_path / "em"
+    folder.mkdir()
+    for split in ("train", "test"):
+        sources.write_idx(folder / f"emnist-letters-{split}-images-idx3-ubyte", x)
+        sources.write_idx(folder / f"emnist-letters-{split}-labels-idx1-ubyte",
+                          np.array([1, 2, 3, 2], np.uint8))  # fmt: skip
+    mapping = folder / "emnist-letters-mapping.txt"
+    mapping.write_text("1 65 97\n2 66 98\n3 67 99\n4 68 100\n")
+    cache = tmp_path / "cache"
+    sources.import_idx("letters", folder, cache=cache)
+    test = data.load_dataset("letters", "test", cache)
+    assert test.classes == ["0", "Aa", "Bb", "Cc"] and test.labels.tolist() == [1, 2, 3, 2]
+    mapping.write_text("0 48\n1 x\n")
+    with pytest.raises(DataError, match="emnist-letters-mapping.txt: not an EMNIST mapping"):
+        sources.import_idx("letters2", folder, cache=cache)
+    mapping.write_text("1 65\n2 65\n3 67\n")
+    with pytest.raises(DataError, match="gives two labels the same name"):
+        sources.import_idx("letters3", folder, cache=cache)
+
+
 def test_import_idx_label_count_mismatch(tmp_path):
     sources.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
     sources.write_idx(tmp_path / "l", np.zeros(4, np.uint8))

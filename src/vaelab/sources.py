@@ -88,7 +88,8 @@ def idx_dataset(
 ) -> ImageDataset:
     """An :class:`ImageDataset` from an IDX image file (N, H, W) and optional label file (N,).
     A ``classes.txt`` beside the label file (one name per line, as ``vaelab generate
-    --format idx`` writes it) names the labels; without one they are '0', '1', …
+    --format idx`` writes it) names the labels, or else EMNIST's ``PREFIX-mapping.txt``
+    (:func:`emnist_classes`); without either they are '0', '1', …
     ``transpose`` swaps each image's rows and columns (EMNIST stores its images so)."""
     x = read_idx(images)
     if transpose:
@@ -107,7 +108,40 @@ def idx_dataset(
         if y is not None and len(y) and int(y.max()) >= len(classes):
             raise DataError(f"{names} names {len(classes)} classes, but {labels} has label "
                             f"{int(y.max())}")  # fmt: skip
+    elif labels is not None and (mapping := _emnist_mapping(Path(labels))) is not None:
+        classes = emnist_classes(mapping, 0 if y is None or not len(y) else int(y.max()))
     return from_arrays(x, y, classes, name, f"{images}" + (f" + {labels}" if labels else ""))
+
+
+def _emnist_mapping(labels: Path) -> Path | None:
+    """EMNIST's ``emnist-SET-mapping.txt`` for a label file ``emnist-SET-train-labels-…``."""
+    for mark in ("-train-labels", "-test-labels"):
+        if mark in labels.name:
+            mapping = labels.with_name(labels.name[: labels.name.index(mark)] + "-mapping.txt")
+            return mapping if mapping.is_file() else None
+    return None
+
+
+def emnist_classes(mapping: Path, max_label: int) -> list[str]:
+    """Class names 0 … ``max_label`` from an EMNIST mapping file: lines of a label and the
+    character codes it stands for ("10 65" is 'A'; letters: "1 65 97" is 'Aa'). A label the
+    file leaves out (label 0 of letters) keeps its number."""
+    names = [str(i) for i in range(max_label + 1)]
+    try:
+        lines = mapping.read_text(encoding="ascii").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            label, *codes = (int(f) for f in line.split())
+            if not codes or not 0 <= label:
+                raise ValueError(f"line {number}: {line!r} is not 'LABEL CODE [CODE]'")
+            if label <= max_label:
+                names[label] = "".join(chr(c) for c in codes)
+    except (UnicodeDecodeError, ValueError) as e:  # also int('x') and chr(-1)
+        raise DataError(f"{mapping}: not an EMNIST mapping file ({e})") from e
+    if len(set(names)) < len(names):
+        raise DataError(f"{mapping} gives two labels the same name")
+    return names
 
 
 def from_arrays(
