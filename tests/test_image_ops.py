@@ -139,9 +139,11 @@ def test_image_layer_rejects_bad_configuration():
         ImageLayer(1, 1, activation="gelu")
     # an operator decides its own windows: a stride or kernel would be silently ignored
     pool = partial(max_pool, window=2)
-    for kw in ({"stride": 5}, {"kernel_size": 9}, {"in_channels": 2}):
+    for kw in ({"stride": 5}, {"kernel_size": 9}, {"kernel_size": 3}, {"in_channels": 2}):
         with pytest.raises(ValueError, match="an operator layer takes none of them"):
             ImageLayer(out_channels=2, operator=pool, **kw)
+    with pytest.raises(ValueError, match="with bias=False it takes none"):
+        ImageLayer(out_channels=2, operator=pool, bias=False)
     # biases for 3 channels after an operator that keeps 2: named, not a broadcast error
     layer = ImageLayer(out_channels=3, operator=pool)
     with pytest.raises(ValueError, match=r"gave shape \(1, 2, 3, 3\), not \(B, 3"):

@@ -156,10 +156,12 @@ def test_import_idx_names_emnist_classes_from_its_mapping(tmp_path):
     cache = tmp_path / "cache"
     sources.import_idx("letters", folder, cache=cache)
     test = data.load_dataset("letters", "test", cache)
-    assert test.classes == ["0", "Aa", "Bb", "Cc"] and test.labels.tolist() == [1, 2, 3, 2]
-    mapping.write_text("0 48\n1 x\n")
-    with pytest.raises(DataError, match="emnist-letters-mapping.txt: not an EMNIST mapping"):
-        sources.import_idx("letters2", folder, cache=cache)
+    # the splits hold labels up to 3, the mapping goes to 4: both splits name all five
+    assert test.classes == ["0", "Aa", "Bb", "Cc", "Dd"] and test.labels.tolist() == [1, 2, 3, 2]
+    for garbled in ("0 48\n1 x\n", "1 99999999999999999999\n"):
+        mapping.write_text(garbled)
+        with pytest.raises(DataError, match="emnist-letters-mapping.txt: not an EMNIST mapping"):
+            sources.import_idx("letters2", folder, cache=cache)
     mapping.write_text("1 65\n2 65\n3 67\n")
     with pytest.raises(DataError, match="gives two labels the same name"):
         sources.import_idx("letters3", folder, cache=cache)

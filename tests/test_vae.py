@@ -294,6 +294,26 @@ def test_corrupt_eval_json_is_a_checkpoint_error(tmp_path):
     assert json.loads(path.read_text()) == [{"nll": None, "rows": [{"fid": None}], "k": 5}]
 
 
+def test_evaluations_give_the_train_mode_back(monkeypatch):
+    """Also after an error (an out-of-memory chunk): a training loop that evaluates goes on
+    training with dropout and batch statistics as before."""
+    from vaelab.evaluate import evaluate_ae
+
+    model = small_vae().train()
+    batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "log_weights", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate_vae(model, batches, k=2, progress=False)
+    assert model.training
+    ae = build_model(ModelConfig(image_shape=[1, 6, 6], bottleneck=2, widths=[8]), "mse").train()
+    evaluate_ae(ae, batches)
+    assert ae.training
+
+
 @pytest.mark.parametrize("k", [0, -1, 2.5, True])
 def test_bad_sample_counts_are_named(k):
     model = small_vae()

@@ -45,18 +45,27 @@ def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
             torch.mps.set_rng_state(state)
 
 
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The block runs with ``model`` in eval mode; its train/eval mode comes back after,
+    also after an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> float:
     """The model's objective averaged over every example of ``batches`` (the empirical risk,
     Def 1.2.4). Any sampling inside the objective uses a private, seeded RNG stream, so the
     number is reproducible and the caller's RNG state is left untouched."""
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64)
-    with seeded(seed, batches.device):
+    with evaluating(model), seeded(seed, batches.device):
         for x, y in batches:
             total += model.objective(x, y).sum().cpu().double()  # (B,) -> ()
-    model.train(was_training)
     return float(total) / len(batches.data)
 
 
@@ -124,14 +133,12 @@ def evaluate_vae(
     reconstruction MSE per pixel and active units (Var_x[μ_j(x)] > 0.01, Burda et al. 2015)
     over ``batches``. ``max_rows``: see :func:`log_likelihood`."""
     check_samples(k, max_rows)
-    was_training = model.training
-    model.eval()
     n = len(batches.data)
     dims = math.prod(batches.data.image_shape)
     discrete = model.likelihood == "bernoulli" and batches.binarize != "none"
     sums = {"elbo": 0.0, "mse": 0.0}
     mus, lls = [], []
-    with seeded(seed, batches.device):
+    with evaluating(model), seeded(seed, batches.device):
         bar = tqdm(
             total=n,
             desc=f"eval (k={k})",
@@ -148,7 +155,6 @@ def evaluate_vae(
             sums["mse"] += _sum_mse_per_pixel(model.decode(mu, c), x)
             bar.update(len(x))
         bar.close()
-    model.train(was_training)
     mu = torch.cat(mus)  # (N, Z)
     # a variance across one image is undefined (NaN, which would read as 0 active units)
     active = int((mu.var(dim=0) > 0.01).sum()) if n > 1 else None
@@ -180,10 +186,10 @@ def evaluate_ae(
 ) -> dict[str, Any]:
     """Reconstruction MSE per pixel and per image (the thesis's MSE, Ex 2.2.2); the keyword
     arguments are unused (nothing is sampled)."""
-    model.eval()
     total = 0.0
-    for x, _ in batches:
-        total += _sum_mse_per_pixel(model.reconstruct(x), x)
+    with evaluating(model):
+        for x, _ in batches:
+            total += _sum_mse_per_pixel(model.reconstruct(x), x)
     n = len(batches.data)
     per_pixel = total / n
     return {"n_images": n, "recon_mse_per_pixel": per_pixel,
@@ -195,12 +201,12 @@ def evaluate_classifier(
     model, batches: Batches, *, k=0, seed=0, progress=False, max_rows=None
 ) -> dict[str, Any]:
     """Test accuracy and cross-entropy of a classifier; the keyword arguments are unused."""
-    model.eval()
     correct, nll = 0, 0.0
-    for x, y in batches:
-        logits = model.logits(x)
-        correct += int((logits.argmax(1) == y).sum())
-        nll += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+    with evaluating(model):
+        for x, y in batches:
+            logits = model.logits(x)
+            correct += int((logits.argmax(1) == y).sum())
+            nll += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
     n = len(batches.data)
     return {"n_images": n, "accuracy": correct / n, "cross_entropy": nll / n}
 

@@ -219,7 +219,8 @@ class ImageLayer(nn.Module):
     """A neural layer on images H(ψ) = φ̂(Tψ + b) (Def 1.3.9).
 
     By default T is a learned convolution operator (Def 1.3.10) with kernel
-    (out_channels, in_channels, s1, s2) and b one bias per output channel. Pass
+    (out_channels, in_channels, s1, s2) (``kernel_size`` 3 and ``stride`` 1 unless given)
+    and b one bias per output channel. Pass
     ``operator`` to use any other image operator (Def 1.3.8), e.g. a pooling; a module
     operator is registered, so its parameters train too. Unlike Def 1.3.8 a convolution
     may change the number of channels, as usual for multi-channel kernels.
@@ -229,9 +230,9 @@ class ImageLayer(nn.Module):
         self,
         in_channels: int | None = None,
         out_channels: int | None = None,
-        kernel_size: int | tuple[int, int] = 3,
+        kernel_size: int | tuple[int, int] | None = None,
         *,
-        stride: int = 1,
+        stride: int | tuple[int, int] | None = None,
         activation: str = "relu",
         alpha: float = 0.01,
         operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -240,22 +241,25 @@ class ImageLayer(nn.Module):
         from vaelab.nn import _activation_with_alpha
 
         super().__init__()
-        self.stride = _pair(stride, "stride")
+        if operator is not None and (in_channels, kernel_size, stride) != (None, None, None):
+            # the operator decides its own windows: these would be silently ignored
+            raise ValueError("in_channels, kernel_size and stride belong to the learned "
+                             "convolution; an operator layer takes none of them")  # fmt: skip
+        if operator is not None and not bias and out_channels is not None:
+            raise ValueError("out_channels of an operator layer counts its biases: "
+                             "with bias=False it takes none")  # fmt: skip
+        self.stride = _pair(1 if stride is None else stride, "stride")
         self.kernel: nn.Parameter | None = None
         self.operator = operator
         if operator is None:
             for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ValueError(f"{name} must be a positive integer, got {value!r}")
-            s1, s2 = _pair(kernel_size, "kernel_size")
+            s1, s2 = _pair(3 if kernel_size is None else kernel_size, "kernel_size")
             self.kernel = nn.Parameter(torch.empty(out_channels, in_channels, s1, s2))
             nn.init.kaiming_uniform_(self.kernel, a=5**0.5)  # the nn.Conv2d default
         elif not callable(operator):
             raise ValueError(f"operator must be callable, got {type(operator).__name__}")
-        elif in_channels is not None or kernel_size != 3 or stride != 1:
-            # the operator decides its own windows: these would be silently ignored
-            raise ValueError("in_channels, kernel_size and stride belong to the learned "
-                             "convolution; an operator layer takes none of them")  # fmt: skip
         if bias:
             if isinstance(out_channels, bool) or not isinstance(out_channels, int):
                 raise ValueError(f"a bias needs out_channels, got {out_channels!r}")

@@ -123,22 +123,24 @@ def _emnist_mapping(labels: Path) -> Path | None:
 
 
 def emnist_classes(mapping: Path, max_label: int) -> list[str]:
-    """Class names 0 … ``max_label`` from an EMNIST mapping file: lines of a label and the
-    character codes it stands for ("10 65" is 'A'; letters: "1 65 97" is 'Aa'). A label the
-    file leaves out (label 0 of letters) keeps its number."""
-    names = [str(i) for i in range(max_label + 1)]
+    """Class names 0 … ``max_label`` (or the mapping's largest label) from an EMNIST mapping
+    file: lines of a label and the character codes it stands for ("10 65" is 'A'; letters:
+    "1 65 97" is 'Aa'). A label the file leaves out (label 0 of letters) keeps its number."""
+    named: dict[int, str] = {}
     try:
         lines = mapping.read_text(encoding="ascii").splitlines()
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             label, *codes = (int(f) for f in line.split())
-            if not codes or not 0 <= label:
+            if not codes or not 0 <= label < 2**16:
                 raise ValueError(f"line {number}: {line!r} is not 'LABEL CODE [CODE]'")
-            if label <= max_label:
-                names[label] = "".join(chr(c) for c in codes)
-    except (UnicodeDecodeError, ValueError) as e:  # also int('x') and chr(-1)
+            named[label] = "".join(chr(c) for c in codes)
+    except (UnicodeDecodeError, ValueError, OverflowError) as e:  # int('x'), chr(-1), chr(1e20)
         raise DataError(f"{mapping}: not an EMNIST mapping file ({e})") from e
+    # every label the mapping knows, so that a split without the last classes has them too
+    top = max(max_label, *named) if named else max_label
+    names = [named.get(i, str(i)) for i in range(top + 1)]
     if len(set(names)) < len(names):
         raise DataError(f"{mapping} gives two labels the same name")
     return names
