@@ -35,10 +35,16 @@ def assert_close_runs(a, b, **tol):
         torch.testing.assert_close(ra["test_loss"], rb["test_loss"], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("extra", [[], ["model.bottleneck=3", "train.lr_decay=0.1"]])
-def test_fused_equals_one_by_one(mnist_cache, tmp_path, extra):
+@pytest.mark.parametrize(
+    "extra, decays",
+    [([], None), (["model.bottleneck=3", "train.lr_decay=0.1"], None),
+     (["model.bottleneck=3"], [0.1, 1.0, 0.5])],  # each member its own schedule
+)  # fmt: skip
+def test_fused_equals_one_by_one(mnist_cache, tmp_path, extra, decays):
     opts = [["train.optimizer=adam", "train.lr=1e-3"], ["train.optimizer=amsgrad", "train.lr=3e-4"],
             ["train.optimizer=sgd", "train.lr=0.01"]]  # fmt: skip
+    if decays:
+        opts = [[*o, f"train.lr_decay={d}"] for o, d in zip(opts, decays, strict=True)]
     common = ["train.epochs=3", *extra]
     outs = [tmp_path / f"fused{i}" for i in range(3)]
     groups.train_many([cfg(*common, *o) for o in opts], outs, cache=mnist_cache, **quiet())
