@@ -1,4 +1,5 @@
-"""The one error type vaelab raises for bad input; the CLI prints it as one line."""
+"""The one error type vaelab raises for bad input (the CLI prints it as one line), and the
+check of counts that input validation everywhere shares."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ class ConfigError(VaelabError):
 
 class CheckpointError(VaelabError):
     """A run folder or checkpoint cannot be trusted or read."""
+
+
+def is_count(value: object, least: int = 1) -> bool:
+    """Whether ``value`` is a whole number ≥ ``least``: an int, but not a bool (True is 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab.data import Batches, atomic_write
-from vaelab.errors import CheckpointError, VaelabError
+from vaelab.errors import CheckpointError, VaelabError, is_count
 from vaelab.runs import finite_or_none, load_run, load_test_batches
 
 
@@ -79,10 +79,8 @@ def default_max_rows(device: str | torch.device) -> int:
 
 def check_samples(k: object, max_rows: object = None) -> None:
     """``k`` importance samples and ``max_rows`` must be whole numbers ≥ 1."""
-    for name, value in (("k", k), ("max_rows", max_rows)):
-        if value is None and name == "max_rows":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    for name, value in (("k", k), ("max_rows", 1 if max_rows is None else max_rows)):
+        if not is_count(value):
             raise VaelabError(f"{name} must be a whole number ≥ 1, not {value!r}")
 
 
@@ -133,6 +131,7 @@ def evaluate_vae(
     reconstruction MSE per pixel and active units (Var_x[μ_j(x)] > 0.01, Burda et al. 2015)
     over ``batches``. ``max_rows``: see :func:`log_likelihood`."""
     check_samples(k, max_rows)
+    max_rows = max_rows or default_max_rows(batches.device)
     n = len(batches.data)
     dims = math.prod(batches.data.image_shape)
     discrete = model.likelihood == "bernoulli" and batches.binarize != "none"
@@ -166,7 +165,7 @@ def evaluate_vae(
         "seed": seed,
         # with the seed, the chunking decides the draws: a record names all it depends on
         "batch_size": batches.batch_size,
-        "max_rows": max_rows or default_max_rows(batches.device),
+        "max_rows": max_rows,
         "device": str(batches.device),
         "elbo": sums["elbo"] / n,
         "nll": nll,

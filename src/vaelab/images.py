@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaelab.errors import is_count
+
 __all__ = [
     "normalize",
     "quantize",
@@ -75,7 +77,7 @@ def make_grid(
     """
     if images.dim() != 4:
         raise ValueError(f"make_grid expects (N, C, H, W), got shape {tuple(images.shape)}")
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+    if not is_count(nrow):
         raise ValueError(f"make_grid needs nrow ≥ 1 images per row, got {nrow!r}")
     u8 = images if images.dtype == torch.uint8 else quantize(images.detach().cpu())
     u8 = u8.cpu()
@@ -121,11 +123,7 @@ __all__ += ["conv2d", "avg_pool", "min_pool", "max_pool", "POOLS", "ImageLayer"]
 def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
     """An int or a pair of positive ints, as (p1, p2)."""
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if (
-        not isinstance(pair, (tuple, list))
-        or len(pair) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)
-    ):
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or any(not is_count(v) for v in pair):
         raise ValueError(f"{what} must be a positive int or a pair of them, got {value!r}")
     return int(pair[0]), int(pair[1])
 
@@ -253,7 +251,7 @@ class ImageLayer(nn.Module):
         self.operator = operator
         if operator is None:
             for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                if not is_count(value):
                     raise ValueError(f"{name} must be a positive integer, got {value!r}")
             s1, s2 = _pair(3 if kernel_size is None else kernel_size, "kernel_size")
             self.kernel = nn.Parameter(torch.empty(out_channels, in_channels, s1, s2))

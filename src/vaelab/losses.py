@@ -20,6 +20,8 @@ from torch.distributions import (
     Normal,
 )
 
+from vaelab.errors import is_count
+
 __all__ = [
     "squared_error",
     "linear_error",
@@ -168,7 +170,7 @@ def empirical_risk(
     k = x.shape[0]
     if k == 0 or y.shape[0] != k:
         raise ValueError(f"data needs k ≥ 1 inputs and as many targets, got {k} and {y.shape[0]}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_count(batch_size):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     total: Tensor | None = None
     for start in range(0, k, batch_size):
@@ -308,7 +310,7 @@ def _check_dist(*dists: Distribution) -> None:
 def _draw(p: Distribution, n_samples: int | None) -> Tensor:
     """n samples x ~ p, reparameterised where p allows (so estimates stay differentiable)."""
     n = MC_SAMPLES if n_samples is None else n_samples
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_count(n):
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
     shape = torch.Size((n,))
     return p.rsample(shape) if p.has_rsample else p.sample(shape)  # (n, *batch, *event)

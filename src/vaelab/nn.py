@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from vaelab.errors import is_count
+
 __all__ = [
     "ACTIVATIONS",
     "activation",
@@ -94,7 +96,7 @@ def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
     if len(ws) < 2:
         raise ValueError(f"widths need an input and an output dimension, got {ws!r}")
     for w in ws:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        if not is_count(w):
             raise ValueError(f"widths must be positive integers, got {ws!r} (offending: {w!r})")
     return ws
 

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from vaelab.data import Batches, atomic_write  # noqa: E402
-from vaelab.errors import VaelabError  # noqa: E402
+from vaelab.errors import VaelabError, is_count  # noqa: E402
 from vaelab.images import make_grid  # noqa: E402
 from vaelab.models import Autoencoder, LatentModel  # noqa: E402
 from vaelab.runs import RunFolder, load_run, load_test_batches  # noqa: E402
@@ -211,7 +211,7 @@ def quantile_codes(n: int) -> torch.Tensor:
     """(n², 2) codes of the manifold grid, row by row: the 2.5 %…97.5 % quantiles of
     N(0, 1), z_1 from low to high along a row and z_2 from high to low down the rows (so
     up in the picture is up in z_2)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+    if not is_count(n, 2):
         raise VaelabError(f"the manifold grid needs n ≥ 2 quantiles per axis, got {n!r}")
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.025, 0.975, n))  # (n,)
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")  # (n, n) each

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vaelab.errors import is_count
 from vaelab.optim import Adam, AMSGrad, regret
 
 __all__ = [
@@ -65,7 +66,7 @@ def reddi_gradients(steps: int, stochastic: bool = False, seed: int = 0, runs: i
     Deterministic copies are identical; stochastic ones draw their own coin flips (seeded).
     """
     for name, value in (("steps", steps), ("runs", runs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_count(value):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if stochastic:
         gen = torch.Generator().manual_seed(seed)
