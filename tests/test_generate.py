@@ -4,18 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab import cli, data, sources, train
-from vaelab.compose import compose_digits, default_holdout
+import vaelab.data.cache as data_cache
+import vaelab.data.dataset as data_dataset
+import vaelab.data.sources as data_sources
+import vaelab.train.loop as train_loop
+from vaelab import cli
 from vaelab.config import load_config
+from vaelab.data.compose import compose_digits, default_holdout
 from vaelab.errors import ConfigError, DataError, VaelabError
-from vaelab.generate import (
-    export,
-    frechet_distance,
-    generation_metrics,
-    load_generator,
-    nearest_distance,
-)
-from vaelab.runs import load_run
+from vaelab.eval.generation import frechet_distance, generation_metrics, nearest_distance
+from vaelab.generate import export, load_generator
+from vaelab.runs.load import load_run
 
 
 def test_compose_places_the_labelled_digits(mnist_small):
@@ -30,11 +29,11 @@ def test_compose_places_the_labelled_digits(mnist_small):
             assert len(match) and int(source.labels[match[0]]) == int(digit)
     # digits are found by class name: the same images under classes listed "9" … "0"
     # (label k is now the digit 9 − k) still put digit d where the number says d
-    flipped = data.ImageDataset(source.images, 9 - source.labels, [str(9 - d) for d in range(10)],
+    flipped = data_dataset.ImageDataset(source.images, 9 - source.labels, [str(9 - d) for d in range(10)],
                                 "flipped")  # fmt: skip
     again = compose_digits(flipped, 3, 50, seed=4, scale=(1.0, 1.0), jitter=0.0)
     assert torch.equal(again.images, comp.images) and torch.equal(again.labels, comp.labels)
-    letters = data.ImageDataset(source.images, source.labels, list("abcdefghij"), "letters")
+    letters = data_dataset.ImageDataset(source.images, source.labels, list("abcdefghij"), "letters")
     with pytest.raises(DataError, match="has no class '0', '1'"):
         compose_digits(letters, 2, 10, seed=0)
 
@@ -56,11 +55,11 @@ def test_compose_is_deterministic_and_holds_out(mnist_small):
 
 
 def test_compose_a_tiny_set_still_has_a_test_split(mnist_cache, tmp_path):
-    from vaelab.compose import compose_dataset
+    from vaelab.data.compose import compose_dataset
 
     _cache_with_mnist(mnist_cache, tmp_path)
     compose_dataset("tiny2", digits=2, n=5, cache=tmp_path)  # 5 // 6 test images was 0
-    assert len(data.load_dataset("tiny2", "test", tmp_path)) == 1
+    assert len(data_cache.load_dataset("tiny2", "test", tmp_path)) == 1
 
 
 def _cache_with_mnist(mnist_cache, folder):
@@ -77,11 +76,11 @@ def test_compose_dataset_cli(mnist_cache, tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "600 images of 1x28x56" in out and "holdout: ['42', '07']" in out
-    train_split = data.load_dataset("mnist2", "train", cache)
+    train_split = data_cache.load_dataset("mnist2", "train", cache)
     assert not {"42", "07"} & {train_split.classes[k] for k in train_split.labels}
     # the test split draws from every number, held-out ones included: what they are for
     # (1,000 draws of 100 numbers miss one of two with probability 2·0.99¹⁰⁰⁰ ≈ 9e-5)
-    test_split = data.load_dataset("mnist2", "test", cache)
+    test_split = data_cache.load_dataset("mnist2", "test", cache)
     assert {"42", "07"} <= {test_split.classes[k] for k in test_split.labels}
     # a data set is never replaced by accident, and the source never
     before = (cache / "datasets" / "mnist2.npz").read_bytes()
@@ -96,11 +95,11 @@ def test_compose_dataset_cli(mnist_cache, tmp_path, capsys):
         )
         == 0
     )
-    assert data._load_meta("mnist2", cache)["extra"]["holdout"] == ["11"]
+    assert data_cache._load_meta("mnist2", cache)["extra"]["holdout"] == ["11"]
 
 
 def test_classifier_train_keeps_set_unless_an_option_is_given(mnist_cache, tmp_path):
-    from vaelab.runs import RunFolder
+    from vaelab.runs.folder import RunFolder
 
     tiny = ["--set", "data.limit=200", "--set", "data.test_limit=100", "--cache", str(mnist_cache),
             "--no-progress"]  # fmt: skip
@@ -159,7 +158,7 @@ def cvae(mnist_cache, tmp_path_factory):
                              "model.bottleneck=8", "data.limit=6000", "data.test_limit=500",
                              "data.binarize=dynamic", "train.epochs=4", "train.batch_size=100",
                              "train.lr=1e-3"])  # fmt: skip
-    return train.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
+    return train_loop.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
 
 
 def test_cvae_generates_the_requested_digits(cvae, classifier, mnist_cache):
@@ -175,7 +174,7 @@ def brightness_classifier(classes):
     tile's brightness: dark -> classes[0], mid -> classes[1], bright -> classes[2]."""
     from torch import nn
 
-    from vaelab.models import Classifier
+    from vaelab.models.classifier import Classifier
 
     head = nn.Linear(1, 3)
     with torch.no_grad():
@@ -193,7 +192,7 @@ def test_judge_metrics_against_torch_distributions():
     classifier against direct formulas."""
     from torch import distributions as D
 
-    from vaelab.generate import judge
+    from vaelab.eval.generation import judge
 
     clf = brightness_classifier(["0", "1", "2"])
     g = torch.Generator().manual_seed(0)
@@ -220,7 +219,7 @@ def test_judge_metrics_against_torch_distributions():
 def test_judge_names_of_different_lengths():
     """Class names that are not digit strings ("cat" read as "bird"): label accuracy, and no
     digit accuracy, which has no digits to compare (it was a zip error)."""
-    from vaelab.generate import judge
+    from vaelab.eval.generation import judge
 
     clf = brightness_classifier(["cat", "dog", "bird"])
     images = torch.tensor([0, 255, 255, 0], dtype=torch.uint8)[:, None, None, None]
@@ -247,7 +246,7 @@ def test_generate_and_import_npz_cli(cvae, tmp_path, mnist_cache, capsys):
     cache = tmp_path / "cache"
     argv = ["data", "import-npz", str(tmp_path / "cli" / "generated.npz"), "--name", "g", "--cache", str(cache)]  # fmt: skip
     assert cli.main(argv) == 0
-    back = data.load_dataset("g", "train", cache)
+    back = data_cache.load_dataset("g", "train", cache)
     assert np.array_equal(back.images.permute(0, 2, 3, 1).numpy(), images)
     assert [back.classes[k] for k in back.labels] == ["1", "1", "5", "5"]
     assert back.labels.tolist() == labels.tolist()
@@ -325,28 +324,28 @@ def test_export_import_round_trip(cvae, tmp_path, mnist_cache, fmt):
     out = export(model, tmp_path / "gen", per_label=3, labels=["1", "5"], fmt=fmt, seed=0)
     cache = tmp_path / "cache"
     if fmt == "png":
-        sources.import_folder("g", out, (28, 28), 1, cache, test_fraction=0)
+        data_sources.import_folder("g", out, (28, 28), 1, cache, test_fraction=0)
     elif fmt == "npz":
-        sources.import_npz("g", out / "generated.npz", cache=cache)
+        data_sources.import_npz("g", out / "generated.npz", cache=cache)
     else:
-        sources.import_idx(
+        data_sources.import_idx(
             "g", out / "images-idx3-ubyte.gz", out / "labels-idx1-ubyte.gz", cache=cache
         )
-    back = data.load_dataset("g", "train", cache)
+    back = data_cache.load_dataset("g", "train", cache)
     assert back.images.shape == (6, 1, 28, 28)
     names = [back.classes[k] for k in back.labels]
     assert names == ["1", "1", "1", "5", "5", "5"]  # idx: from classes.txt
     if fmt == "idx":
         idx = (out / "images-idx3-ubyte.gz", out / "labels-idx1-ubyte.gz")
         (out / "classes.txt").write_text("one\x0cthing\n5\n")  # only \n ends a name
-        sources.import_idx("f", *idx, cache=cache)
-        assert data.load_dataset("f", "train", cache).classes == ["one\x0cthing", "5"]
+        data_sources.import_idx("f", *idx, cache=cache)
+        assert data_cache.load_dataset("f", "train", cache).classes == ["one\x0cthing", "5"]
         (out / "classes.txt").write_bytes(b"1\r\n5\r\n")  # written on Windows
-        sources.import_idx("w", *idx, cache=cache)
-        assert data.load_dataset("w", "train", cache).classes == ["1", "5"]
+        data_sources.import_idx("w", *idx, cache=cache)
+        assert data_cache.load_dataset("w", "train", cache).classes == ["1", "5"]
         (out / "classes.txt").write_text("1\n")
         with pytest.raises(DataError, match="names 1 classes, but .* has label 1"):
-            sources.import_idx("h", *idx, cache=cache)
+            data_sources.import_idx("h", *idx, cache=cache)
 
 
 def test_frechet_and_nearest_distance_references():

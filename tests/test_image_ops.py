@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from vaelab.images import ImageLayer, avg_pool, conv2d, max_pool, min_pool
+from vaelab.thesis.images import ImageLayer, avg_pool, conv2d, max_pool, min_pool
 
 
 def _conv_reference(x: torch.Tensor, k: torch.Tensor, stride: int) -> torch.Tensor:

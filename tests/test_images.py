@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.images import flatten, make_grid, normalize, quantize, save_png, unflatten
+from vaelab.thesis.images import flatten, make_grid, normalize, quantize, save_png, unflatten
 
 
 def test_quantize_inverts_normalize_for_every_pixel_value():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import distributions as D
 
-from vaelab.losses import (
+from vaelab.thesis.losses import (
     LOSS_TAKES_LOGITS,
     LOSSES,
     bce,
@@ -25,7 +25,7 @@ from vaelab.losses import (
     mse_mean,
     squared_error,
 )
-from vaelab.nn import MLP
+from vaelab.thesis.nn import MLP
 
 SHAPES = [(5,), (5, 3), (5, 1, 4, 4), (2, 3, 5, 7)]
 
@@ -271,7 +271,7 @@ def test_kl_normal_std_matches_torch():
 def test_normal_log_prob_matches_torch():
     from torch.distributions import Independent, Normal
 
-    from vaelab.losses import normal_log_prob
+    from vaelab.thesis.losses import normal_log_prob
 
     g = torch.Generator().manual_seed(0)
     z, mu, logvar = (torch.randn(4, 3, 5, generator=g, dtype=torch.float64) for _ in range(3))
@@ -285,7 +285,7 @@ def test_normal_log_prob_matches_torch():
 
 
 def test_continuous_bernoulli_nan_logits_give_nan_not_an_exception():
-    from vaelab.losses import LIKELIHOODS
+    from vaelab.models.likelihoods import LIKELIHOODS
 
     log_prob, mean = LIKELIHOODS["continuous_bernoulli"]
     logits = torch.full((2, 1, 3, 3), float("nan"))
@@ -298,7 +298,7 @@ def test_continuous_bernoulli_is_exact_where_the_logits_saturate():
     away for |ℓ| ≤ 30): log-density, its gradient and the mean, from ℓ = 0 (the series)
     through the series' edge at 0.1 to the saturated logits of a CB-VAE's background
     pixels, where a float32 ContinuousBernoulli is 0.6 nats off and has no gradient."""
-    from vaelab.losses import LIKELIHOODS
+    from vaelab.models.likelihoods import LIKELIHOODS
 
     log_prob, mean = LIKELIHOODS["continuous_bernoulli"]
     ell = torch.tensor([-30, -17, -5, -0.5, -0.1001, -0.0999, -0.05, -1e-4, 0.0, 1e-4, 0.05,

@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab.build import build_model
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
-from vaelab.losses import bce, mse
-from vaelab.models import Autoencoder
+from vaelab.models.ae import Autoencoder
+from vaelab.models.registry import build_model
+from vaelab.thesis.losses import bce, mse
 
 
 def cfg(**kw):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab.nn import (
+from vaelab.thesis.nn import (
     ACTIVATIONS,
     MLP,
     Composite,

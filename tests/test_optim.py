@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
-from vaelab.nn import MLP
-from vaelab.optim import (
+import vaelab.files as files
+import vaelab.runs.folder as runs_folder
+from vaelab.thesis.nn import MLP
+from vaelab.thesis.optim import (
     GD,
     OPTIMIZERS,
     SGD,
@@ -268,7 +270,6 @@ def test_bounds_clamp_to_the_box(cls):
 def test_state_dict_round_trip_is_bitwise(make, tmp_path):
     """Through the checkpoint's own format: safetensors plus JSON (which turns tuples into
     lists), never pickle."""
-    from vaelab import runs
 
     net, x, y = _problem()
     straight = copy.deepcopy(net)
@@ -277,13 +278,13 @@ def test_state_dict_round_trip_is_bitwise(make, tmp_path):
     for t in range(5):
         _step(net, opt, x, y, t)
         _step(straight, opt_straight, x, y, t)
-    runs.write_tensors(tmp_path / "model.safetensors", net.state_dict())
-    runs.write_tensors(tmp_path / "optim.safetensors", *runs.optimizer_to_tensors(opt))
+    files.write_tensors(tmp_path / "model.safetensors", net.state_dict())
+    files.write_tensors(tmp_path / "optim.safetensors", *runs_folder.optimizer_to_tensors(opt))
     resumed = copy.deepcopy(_problem()[0])
-    resumed.load_state_dict(runs.read_tensors(tmp_path / "model.safetensors")[0])
+    resumed.load_state_dict(files.read_tensors(tmp_path / "model.safetensors")[0])
     opt_resumed = make(resumed.parameters())
-    tensors, meta, _ = runs.read_tensors(tmp_path / "optim.safetensors")
-    runs.optimizer_from_tensors(opt_resumed, tensors, meta)
+    tensors, meta, _ = files.read_tensors(tmp_path / "optim.safetensors")
+    runs_folder.optimizer_from_tensors(opt_resumed, tensors, meta)
     for t in range(5, 10):
         _step(resumed, opt_resumed, x, y, t)
         _step(straight, opt_straight, x, y, t)

@@ -5,14 +5,18 @@ import json
 import pytest
 import torch
 
-from vaelab import cli, data, plots, train
+import vaelab.data.cache as data_cache
+import vaelab.data.dataset as data_dataset
+import vaelab.train.loop as train_loop
+import vaelab.viz.figures as viz_figures
+from vaelab import cli
 from vaelab.config import load_config
 
 
 def test_save_writes_a_png_under_exactly_the_name_given(tmp_path):
-    fig, ax = plots.plt.subplots()
+    fig, ax = viz_figures.plt.subplots()
     ax.plot([0, 1], [1, 0])
-    out = plots._save(fig, tmp_path / "figure")  # no suffix: matplotlib would append .png
+    out = viz_figures._save(fig, tmp_path / "figure")  # no suffix: matplotlib would append .png
     assert out == tmp_path / "figure" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["figure"]
 
@@ -24,8 +28,8 @@ def test_loss_figure_uses_a_log_scale_only_for_positive_losses(
     records = [{"epoch": i + 1, "train_loss": v, "test_loss": v} for i, v in enumerate(losses)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or out)
-    plots.loss_figure([("run", tmp_path)], tmp_path / "loss.png")
+    monkeypatch.setattr(viz_figures, "_save", lambda fig, out: figures.append(fig) or out)
+    viz_figures.loss_figure([("run", tmp_path)], tmp_path / "loss.png")
     assert figures[0].axes[0].get_yscale() == scale
 
 
@@ -34,7 +38,7 @@ def ae_run(mnist_cache, tmp_path_factory):
     cfg = load_config(None, ["model.widths=[32]", "data.limit=200", "data.test_limit=50",
                              "train.epochs=1", "train.batch_size=100"])  # fmt: skip
     out = tmp_path_factory.mktemp("ae") / "run"
-    return train.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
+    return train_loop.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
 
 
 @pytest.mark.parametrize(
@@ -45,11 +49,11 @@ def ae_run(mnist_cache, tmp_path_factory):
 def test_reconstructions_of_a_small_test_split(ae_run, mnist_small, tmp_path, labels):
     _, test = mnist_small
     n = 5 if labels is None else len(labels)
-    small = data.ImageDataset(
+    small = data_dataset.ImageDataset(
         test.images[:n], labels, [str(i) for i in range(5)] if labels is not None else []
     )
     cache = tmp_path / "cache"
-    data.save_dataset("mnist", {"train": small, "test": small}, cache)
+    data_cache.save_dataset("mnist", {"train": small, "test": small}, cache)
     out = tmp_path / "recon.png"
     argv = ["plot", str(ae_run), "recon", "--out", str(out), "--cache", str(cache)]
     assert cli.main(argv) == 0
@@ -63,7 +67,7 @@ def test_class_colours_are_distinct_and_centred_on_their_ticks(n):
     import numpy as np
     from matplotlib.colors import Normalize
 
-    kw = plots.class_colours(n)
+    kw = viz_figures.class_colours(n)
     cmap, norm = kw["cmap"], Normalize(kw["vmin"], kw["vmax"])
     assert cmap.N == n
     colours = [cmap(norm(k)) for k in range(n)]
@@ -71,4 +75,6 @@ def test_class_colours_are_distinct_and_centred_on_their_ticks(n):
     width = (kw["vmax"] - kw["vmin"]) / cmap.N
     centres = kw["vmin"] + (np.arange(n) + 0.5) * width
     np.testing.assert_allclose(centres, np.arange(n))
-    assert plots.class_colours(1) == {} and plots.class_colours(30) == {"cmap": "viridis"}
+    assert viz_figures.class_colours(1) == {} and viz_figures.class_colours(30) == {
+        "cmap": "viridis"
+    }

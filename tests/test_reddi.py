@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vaelab.reddi import PERIOD, reddi_gradients, run_demo, run_online
+from vaelab.thesis.reddi import PERIOD, reddi_gradients, run_demo, run_online
 
 T = 60 * PERIOD * 10  # 60 600 steps; T mod 101 = 0, so x_{T+1} is at the top of a period
 ALPHA = 3.0

@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab import cli, commands, groups, runs, train
+import vaelab.cli.train as cli_train
+import vaelab.files as files
+import vaelab.runs.folder as runs_folder
+import vaelab.runs.load as runs_load
+import vaelab.train.groups as train_groups
+import vaelab.train.loop as train_loop
+import vaelab.train.setup as train_setup
+import vaelab.train.step as train_step
+from vaelab import cli
 from vaelab.config import load_config
-from vaelab.data import ImageDataset
+from vaelab.data.dataset import ImageDataset
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
-from vaelab.optim import Adam
+from vaelab.thesis.optim import Adam
 
 TINY = ["data.limit=1000", "data.test_limit=200", "model.widths=[64,32]", "train.batch_size=100"]
 VAE = ["model.kind=vae", "data.binarize=dynamic", "model.activation=tanh"]
@@ -28,11 +36,11 @@ def tiny(*extra):
 
 
 def quiet(cfg, out=None, **kw):
-    return train.train(cfg, out, progress=False, log=lambda s: None, **kw)
+    return train_loop.train(cfg, out, progress=False, log=lambda s: None, **kw)
 
 
 def weights(run_dir):
-    return runs.read_tensors(run_dir / "model.safetensors")[0]
+    return files.read_tensors(run_dir / "model.safetensors")[0]
 
 
 def assert_same_weights(a, b):
@@ -67,16 +75,16 @@ def test_cli_train_loss_falls(mnist_cache, tmp_path, capsys):
 
 @pytest.mark.parametrize("optimizer", ["adam", "amsgrad"])
 def test_resume_is_bitwise(mnist_cache, tmp_path, optimizer):
-    straight = train.train(tiny("train.epochs=4", f"train.optimizer={optimizer}"),
+    straight = train_loop.train(tiny("train.epochs=4", f"train.optimizer={optimizer}"),
                            tmp_path / "a", cache=mnist_cache, progress=False, log=lambda s: None)  # fmt: skip
-    half = train.train(tiny("train.epochs=2", f"train.optimizer={optimizer}"),
+    half = train_loop.train(tiny("train.epochs=2", f"train.optimizer={optimizer}"),
                        tmp_path / "b", cache=mnist_cache, progress=False, log=lambda s: None)  # fmt: skip
     cli.main(["train", "--resume", str(half), "--set", "train.epochs=4", "--cache",
               str(mnist_cache), "--no-progress"])  # fmt: skip
     a, b = weights(straight), weights(half)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    la = runs.RunFolder(straight).read_metrics()
-    lb = runs.RunFolder(half).read_metrics()
+    la = runs_folder.RunFolder(straight).read_metrics()
+    lb = runs_folder.RunFolder(half).read_metrics()
     assert [m["train_loss"] for m in la] == [m["train_loss"] for m in lb]
 
 
@@ -101,15 +109,18 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
-    with pytest.raises(train.TrainingInterrupted, match="--resume"):
+    with pytest.raises(train_loop.TrainingInterrupted, match="--resume"):
         quiet(tiny(*extra), tmp_path / "b", cache=mnist_cache)
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
-    state = runs.RunFolder(tmp_path / "b").read_state()
+    state = runs_folder.RunFolder(tmp_path / "b").read_state()
     assert (state["epoch"], state["batch"], state["step"]) == (1, 3, 13)  # the step finished
     monkeypatch.setattr(Adam, "step", real_step)
     quiet(tiny(*extra), resume=tmp_path / "b", cache=mnist_cache)
     assert_same_weights(straight, tmp_path / "b")
-    a, b = runs.RunFolder(straight).read_metrics(), runs.RunFolder(tmp_path / "b").read_metrics()
+    a, b = (
+        runs_folder.RunFolder(straight).read_metrics(),
+        runs_folder.RunFolder(tmp_path / "b").read_metrics(),
+    )
     assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
 
 
@@ -128,34 +139,36 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
-    with pytest.raises(train.TrainingInterrupted, match="epoch 2, step 10"):
+    with pytest.raises(train_loop.TrainingInterrupted, match="epoch 2, step 10"):
         quiet(tiny("train.epochs=2"), tmp_path / "b", cache=mnist_cache)
-    state = runs.RunFolder(tmp_path / "b").read_state()
+    state = runs_folder.RunFolder(tmp_path / "b").read_state()
     assert (state["epoch"], state["batch"], state["step"]) == (1, 0, 10)
-    assert [m["epoch"] for m in runs.RunFolder(tmp_path / "b").read_metrics()] == [1]
+    assert [m["epoch"] for m in runs_folder.RunFolder(tmp_path / "b").read_metrics()] == [1]
     monkeypatch.setattr(Adam, "step", real_step)
     logged = []
-    train.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache,
+    train_loop.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache,
                 progress=False, log=logged.append)  # fmt: skip
     assert_same_weights(straight_ae, tmp_path / "b")
     # a checkpoint at an epoch's end but before its end-of-epoch work (batch = 10 of 10)
     path = tmp_path / "b" / "state.json"
     old = json.loads(path.read_text())
-    first = runs.RunFolder(tmp_path / "b").read_metrics()[0]
+    first = runs_folder.RunFolder(tmp_path / "b").read_metrics()[0]
     old.update(epoch=0, batch=10, train_sum=first["train_loss"] * 1000, stopped=False)
     path.write_text(json.dumps(old))
     logged.clear()
-    train.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache,
+    train_loop.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache,
                 progress=False, log=logged.append)  # fmt: skip
     epochs = [line for line in logged if line.startswith("epoch")]
     assert epochs[0].startswith("epoch    1/2") and "eta ?" in epochs[0], logged
-    assert [m["epoch"] for m in runs.RunFolder(tmp_path / "b").read_metrics()] == [1, 2]
+    assert [m["epoch"] for m in runs_folder.RunFolder(tmp_path / "b").read_metrics()] == [1, 2]
     # in the last batch of the last epoch: the run ends, and says it is finished
     steps["n"] = 0
     monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
-    with pytest.raises(train.TrainingInterrupted, match="as training ended .*the run is finished"):
+    with pytest.raises(
+        train_loop.TrainingInterrupted, match="as training ended .*the run is finished"
+    ):
         quiet(tiny("train.epochs=1"), tmp_path / "c", cache=mnist_cache)
-    assert runs.RunFolder(tmp_path / "c").read_state()["epoch"] == 1
+    assert runs_folder.RunFolder(tmp_path / "c").read_state()["epoch"] == 1
 
 
 @contextlib.contextmanager
@@ -182,19 +195,19 @@ def test_a_folder_in_training_is_refused_to_a_second_process(mnist_cache, tmp_pa
     run = quiet(tiny("train.epochs=1"), tmp_path / "r", cache=mnist_cache)
 
     def files():
-        return {f.name: f.read_bytes() for f in run.iterdir() if f.name != runs.LOCK}
+        return {f.name: f.read_bytes() for f in run.iterdir() if f.name != runs_folder.LOCK}
 
     before = files()
     argv = ["train", "--resume", str(run), "--set", "train.epochs=2", "--no-progress",
             "--cache", str(mnist_cache)]  # fmt: skip
-    with held_elsewhere(run / runs.LOCK, b"4242"):
+    with held_elsewhere(run / runs_folder.LOCK, b"4242"):
         assert cli.main(argv) == 1
         err = capsys.readouterr().err
         assert "in use by another vaelab process (pid 4242)" in err and "Traceback" not in err
         assert files() == before
     assert cli.main(argv) == 0
-    assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1, 2]
-    assert (run / runs.LOCK).read_text().startswith(f"{os.getpid()} on ")
+    assert [m["epoch"] for m in runs_folder.RunFolder(run).read_metrics()] == [1, 2]
+    assert (run / runs_folder.LOCK).read_text().startswith(f"{os.getpid()} on ")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
@@ -207,19 +220,19 @@ def test_a_new_run_into_a_held_folder_is_refused(mnist_cache, tmp_path, capsys):
     config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
     argv = ["train", config, "--out", str(out), "--no-progress", "--cache", str(mnist_cache)]
     argv += [a for t in TINY + ["train.epochs=1"] for a in ("--set", t)]
-    with held_elsewhere(out / runs.LOCK, b"77 on elsewhere"):
+    with held_elsewhere(out / runs_folder.LOCK, b"77 on elsewhere"):
         assert cli.main(argv) == 1
         assert "in use by another vaelab process (pid 77 on elsewhere)" in capsys.readouterr().err
-        assert [f.name for f in out.iterdir()] == [runs.LOCK]
+        assert [f.name for f in out.iterdir()] == [runs_folder.LOCK]
     with pytest.raises(VaelabError):  # refused after the folder was taken: no trace left
         quiet(tiny("data.name=nosuch"), tmp_path / "new" / "r", cache=mnist_cache)
     assert not (tmp_path / "new").exists()
     run = quiet(tiny("train.epochs=1"), tmp_path / "done", cache=mnist_cache)
-    (run / runs.LOCK).unlink()
-    runs.RunFolder(run).read_state()
-    assert not (run / runs.LOCK).exists()
+    (run / runs_folder.LOCK).unlink()
+    runs_folder.RunFolder(run).read_state()
+    assert not (run / runs_folder.LOCK).exists()
     with pytest.raises(ConfigError, match="a folder each"):
-        train.train_runs([tiny(), tiny()], [run, tmp_path / "done" / "."], True, mnist_cache,
+        train_loop.train_runs([tiny(), tiny()], [run, tmp_path / "done" / "."], True, mnist_cache,
                          False, lambda s: None, True)  # fmt: skip
 
 
@@ -227,13 +240,13 @@ def test_an_unwritable_run_folder_is_one_line(tmp_path, monkeypatch):
     real_open = os.open
 
     def refused(path, *args, **kwargs):
-        if str(path).endswith(runs.LOCK):
+        if str(path).endswith(runs_folder.LOCK):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refused)
     with pytest.raises(CheckpointError, match="cannot write in run folder .*Permission denied"):
-        with runs.RunFolder(tmp_path / "r").held():
+        with runs_folder.RunFolder(tmp_path / "r").held():
             pass
 
 
@@ -243,19 +256,19 @@ def test_the_test_split_must_hold_other_images(mnist_cache):
     with pytest.raises(
         ConfigError, match=r"share 10,000 images \('mnist' 'train' rows 50,000-60,000\)"
     ):
-        train.load_splits(load_config(None, ["data.test_split=valid"]), mnist_cache)
+        train_setup.load_splits(load_config(None, ["data.test_split=valid"]), mnist_cache)
     with pytest.raises(ConfigError, match="share 1,000 images"):
-        train.load_splits(load_config(None, ["data.split=valid", "data.test_split=train",
+        train_setup.load_splits(load_config(None, ["data.split=valid", "data.test_split=train",
                                              "data.test_limit=51000"]), mnist_cache)  # fmt: skip
     for ok in (["data.split=train50k", "data.test_split=valid"],
                ["data.limit=50000", "data.test_split=valid"]):  # fmt: skip
-        tr, te = train.load_splits(load_config(None, ok), mnist_cache)
+        tr, te = train_setup.load_splits(load_config(None, ok), mnist_cache)
         assert len(tr) == 50_000 and len(te) == 10_000
 
 
 def test_second_ctrl_c_interrupts_at_once():
     before = signal.getsignal(signal.SIGINT)
-    with train.deferred_interrupts() as interrupted:
+    with train_loop.deferred_interrupts() as interrupted:
         assert signal.getsignal(signal.SIGINT) is not before
         assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT)
         assert not interrupted()
@@ -270,7 +283,7 @@ def test_second_ctrl_c_interrupts_at_once():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_rng_is_forked_and_checkpointed(mnist_cache, tmp_path):
-    from vaelab.evaluate import seeded
+    from vaelab.device import seeded
 
     device = torch.device("cuda")
     torch.cuda.manual_seed(1)
@@ -283,14 +296,14 @@ def test_cuda_rng_is_forked_and_checkpointed(mnist_cache, tmp_path):
     run = quiet(
         tiny("train.epochs=1", "train.device=cuda", *VAE), tmp_path / "r", cache=mnist_cache
     )
-    rng = runs.RunFolder(run).read_state()["rng"]
+    rng = runs_folder.RunFolder(run).read_state()["rng"]
     assert rng["device"] == "cuda" and "cuda" in rng
 
 
 def test_mps_rng_is_seeded_and_given_back(monkeypatch):
     """On mps (absent here: its three RNG functions are stand-ins) the device's generator is
     seeded inside the block and its state comes back afterwards, also after an error."""
-    from vaelab.evaluate import seeded
+    from vaelab.device import seeded
 
     calls = []
     monkeypatch.setattr(torch.mps, "get_rng_state", lambda: "state before")
@@ -314,7 +327,7 @@ class Crash(Exception):
 def test_checkpoint_cut_before_state_json_resumes_from_the_previous(
     mnist_cache, tmp_path, monkeypatch, straight_ae
 ):
-    real, writes = runs.atomic_write, []
+    real, writes = files.atomic_write, []
 
     def cut(path, write):
         if path.name == "state.json":
@@ -323,19 +336,22 @@ def test_checkpoint_cut_before_state_json_resumes_from_the_previous(
                 raise Crash
         return real(path, write)
 
-    monkeypatch.setattr(runs, "atomic_write", cut)
+    monkeypatch.setattr(runs_folder, "atomic_write", cut)
     run = tmp_path / "r"
     with pytest.raises(Crash):
         quiet(tiny("train.epochs=2"), run, cache=mnist_cache)
-    monkeypatch.setattr(runs, "atomic_write", real)
+    monkeypatch.setattr(runs_folder, "atomic_write", real)
     assert (run / "model.safetensors.next").exists()  # epoch 2's weights, not described
-    assert runs.RunFolder(run, writer=False).read_state()["epoch"] == 1
-    runs.load_run(run)  # epoch 1's files load
-    assert len(runs.RunFolder(run).read_metrics()) == 2  # epoch 2 was logged before the cut
+    assert runs_folder.RunFolder(run, writer=False).read_state()["epoch"] == 1
+    runs_load.load_run(run)  # epoch 1's files load
+    assert len(runs_folder.RunFolder(run).read_metrics()) == 2  # epoch 2 was logged before the cut
     quiet(tiny("train.epochs=2"), resume=run, cache=mnist_cache)
     assert not list(run.glob("*.next"))
     assert_same_weights(straight_ae, run)
-    a, b = runs.RunFolder(straight_ae).read_metrics(), runs.RunFolder(run).read_metrics()
+    a, b = (
+        runs_folder.RunFolder(straight_ae).read_metrics(),
+        runs_folder.RunFolder(run).read_metrics(),
+    )
     assert [m["epoch"] for m in b] == [1, 2]  # epoch 2 logged once, after the resume
     assert [m["train_loss"] for m in a] == [m["train_loss"] for m in b]
 
@@ -343,7 +359,7 @@ def test_checkpoint_cut_before_state_json_resumes_from_the_previous(
 def test_checkpoint_cut_before_the_renames_rolls_forward(
     mnist_cache, tmp_path, monkeypatch, straight_ae
 ):
-    real, commits = runs.RunFolder._commit, []
+    real, commits = runs_folder.RunFolder._commit, []
 
     def cut(self, names):
         commits.append(names)
@@ -351,15 +367,15 @@ def test_checkpoint_cut_before_the_renames_rolls_forward(
             raise Crash
         return real(self, names)
 
-    monkeypatch.setattr(runs.RunFolder, "_commit", cut)
+    monkeypatch.setattr(runs_folder.RunFolder, "_commit", cut)
     run = tmp_path / "r"
     with pytest.raises(Crash):
         quiet(tiny("train.epochs=2"), run, cache=mnist_cache)
-    monkeypatch.setattr(runs.RunFolder, "_commit", real)
-    assert runs.RunFolder(run, writer=False).read_state()["epoch"] == 2
+    monkeypatch.setattr(runs_folder.RunFolder, "_commit", real)
+    assert runs_folder.RunFolder(run, writer=False).read_state()["epoch"] == 2
     saved, in_place = weights(straight_ae), weights(run)
     assert any(not torch.equal(saved[k], in_place[k]) for k in saved)  # still epoch 1's
-    _, model = runs.load_run(run)  # a reader finds epoch 2's files under their pending names
+    _, model = runs_load.load_run(run)  # a reader finds epoch 2's files under their pending names
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     assert (run / "model.safetensors.next").exists()  # a reader moves nothing
     quiet(tiny("train.epochs=2"), resume=run, cache=mnist_cache)  # the writer rolls forward
@@ -368,7 +384,7 @@ def test_checkpoint_cut_before_the_renames_rolls_forward(
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(mnist_cache, tmp_path, monkeypatch):
-    from vaelab.models import Autoencoder
+    from vaelab.models.ae import Autoencoder
 
     real = Autoencoder.objective
     steps = {"n": 0}
@@ -381,18 +397,21 @@ def test_nan_stops_and_keeps_last_good_checkpoint(mnist_cache, tmp_path, monkeyp
     monkeypatch.setattr(Autoencoder, "objective", poisoned)
     # calls 1-10 train epoch 1, call 11 is its test loss, so call 15 is step 14; the loss
     # is read back every 10 steps (no host sync per step), so the NaN shows at step 20
-    with pytest.raises(train.TrainingDiverged, match=r"epoch 2 \(within steps 11-20\).*epoch 1"):
-        train.train(tiny("train.epochs=3"), tmp_path / "r", cache=mnist_cache, progress=False,
+    with pytest.raises(
+        train_loop.TrainingDiverged, match=r"epoch 2 \(within steps 11-20\).*epoch 1"
+    ):
+        train_loop.train(tiny("train.epochs=3"), tmp_path / "r", cache=mnist_cache, progress=False,
                     log=lambda s: None)  # fmt: skip
-    assert runs.RunFolder(tmp_path / "r").read_state()["epoch"] == 1
-    cfg, model = runs.load_run(tmp_path / "r")  # the kept checkpoint loads
+    assert runs_folder.RunFolder(tmp_path / "r").read_state()["epoch"] == 1
+    cfg, model = runs_load.load_run(tmp_path / "r")  # the kept checkpoint loads
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_nan_test_loss_stops_and_says_no_checkpoint_yet(mnist_cache, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "mean_objective", lambda *a, **kw: float("nan"))
+    monkeypatch.setattr(train_loop, "mean_terms", lambda *a, **kw: {"loss": float("nan")})
     with pytest.raises(
-        train.TrainingDiverged, match="test loss is nan after epoch 1.*no checkpoint was written"
+        train_loop.TrainingDiverged,
+        match="test loss is nan after epoch 1.*no checkpoint was written",
     ):
         quiet(tiny("train.epochs=2"), tmp_path / "r", cache=mnist_cache)
     assert not (tmp_path / "r" / "state.json").exists()
@@ -412,12 +431,12 @@ def test_test_labels_must_be_training_classes():
     digits = [str(i) for i in range(10)]
     train_set = ImageDataset(images, torch.tensor([0, 1, 2, 1]), digits[:3], "t")
     ok = ImageDataset(images, torch.tensor([0, 2, 2, 1]), digits[:3], "t")
-    assert train._classes(cfg, train_set, ok) == ["0", "1", "2"]
+    assert train_setup._classes(cfg, train_set, ok) == ["0", "1", "2"]
     beyond = ImageDataset(images, torch.tensor([0, 1, 7, 1]), digits, "t")
     with pytest.raises(DataError, match="label 7.*3 classes"):
-        train._classes(cfg, train_set, beyond)
+        train_setup._classes(cfg, train_set, beyond)
     with pytest.raises(DataError, match="needs labels"):
-        train._classes(cfg, train_set, ImageDataset(images, None, [], "t"))
+        train_setup._classes(cfg, train_set, ImageDataset(images, None, [], "t"))
 
 
 def test_a_new_run_starts_a_fresh_metrics_file(mnist_cache, tmp_path):
@@ -425,11 +444,11 @@ def test_a_new_run_starts_a_fresh_metrics_file(mnist_cache, tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"epoch": 7, "train_loss": 1.0}\nnot json\n')
     quiet(tiny("train.epochs=1"), run, cache=mnist_cache)
-    assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1]
+    assert [m["epoch"] for m in runs_folder.RunFolder(run).read_metrics()] == [1]
 
 
 def test_resume_drops_a_metrics_line_cut_off_by_a_kill(tmp_path):
-    run = runs.RunFolder(tmp_path)
+    run = runs_folder.RunFolder(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "a": 1}\n{"epoch": 2, "st')
     with pytest.raises(CheckpointError, match="line 2"):
         run.read_metrics()
@@ -444,7 +463,7 @@ def test_resume_drops_a_metrics_line_cut_off_by_a_kill(tmp_path):
 def test_malformed_metrics_line_is_named(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2\n')
     with pytest.raises(CheckpointError, match=r"metrics.jsonl, line 2"):
-        runs.RunFolder(tmp_path).read_metrics()
+        runs_folder.RunFolder(tmp_path).read_metrics()
 
 
 def test_splits_with_differently_named_classes_are_refused():
@@ -452,16 +471,16 @@ def test_splits_with_differently_named_classes_are_refused():
     a = ImageDataset(x, torch.tensor([0, 1]), ["cat", "dog"], "pets")
     b = ImageDataset(x, torch.tensor([0, 1]), ["dog", "cat"], "pets")
     cfg = tiny("model.kind=classifier")
-    assert train._classes(cfg, a, a) == ["cat", "dog"]
+    assert train_setup._classes(cfg, a, a) == ["cat", "dog"]
     with pytest.raises(DataError, match=r"name their classes differently \(cat, dog vs dog, cat\)"):
-        train._classes(cfg, a, b)
+        train_setup._classes(cfg, a, b)
 
 
 def test_lr_decays_geometrically_from_lr_to_lr_times_decay(mnist_cache, tmp_path, monkeypatch):
     cfg = tiny("train.epochs=5", "train.lr=0.01", "train.lr_decay=0.1", "data.limit=200",
                "data.test_limit=100")  # fmt: skip
     expected = [0.01 * 0.1 ** (e / 4) for e in range(5)]  # 1e-2 … 1e-3
-    assert [train.epoch_lr(cfg, e) for e in range(5)] == pytest.approx(expected)
+    assert [train_loop.epoch_lr(cfg, e) for e in range(5)] == pytest.approx(expected)
     seen = []
     step = Adam.step
 
@@ -473,21 +492,23 @@ def test_lr_decays_geometrically_from_lr_to_lr_times_decay(mnist_cache, tmp_path
     quiet(cfg, tmp_path / "r", cache=mnist_cache)
     per_epoch = len(seen) // 5
     assert [seen[e * per_epoch] for e in range(5)] == pytest.approx(expected)
-    assert train.epoch_lr(tiny("train.epochs=1", "train.lr_decay=0.1"), 0) == pytest.approx(3e-4)
+    assert train_loop.epoch_lr(tiny("train.epochs=1", "train.lr_decay=0.1"), 0) == pytest.approx(
+        3e-4
+    )
 
 
 def test_early_stopping(mnist_cache, tmp_path):
     # lr 0 never improves the test loss: stops after 1 + patience epochs
-    run = train.train(tiny("train.epochs=10", "train.lr=0.0", "train.early_stopping=2",
+    run = train_loop.train(tiny("train.epochs=10", "train.lr=0.0", "train.early_stopping=2",
                            "train.optimizer=sgd"), tmp_path / "r", cache=mnist_cache,
                       progress=False, log=lambda s: None)  # fmt: skip
-    assert len(runs.RunFolder(run).read_metrics()) == 3
+    assert len(runs_folder.RunFolder(run).read_metrics()) == 3
 
 
 @pytest.fixture(scope="module")
 def trained(mnist_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
-    return train.train(tiny("train.epochs=1"), out, cache=mnist_cache, progress=False,
+    return train_loop.train(tiny("train.epochs=1"), out, cache=mnist_cache, progress=False,
                        log=lambda s: None)  # fmt: skip
 
 
@@ -497,17 +518,18 @@ def test_recorded_test_loss_and_eval_agree_with_direct_computation(trained, mnis
     F.mse_loss over all test pixels."""
     import torch.nn.functional as F
 
-    from vaelab.evaluate import evaluate_ae, mean_objective
+    from vaelab.eval.common import mean_objective
+    from vaelab.eval.likelihood import evaluate_ae
 
-    cfg, model = runs.load_run(trained)
-    batches = runs.load_test_batches(
+    cfg, model = runs_load.load_run(trained)
+    batches = runs_load.load_test_batches(
         cfg, mnist_cache, cfg.data.test_limit, batch_size=64
     )  # 3·64 + 8
     x = torch.cat([b for b, _ in batches])  # (200, 1, 28, 28)
     with torch.no_grad():
         direct = float(model.objective(x).double().mean())
         mse = float(F.mse_loss(model.reconstruct(x), x))
-    recorded = runs.RunFolder(trained).read_metrics()[-1]["test_loss"]
+    recorded = runs_folder.RunFolder(trained).read_metrics()[-1]["test_loss"]
     assert mean_objective(model, batches) == pytest.approx(direct, rel=1e-6)
     assert recorded == pytest.approx(direct, rel=1e-5)
     result = evaluate_ae(model, batches)
@@ -517,7 +539,7 @@ def test_recorded_test_loss_and_eval_agree_with_direct_computation(trained, mnis
 
 
 def test_checkpoint_save_load_equality(trained):
-    cfg, model = runs.load_run(trained)
+    cfg, model = runs_load.load_run(trained)
     saved = weights(trained)
     state = model.state_dict()
     assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
@@ -527,23 +549,23 @@ def test_checkpoint_save_load_equality(trained):
 def test_optimizer_state_round_trip(trained, tmp_path):
     import copy
 
-    from vaelab.optim import make_optimizer
+    from vaelab.thesis.optim import make_optimizer
 
-    cfg, model = runs.load_run(trained)
+    cfg, model = runs_load.load_run(trained)
     opt = make_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr)
-    run = runs.RunFolder(trained)
+    run = runs_folder.RunFolder(trained)
     run.load_optimizer(opt, run.read_state())
-    tensors, meta = runs.optimizer_to_tensors(opt)
-    saved, saved_meta, _ = runs.read_tensors(trained / "optimizer.safetensors")
+    tensors, meta = runs_folder.optimizer_to_tensors(opt)
+    saved, saved_meta, _ = files.read_tensors(trained / "optimizer.safetensors")
     assert tensors.keys() == saved.keys() and all(torch.equal(tensors[k], saved[k]) for k in saved)
     assert json.loads(meta["param_groups"]) == json.loads(saved_meta["param_groups"])
     # N more steps from the optimizer in memory and from its round trip through a file (as a
     # checkpoint takes it) give the same weights
-    runs.write_tensors(tmp_path / "opt.safetensors", tensors, meta)
-    back, back_meta, _ = runs.read_tensors(tmp_path / "opt.safetensors")
+    files.write_tensors(tmp_path / "opt.safetensors", tensors, meta)
+    back, back_meta, _ = files.read_tensors(tmp_path / "opt.safetensors")
     twin = copy.deepcopy(model)
     twin_opt = make_optimizer(cfg.train.optimizer, twin.parameters(), lr=cfg.train.lr)
-    runs.optimizer_from_tensors(twin_opt, back, back_meta)
+    runs_folder.optimizer_from_tensors(twin_opt, back, back_meta)
     x = torch.rand(6, 50, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     before = [t.clone() for t in model.parameters()]
     for net, optimizer in ((model, opt), (twin, twin_opt)):
@@ -574,7 +596,7 @@ def test_planted_pickle_is_refused_and_never_runs(trained, tmp_path):
     marker = tmp_path / "pwned"
     (run / "model.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(CheckpointError, match="pickle"):
-        runs.load_run(run)
+        runs_load.load_run(run)
     assert not marker.exists()
     # a stray .pt file refuses the whole folder
     shutil.copy(trained / "model.safetensors", run / "model.safetensors")
@@ -589,20 +611,20 @@ def test_safetensors_whose_header_length_looks_like_pickle_or_zip_loads(tmp_path
     with "PK" (zip): a finished run's optimizer file was once refused for that."""
     tensors = {"w": torch.arange(6.0).reshape(2, 3)}
     for pad in range(40_000):
-        raw = runs.st_save(tensors, metadata={"pad": "x" * pad})
+        raw = files.st_save(tensors, metadata={"pad": "x" * pad})
         if raw.startswith(low):
             break
     path = tmp_path / "t.safetensors"
-    runs.write_tensors(path, tensors, {"pad": "x" * pad})
+    files.write_tensors(path, tensors, {"pad": "x" * pad})
     assert path.read_bytes().startswith(low)
-    back, meta, _ = runs.read_tensors(path)
+    back, meta, _ = files.read_tensors(path)
     torch.testing.assert_close(back["w"], tensors["w"])
     assert meta["pad"] == "x" * pad
 
 
 def test_test_every_skips_test_losses_and_early_stops_only_when_tested(mnist_cache, tmp_path):
     run = quiet(tiny("train.epochs=5", "train.test_every=2"), tmp_path / "r", cache=mnist_cache)
-    tested = [m["test_loss"] is not None for m in runs.RunFolder(run).read_metrics()]
+    tested = [m["test_loss"] is not None for m in runs_folder.RunFolder(run).read_metrics()]
     assert tested == [False, True, False, True, True]  # the last epoch is always tested
     every = quiet(tiny("train.epochs=5"), tmp_path / "e", cache=mnist_cache)
     assert_same_weights(run, every)  # skipping the test loss changes nothing else
@@ -610,8 +632,8 @@ def test_test_every_skips_test_losses_and_early_stops_only_when_tested(mnist_cac
     run = quiet(tiny("train.epochs=10", "train.lr=0.0", "train.early_stopping=1",
                      "train.optimizer=sgd", "train.test_every=3"), tmp_path / "s",
                 cache=mnist_cache)  # fmt: skip
-    assert len(runs.RunFolder(run).read_metrics()) == 6
-    assert runs.RunFolder(run).read_state()["stopped"]
+    assert len(runs_folder.RunFolder(run).read_metrics()) == 6
+    assert runs_folder.RunFolder(run).read_state()["stopped"]
     out = tmp_path / "loss.png"
     assert cli.main(["plot", str(run), "loss", "--out", str(out)]) == 0 and out.exists()
 
@@ -625,12 +647,12 @@ def test_tampered_weights_are_refused(trained, tmp_path):
     raw[-1] ^= 0x01
     (run / "model.safetensors").write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="sha256"):
-        runs.load_run(run)
+        runs_load.load_run(run)
 
 
 def test_refuses_to_overwrite_a_run(trained, mnist_cache):
     with pytest.raises(CheckpointError, match="already holds a run"):
-        train.train(tiny("train.epochs=1"), trained, cache=mnist_cache, progress=False,
+        train_loop.train(tiny("train.epochs=1"), trained, cache=mnist_cache, progress=False,
                     log=lambda s: None)  # fmt: skip
 
 
@@ -643,18 +665,18 @@ def test_resume_overrides_are_few_and_warn_on_a_stretched_schedule(capsys):
     cfg = tiny("train.epochs=4")
     for key in ("train.lr=0.1", "train.seed=3", "train.optimizer=sgd", "data.limit=10"):
         with pytest.raises(VaelabError, match=f"--set {key.split('=')[0]} cannot change"):
-            commands._apply_resume_overrides(cfg, [key])
-    new = commands._apply_resume_overrides(cfg, ["train.epochs=8", "train.early_stopping=2",
+            cli_train._apply_resume_overrides(cfg, [key])
+    new = cli_train._apply_resume_overrides(cfg, ["train.epochs=8", "train.early_stopping=2",
                                             "train.checkpoint_every=3", "train.threads=1",
                                             "train.device=cpu", 'train.precision="bf16"'])  # fmt: skip
     assert new.train.precision == "bf16"
     assert (new.train.epochs, new.train.early_stopping, new.train.checkpoint_every) == (8, 2, 3)
     assert "warning" not in capsys.readouterr().err  # lr_decay = 1: nothing stretches
     decaying = tiny("train.epochs=4", "train.lr_decay=0.1")
-    commands._apply_resume_overrides(decaying, ["train.epochs=8"])
+    cli_train._apply_resume_overrides(decaying, ["train.epochs=8"])
     assert "vaelab: warning: train.epochs 4 -> 8" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="train.epochs must be >= 1"):
-        commands._apply_resume_overrides(cfg, ["train.epochs=0"])
+        cli_train._apply_resume_overrides(cfg, ["train.epochs=0"])
 
 
 def test_resuming_a_finished_run_changes_nothing(trained, mnist_cache, tmp_path, capsys):
@@ -677,7 +699,7 @@ def test_resuming_a_finished_run_changes_nothing(trained, mnist_cache, tmp_path,
         == 0
     )
     assert "already stopped early (2/10 epochs)" in capsys.readouterr().out
-    assert len(runs.RunFolder(stopped).read_metrics()) == 2
+    assert len(runs_folder.RunFolder(stopped).read_metrics()) == 2
 
 
 def test_resume_of_an_incomplete_state_is_a_one_line_error(trained, mnist_cache, tmp_path, capsys):
@@ -695,7 +717,9 @@ def test_resume_of_an_incomplete_state_is_a_one_line_error(trained, mnist_cache,
     assert cli.main(argv) == 1
     assert "state.json is incomplete (epoch)" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="incomplete"):  # a sweep's folder alike
-        groups.train_group([runs.RunFolder(run).read_config()], [run], cache=mnist_cache)
+        train_groups.train_group(
+            [runs_folder.RunFolder(run).read_config()], [run], cache=mnist_cache
+        )
 
 
 @pytest.mark.slow
@@ -720,18 +744,18 @@ def test_compile_falls_back_to_eager(monkeypatch):
 
         return call
 
-    monkeypatch.setattr(train.torch, "compile", broken_compile)
+    monkeypatch.setattr(train_loop.torch, "compile", broken_compile)
     messages = []
-    fn = train.compiled(lambda x, y: x + 1, True, messages.append)
+    fn = train_step.compiled(lambda x, y: x + 1, True, messages.append)
     assert fn(1, None) == 2 and fn(2, None) == 3
     assert len(messages) == 1 and "torch.compile failed" in messages[0]
-    assert train.compiled(len, False, messages.append) is len
+    assert train_step.compiled(len, False, messages.append) is len
 
 
 def test_autocast_names_every_precision():
     from vaelab.config import PRECISIONS
 
-    assert set(train.AUTOCAST) | {"fp32"} == set(PRECISIONS)
+    assert set(train_step.AUTOCAST) | {"fp32"} == set(PRECISIONS)
 
 
 @pytest.mark.parametrize("kind", ["ae", "vae", "iwae", "classifier"])
@@ -748,9 +772,9 @@ def test_bf16_step_keeps_fp32_losses_weights_and_grads(kind):
     y = torch.randint(3, (16,), generator=gen)
     out = {}
     for precision in ("fp32", "bf16"):
-        model, _ = train.setup_model(cfg, torch.device("cpu"))
+        model, _ = train_setup.setup_model(cfg, torch.device("cpu"))
         frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the gradients to compare
-        step = train.step_function([model], [frozen], precision=precision)
+        step = train_step.step_function([model], [frozen], precision=precision)
         torch.manual_seed(1)  # the same ε for both precisions
         losses = step(x, y)
         assert losses.dtype == torch.float32 and losses.shape == (1, 16)
@@ -781,30 +805,30 @@ def test_bf16_training_learns_like_fp32(mnist_cache, tmp_path):
 def test_bf16_losses_and_posterior_are_computed_in_fp32(monkeypatch, mnist_cache, tmp_path):
     """Under autocast the likelihood sees fp32 logits and μ, log σ² are fp32 (so no sum over
     784 pixels rounds at 8 bits), and the per-epoch test loss runs with autocast off."""
-    from vaelab import models
+    from vaelab.models import likelihoods as models
 
     cfg = tiny(*VAE, "model.k=3")
     cfg.model.image_shape = [1, 28, 28]
-    model, _ = train.setup_model(cfg, torch.device("cpu"))
+    model, _ = train_setup.setup_model(cfg, torch.device("cpu"))
     seen = []
     log_prob, mean = models.LIKELIHOODS["bernoulli"]
     monkeypatch.setitem(models.LIKELIHOODS, "bernoulli",
                         (lambda logits, *a: seen.append(logits.dtype) or log_prob(logits, *a), mean))  # fmt: skip
     x = (torch.rand(4, 1, 28, 28) < 0.5).float()
-    with train.autocast(torch.device("cpu"), "bf16"):
+    with train_step.autocast(torch.device("cpu"), "bf16"):
         mu, logvar = model.posterior(x)
         assert model.encoder(x).dtype == torch.bfloat16  # autocast is on
         model.objective(x)
     assert mu.dtype == logvar.dtype == torch.float32 and seen == [torch.float32]
 
     autocast_during_test_loss = []
-    real = train.mean_objective
+    real = train_loop.mean_terms
 
     def spy(*args, **kw):
         autocast_during_test_loss.append(torch.is_autocast_enabled("cpu"))
         return real(*args, **kw)
 
-    monkeypatch.setattr(train, "mean_objective", spy)
+    monkeypatch.setattr(train_loop, "mean_terms", spy)
     quiet(tiny(*VAE, "train.epochs=1", 'train.precision="bf16"'), tmp_path / "r", cache=mnist_cache)
     assert autocast_during_test_loss == [False]
 
@@ -813,7 +837,7 @@ def test_unavailable_precision_fails_before_writing(monkeypatch, mnist_cache, tm
     def no_bf16(*args, **kw):
         raise RuntimeError("Current CUDA Device does not support bfloat16.")
 
-    monkeypatch.setattr(train.torch, "autocast", no_bf16)
+    monkeypatch.setattr(train_loop.torch, "autocast", no_bf16)
     with pytest.raises(ConfigError, match="train.precision = 'bf16' on cpu: Current CUDA"):
         quiet(tiny('train.precision="bf16"'), tmp_path / "r", cache=mnist_cache)
     assert not (tmp_path / "r").exists()
@@ -828,5 +852,5 @@ def test_resume_in_another_precision(trained, mnist_cache, tmp_path, capsys):
             "--set", "train.epochs=2", "--set", 'train.precision="bf16"']  # fmt: skip
     assert cli.main(args) == 0
     assert "train.precision fp32 -> bf16" in capsys.readouterr().err
-    assert runs.RunFolder(run).read_config().train.precision == "bf16"
-    assert [m["epoch"] for m in runs.RunFolder(run).read_metrics()] == [1, 2]
+    assert runs_folder.RunFolder(run).read_config().train.precision == "bf16"
+    assert [m["epoch"] for m in runs_folder.RunFolder(run).read_metrics()] == [1, 2]

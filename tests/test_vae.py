@@ -18,13 +18,20 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from vaelab import cli, runs, train
-from vaelab.build import build_model
+import vaelab.data.cache as data_cache
+import vaelab.runs.folder as runs_folder
+import vaelab.runs.load as runs_load
+import vaelab.train.loop as train_loop
+import vaelab.viz.figures as viz_figures
+from vaelab import cli
 from vaelab.config import ModelConfig, load_config
-from vaelab.data import Batches, ImageDataset
+from vaelab.data.batches import Batches
+from vaelab.data.dataset import ImageDataset
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.evaluate import evaluate_vae, log_likelihood
-from vaelab.models import VAE, digitwise
+from vaelab.eval.likelihood import evaluate_vae, log_likelihood
+from vaelab.models.conditions import digitwise
+from vaelab.models.registry import build_model
+from vaelab.models.vae import VAE
 
 
 def small_vae(likelihood="bernoulli", **kw):
@@ -93,7 +100,7 @@ def test_beta_with_the_iwae_bound_is_refused(mnist_cache, tmp_path):
     config = Path(__file__).parents[1] / "configs" / "mnist_vae.toml"
     cfg = load_config(config, ["model.beta=4.0", "model.k=5", "data.limit=100"])
     with pytest.raises(ConfigError, match=r"model.beta = 4.0 .*model.k = 5"):
-        train.train(cfg, tmp_path / "r", cache=mnist_cache, progress=False, log=lambda s: None)
+        train_loop.train(cfg, tmp_path / "r", cache=mnist_cache, progress=False, log=lambda s: None)
     assert not (tmp_path / "r").exists()
     small_vae(beta=4.0)  # k = 1: a β-VAE
     small_vae(k=5)
@@ -135,9 +142,9 @@ def test_log_weights_match_torch_densities():
 
 @torch.no_grad()
 def test_iwae_bound_grows_with_k_and_equals_elbo_at_1(trained_vae, mnist_cache):
-    from vaelab.data import load_dataset
+    from vaelab.data.cache import load_dataset
 
-    _, model = runs.load_run(trained_vae)
+    _, model = runs_load.load_run(trained_vae)
     test = load_dataset("mnist", "test", mnist_cache).limit(64)
     x = Batches(test, 64, shuffle=False, binarize="static").images  # (64, 1, 28, 28)
     torch.manual_seed(0)
@@ -252,7 +259,7 @@ def _test_images():
 
 
 def test_mean_objective_leaves_the_callers_rng_alone():
-    from vaelab.evaluate import mean_objective
+    from vaelab.eval.common import mean_objective
 
     model = small_vae()
     batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
@@ -265,18 +272,18 @@ def test_mean_objective_leaves_the_callers_rng_alone():
 
 
 def test_evaluations_share_one_signature():
-    from vaelab.evaluate import EVALUATIONS
+    from vaelab.eval.likelihood import evaluation_for
 
     batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
     ae = build_model(ModelConfig(image_shape=[1, 6, 6], widths=[16], bottleneck=3), "mse")
-    for kind, model in (("vae", small_vae()), ("ae", ae)):
-        result = EVALUATIONS[kind](model, batches, k=3, seed=0, progress=False)
+    for model in (small_vae(), ae):
+        result = evaluation_for(model)(model, batches, k=3, seed=0, progress=False)
         assert result["n_images"] == 200 and result["recon_mse_per_pixel"] > 0
 
 
 def test_corrupt_eval_json_is_a_checkpoint_error(tmp_path):
     from vaelab.errors import CheckpointError
-    from vaelab.evaluate import append_json
+    from vaelab.eval.likelihood import append_json
 
     path = tmp_path / "eval.json"
     append_json(path, {"a": 1})
@@ -297,7 +304,7 @@ def test_corrupt_eval_json_is_a_checkpoint_error(tmp_path):
 def test_evaluations_give_the_train_mode_back(monkeypatch):
     """Also after an error (an out-of-memory chunk): a training loop that evaluates goes on
     training with dropout and batch statistics as before."""
-    from vaelab.evaluate import evaluate_ae
+    from vaelab.eval.likelihood import evaluate_ae
 
     model = small_vae().train()
     batches = Batches(_test_images(), 50, shuffle=False, binarize="static")
@@ -406,11 +413,11 @@ TINY_VAE = ["model.kind=vae", "model.widths=[64,32]", "model.bottleneck=2", "dat
 def trained_vae(mnist_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("vae") / "run"
     cfg = load_config(None, TINY_VAE + ["train.epochs=3"])
-    return train.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
+    return train_loop.train(cfg, out, cache=mnist_cache, progress=False, log=lambda s: None)
 
 
 def test_cli_train_eval_sample(trained_vae, mnist_cache, tmp_path, capsys):
-    metrics = runs.RunFolder(trained_vae).read_metrics()
+    metrics = runs_folder.RunFolder(trained_vae).read_metrics()
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
     assert cli.main(["eval", str(trained_vae), "--k", "50", "--limit", "100", "--cache",
                      str(mnist_cache), "--no-progress", "--max-rows", "700"]) == 0  # fmt: skip
@@ -438,11 +445,10 @@ def test_cli_train_eval_sample(trained_vae, mnist_cache, tmp_path, capsys):
 
 
 def test_data_of_another_image_shape_is_refused(trained_vae, tmp_path, capsys):
-    from vaelab import data
 
     cache = tmp_path / "cache"
     tiny = ImageDataset(torch.zeros(8, 1, 4, 4, dtype=torch.uint8), name="mnist")
-    data.save_dataset("mnist", {"train": tiny, "test": tiny}, cache)
+    data_cache.save_dataset("mnist", {"train": tiny, "test": tiny}, cache)
     for argv in (["eval", str(trained_vae), "--k", "2"], ["plot", str(trained_vae), "recon"]):
         assert cli.main([*argv, "--cache", str(cache)]) == 1
         assert "holds 1x4x4 images, but the model takes 1x28x28" in capsys.readouterr().err
@@ -462,31 +468,31 @@ def test_vae_figures(trained_vae, mnist_cache, tmp_path, figure):
 def test_manifold_decodes_the_prior_quantiles_in_picture_order(trained_vae, tmp_path, monkeypatch):
     """Row by row: z_1 rises along a row, z_2 falls down the rows (up is up), both over the
     2.5 %…97.5 % quantiles the title names; the figure decodes exactly those codes."""
-    from vaelab import plots
 
-    z = plots.quantile_codes(3)
+    z = viz_figures.quantile_codes(3)
     lo, hi = -1.959964, 1.959964
     torch.testing.assert_close(z, torch.tensor([[lo, hi], [0, hi], [hi, hi], [lo, 0], [0, 0], [hi, 0],
                                                 [lo, lo], [0, lo], [hi, lo]]), atol=1e-5, rtol=0)  # fmt: skip
     seen = []
     real = VAE.decode
     monkeypatch.setattr(VAE, "decode", lambda self, z, c=None: seen.append(z) or real(self, z, c))
-    plots.manifold_figure([("t", trained_vae)], tmp_path / "m.png", n=4)
-    torch.testing.assert_close(seen[-1], plots.quantile_codes(4))
+    viz_figures.manifold_figure([("t", trained_vae)], tmp_path / "m.png", n=4)
+    torch.testing.assert_close(seen[-1], viz_figures.quantile_codes(4))
     for n in (1, 0):
         with pytest.raises(VaelabError, match="n ≥ 2"):
-            plots.quantile_codes(n)
+            viz_figures.quantile_codes(n)
 
 
 def test_interpolation_of_a_small_test_split(
     trained_vae, mnist_cache, tmp_path, monkeypatch, capsys
 ):
     """Fewer than 16 test images give fewer rows (it was an IndexError); one is an error."""
-    from vaelab import plots
 
-    real = plots._test_split
+    real = viz_figures._test_split
     for limit, code in ((5, 0), (1, 1)):
-        monkeypatch.setattr(plots, "_test_split", lambda run, cache, _l=limit: real(run, cache, _l))
+        monkeypatch.setattr(
+            viz_figures, "_test_split", lambda run, cache, _l=limit: real(run, cache, _l)
+        )
         argv = ["plot", str(trained_vae), "interpolate", "--out", str(tmp_path / f"{limit}.png"),
                 "--cache", str(mnist_cache)]  # fmt: skip
         assert cli.main(argv) == code
@@ -514,7 +520,7 @@ def test_condition_of_codes_digitwise_only_when_the_classes_are():
 def test_ae_prior_is_the_codes_gaussian_and_samples_follow_it():
     """Codes with a non-diagonal covariance through a decoder whose logits are the code:
     fit_prior recovers mean and covariance, and logit(samples) have covariance T²·Σ."""
-    from vaelab.models import Autoencoder
+    from vaelab.models.ae import Autoencoder
 
     g = torch.Generator().manual_seed(0)
     A = torch.tensor([[1.0, 0.0], [0.8, 0.6]])  # Σ = A Aᵀ, correlated
@@ -522,7 +528,7 @@ def test_ae_prior_is_the_codes_gaussian_and_samples_follow_it():
     x = z.reshape(4000, 1, 1, 2)  # the encoder below reads them back
     ae = Autoencoder(nn.Flatten(), nn.Unflatten(1, (1, 1, 2)))
     ae.fit_prior(x)
-    mean, chol = ae.prior
+    mean, chol = ae.prior.mean, ae.prior.scale_tril
     torch.testing.assert_close(mean, z.mean(0))
     torch.testing.assert_close(chol @ chol.T, torch.cov(z.T), atol=1e-5, rtol=1e-4)
     out = ae.sample(20000, generator=torch.Generator().manual_seed(1), temperature=0.5)
@@ -537,31 +543,33 @@ def test_ae_prior_is_the_codes_gaussian_and_samples_follow_it():
 def test_ae_samples_from_a_fitted_gaussian(mnist_cache, tmp_path, capsys):
     cfg_overrides = ["model.widths=[32]", "data.limit=200", "data.test_limit=50", "train.epochs=1"]
     cfg = load_config(None, cfg_overrides)
-    run = train.train(cfg, tmp_path / "ae", cache=mnist_cache, progress=False, log=lambda s: None)
+    run = train_loop.train(
+        cfg, tmp_path / "ae", cache=mnist_cache, progress=False, log=lambda s: None
+    )
     png = tmp_path / "x.png"
     assert cli.main(["sample", str(run), "--out", str(png), "--cache", str(mnist_cache)]) == 0
     assert png.exists()
     # the Gaussian is fitted to the codes of the training images in [0, 1]
-    from vaelab.data import heldout_batches, load_split
+    from vaelab.data.batches import heldout_batches, load_split
     from vaelab.generate import load_generator
-    from vaelab.images import normalize
+    from vaelab.thesis.images import normalize
 
     _, ae = load_generator(run, mnist_cache, fit_images=500)
     with torch.no_grad():
         codes = ae.encode(normalize(load_split("mnist", "train", mnist_cache, 500).images))
-    torch.testing.assert_close(ae.prior[0], codes.mean(0))
-    chol = ae.prior[1]
+    torch.testing.assert_close(ae.prior.mean, codes.mean(0))
+    chol = ae.prior.scale_tril
     torch.testing.assert_close(chol @ chol.T, torch.cov(codes.T), rtol=1e-3, atol=1e-4)
     # … and of binarised ones for an AE that trained on those (grey codes would not match)
     cfg_bin = load_config(None, [*cfg_overrides, "data.binarize=static"])
-    run_bin = train.train(cfg_bin, tmp_path / "ae-bin", cache=mnist_cache, progress=False,
+    run_bin = train_loop.train(cfg_bin, tmp_path / "ae-bin", cache=mnist_cache, progress=False,
                           log=lambda s: None)  # fmt: skip
     _, ae_bin = load_generator(run_bin, mnist_cache, fit_images=500)
     grey = load_split("mnist", "train", mnist_cache, 500)
     binary = next(iter(heldout_batches(grey, "static", batch_size=500)))[0]
     assert set(binary.unique().tolist()) == {0.0, 1.0}
     with torch.no_grad():
-        torch.testing.assert_close(ae_bin.prior[0], ae_bin.encode(binary).mean(0))
+        torch.testing.assert_close(ae_bin.prior.mean, ae_bin.encode(binary).mean(0))
     assert cli.main(["sample", str(run), "--label", "3", "--cache", str(mnist_cache)]) == 1
     assert "conditional" in capsys.readouterr().err
     assert Path(run, "model.safetensors").exists()
@@ -582,7 +590,9 @@ def test_manifold_of_a_conditional_vae(mnist_cache, tmp_path, capsys):
     cfg = load_config(None, ["model.kind=vae", "model.conditional=true", "model.widths=[32]",
                              "data.limit=200", "data.test_limit=50", "data.binarize=dynamic",
                              "train.epochs=1"])  # fmt: skip
-    run = train.train(cfg, tmp_path / "cvae", cache=mnist_cache, progress=False, log=lambda s: None)
+    run = train_loop.train(
+        cfg, tmp_path / "cvae", cache=mnist_cache, progress=False, log=lambda s: None
+    )
     out = tmp_path / "m.png"
     argv = ["plot", str(run), "manifold", "--out", str(out), "--cache", str(mnist_cache)]
     assert cli.main(argv) == 0, capsys.readouterr().err
@@ -595,5 +605,5 @@ def test_ae_fits_its_prior_on_the_gpu():
     ae = build_model(ModelConfig(image_shape=[1, 6, 6], widths=[16], bottleneck=3), "mse")
     ae = ae.to("cuda")
     ae.fit_prior(torch.rand(50, 1, 6, 6, device="cuda"))
-    assert ae.prior[0].device.type == ae.prior[1].device.type == "cuda"
+    assert ae.prior.mean.device.type == ae.prior.scale_tril.device.type == "cuda"
     assert ae.sample(4).shape == (4, 1, 6, 6)

@@ -2,14 +2,24 @@
 
 Built from the definitions of the thesis *On variational autoencoders: theory and
 applications*; each public piece cites the definition it implements (see
-docs/thesis-map.md). Sub-modules: ``data``, ``sources``, ``images``, ``nn``, ``losses``,
-``optim``, ``models``, ``build``, ``config``, ``train``, ``fused``, ``evaluate``, ``runs``,
-``plots``.
+docs/thesis-map.md). Sub-packages: ``thesis`` (the chapter-1 blocks), ``data``, ``models``
+(the family registry: :func:`register_family`), ``train``, ``runs``, ``eval``, ``viz``,
+``cli``; modules ``config``, ``files``, ``device``, ``generate``, ``reproduce``.
 """
 
-from vaelab.build import build_model
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
-from vaelab.images import (
+from vaelab.models import (
+    VAE,
+    Autoencoder,
+    Classifier,
+    LatentModel,
+    Model,
+    Stage,
+    build_model,
+    register_family,
+)
+from vaelab.models.likelihoods import LIKELIHOODS
+from vaelab.thesis.images import (
     ImageLayer,
     avg_pool,
     conv2d,
@@ -22,8 +32,7 @@ from vaelab.images import (
     save_png,
     unflatten,
 )
-from vaelab.losses import (
-    LIKELIHOODS,
+from vaelab.thesis.losses import (
     LOSSES,
     bce,
     bce_sum,
@@ -37,9 +46,8 @@ from vaelab.losses import (
     mse_mean,
     squared_error,
 )
-from vaelab.models import VAE, Autoencoder
-from vaelab.nn import ACTIVATIONS, MLP, activation, compose, decoder_mlp, encoder_mlp
-from vaelab.optim import (
+from vaelab.thesis.nn import ACTIVATIONS, MLP, activation, compose, decoder_mlp, encoder_mlp
+from vaelab.thesis.optim import (
     GD,
     SGD,
     Adam,
@@ -63,5 +71,6 @@ __all__ = [
     "kl_normal_std",
     "GD", "SGD", "Adam", "AMSGrad", "GenericAdaptive", "sgd_moments", "adam_moments",
     "regret", "make_optimizer",
-    "Autoencoder", "VAE", "build_model",
+    "Model", "LatentModel", "Autoencoder", "VAE", "Classifier", "Stage", "build_model",
+    "register_family",
 ]  # fmt: skip

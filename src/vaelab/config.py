@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from vaelab.data import BINARIZE
 from vaelab.errors import ConfigError
+
+BINARIZE = ("none", "dynamic", "static")
+"""data.binarize values: none, dynamic (a fresh Bernoulli draw per batch), static (once)."""
 
 
 @dataclass
@@ -38,6 +38,34 @@ class DataConfig:
     """use only the first N test images (0 = all)"""
     binarize: str = "none"
     """none | dynamic (Bernoulli per batch) | static (once, fixed seed)"""
+
+
+@dataclass
+class PriorConfig:
+    kind: str = "normal"
+    """the prior p(z) of a VAE: normal (N(0, I))"""
+
+
+@dataclass
+class PosteriorConfig:
+    kind: str = "gaussian"
+    """the posterior q(z | x) of a VAE: gaussian (diagonal, from μ and log σ²)"""
+
+
+PARTS: dict[str, dict[str, type]] = {
+    "prior": {"normal": PriorConfig},
+    "posterior": {"gaussian": PosteriorConfig},
+}
+"""model sub-tables ([model.prior], [model.posterior]) -> their kinds -> each kind's typed
+options (a dataclass whose ``kind`` defaults to that kind); see :func:`register_part`."""
+
+
+def register_part(table: str, kind: str, options: type) -> None:
+    """Make ``[model.TABLE] kind = KIND`` valid, with the fields of the dataclass ``options``
+    as its keys (``kind`` first, defaulting to ``kind``)."""
+    if typing.get_type_hints(options).get("kind") is not str or options().kind != kind:
+        raise ValueError(f"{options.__name__} needs a field kind: str = {kind!r}")
+    PARTS.setdefault(table, {})[kind] = options
 
 
 @dataclass
@@ -67,6 +95,10 @@ class ModelConfig:
     """vae, gaussian likelihood: learn one σ per pixel (floored at 1/255, one grey level)"""
     conditional: bool = False
     """vae: condition encoder and decoder on the label (a CVAE)"""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    """vae: [model.prior], the prior p(z) (kind and its options)"""
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+    """vae: [model.posterior], the approximate posterior q(z | x)"""
     image_shape: list[int] = field(default_factory=list)
     """(C, H, W) of the images; filled in from the data at training time"""
     classes: list[str] = field(default_factory=list)
@@ -129,6 +161,8 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [_check_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value  # a [model.*] sub-table, checked by _part
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):
@@ -149,9 +183,32 @@ def from_dict(raw: dict[str, Any]) -> Config:
         for key, value in values.items():
             if key not in hints:
                 raise ConfigError(f"unknown config key {section}.{key} (known: {', '.join(hints)})")
+            if key in PARTS and section == "model":
+                value = _part(key, value)
             setattr(obj, key, _check_value(f"{section}.{key}", value, hints[key]))
     validate(cfg)
     return cfg
+
+
+def _part(table: str, values: Any) -> Any:
+    """The typed options of sub-table [model.TABLE] from its dict: the dataclass its kind
+    registered (:data:`PARTS`); unknown kinds and keys are ConfigErrors naming them."""
+    where = f"model.{table}"
+    kinds = PARTS[table]
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table (e.g. {where}.kind = {next(iter(kinds))!r})")
+    default = typing.get_type_hints(ModelConfig)[table]().kind
+    kind = values.get("kind", default)
+    if kind not in kinds:
+        raise ConfigError(f"unknown {where}.kind {kind!r} (known: {', '.join(kinds)})")
+    options = kinds[kind]()
+    hints = typing.get_type_hints(type(options))
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key {where}.{key} for kind {kind!r} (known: "
+                              f"{', '.join(hints)})")  # fmt: skip
+        setattr(options, key, _check_value(f"{where}.{key}", value, hints[key]))
+    return options
 
 
 def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
@@ -161,10 +218,7 @@ def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
 SEED_LIMIT = 2**63
 """Seeds are 0 <= seed < 2**63, so that a seed plus an offset still fits torch's 64 bits."""
 
-AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
-"""train.precision -> the dtype autocast gives matmuls and convolutions (fp32: no autocast)."""
-
-PRECISIONS = ("fp32", *AUTOCAST)
+PRECISIONS = ("fp32", "bf16")
 """train.precision values."""
 
 _POSITIVE_LIST = ((lambda v: all(w >= 1 for w in v)), "a list of positive integers")
@@ -229,9 +283,16 @@ def differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[
 
 
 def _hint(path: str) -> Any:
-    """The type annotation of 'section.key' (None for an unknown one, refused later)."""
+    """The type annotation of 'section.key' or 'model.table.key' (None for an unknown one,
+    refused later; a sub-table's key is looked up in every kind it has)."""
     section, _, key = path.partition(".")
-    return typing.get_type_hints(SECTIONS[section]).get(key) if section in SECTIONS else None
+    if section not in SECTIONS:
+        return None
+    table, _, sub = key.partition(".")
+    if sub and section == "model" and table in PARTS:
+        hints = [typing.get_type_hints(c).get(sub) for c in PARTS[table].values()]
+        return next((h for h in hints if h is not None), None)
+    return typing.get_type_hints(SECTIONS[section]).get(key)
 
 
 def _not_toml(path: str, raw: str, hint: Any) -> ConfigError:
@@ -273,8 +334,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
     for text in overrides or []:
         section, key, value = parse_override(text)
-        raw.setdefault(section, {})[key] = value
+        set_override(raw, section, key, value)
     return from_dict(raw)
+
+
+def set_override(raw: dict[str, Any], section: str, key: str, value: Any) -> None:
+    """Set ``section.key`` in the nested dicts ``raw``; 'prior.kind' sets a sub-table's key."""
+    table = raw.setdefault(section, {})
+    *parents, last = key.split(".")
+    for name in parents:
+        if not isinstance(table.get(name, {}), dict):
+            raise ConfigError(f"{section}.{name} is not a table, so {section}.{key} cannot be set")
+        table = table.setdefault(name, {})
+    table[last] = value
 
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:
@@ -334,10 +406,16 @@ def _toml_value(v: Any) -> str:
 
 
 def dumps(cfg: Config) -> str:
-    """The config as TOML text (round-trips through :func:`load_config`)."""
+    """The config as TOML text (round-trips through :func:`load_config`); sub-tables such as
+    [model.prior] follow their section's keys."""
     lines: list[str] = []
     for section, values in to_dict(cfg).items():
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
         lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k not in tables]
         lines.append("")
+        for name, table in tables.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+            lines.append("")
     return "\n".join(lines)

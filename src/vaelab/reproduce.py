@@ -11,11 +11,16 @@ import time
 from pathlib import Path
 
 from vaelab.config import load_config
-from vaelab.data import atomic_write, fetch
-from vaelab.groups import fuses, run_state, train_group
-from vaelab.plots import latent_figure, loss_figure, reconstruction_figure
-from vaelab.runs import RunFolder, resolve_device
-from vaelab.train import finished, hms, setup_data, setup_model, step_function
+from vaelab.data.cache import fetch
+from vaelab.device import resolve_device
+from vaelab.files import atomic_write
+from vaelab.runs.folder import RunFolder
+from vaelab.train.groups import fuses, run_state, train_group
+from vaelab.train.loop import hms
+from vaelab.train.setup import setup_data, setup_model
+from vaelab.train.state import finished
+from vaelab.train.step import step_function
+from vaelab.viz.figures import latent_figure, loss_figure, reconstruction_figure
 
 PRESETS = {"demo": 3, "default": 50, "full": 10_000}
 OPTIMIZERS = {"adam": "Adam", "amsgrad": "AMSGrad"}

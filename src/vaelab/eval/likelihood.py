@@ -4,69 +4,21 @@ active units, batched so that k = 5000 samples fit in bounded memory."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.data import Batches, atomic_write
+from vaelab.data.batches import Batches
+from vaelab.device import seeded, wide_float
 from vaelab.errors import CheckpointError, VaelabError, is_count
-from vaelab.runs import finite_or_none, load_run, load_test_batches
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
-    """Run the block with torch's CPU RNG — and for a CUDA or MPS ``device`` that device's
-    RNG — seeded to ``seed``; the caller's RNG states come back afterwards."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        index = torch.cuda.current_device() if device.index is None else device.index
-        with torch.random.fork_rng(devices=[index], device_type="cuda"), torch.cuda.device(index):
-            torch.random.default_generator.manual_seed(seed)
-            torch.cuda.manual_seed(seed)
-            yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        if device.type != "mps":
-            yield
-            return
-        state = torch.mps.get_rng_state()  # fork_rng has no mps branch in every torch ≥ 2.3
-        torch.mps.manual_seed(seed)
-        try:
-            yield
-        finally:
-            torch.mps.set_rng_state(state)
-
-
-@contextlib.contextmanager
-def evaluating(model: torch.nn.Module) -> Iterator[None]:
-    """The block runs with ``model`` in eval mode; its train/eval mode comes back after,
-    also after an error."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> float:
-    """The model's objective averaged over every example of ``batches`` (the empirical risk,
-    Def 1.2.4). Any sampling inside the objective uses a private, seeded RNG stream, so the
-    number is reproducible and the caller's RNG state is left untouched."""
-    total = torch.zeros((), dtype=torch.float64)
-    with evaluating(model), seeded(seed, batches.device):
-        for x, y in batches:
-            total += model.objective(x, y).sum().cpu().double()  # (B,) -> ()
-    return float(total) / len(batches.data)
+from vaelab.eval.common import evaluating
+from vaelab.files import atomic_write, finite_or_none
+from vaelab.runs.load import load_run, load_test_batches
 
 
 def default_max_rows(device: str | torch.device) -> int:
@@ -101,8 +53,7 @@ def log_likelihood(
         max_rows = default_max_rows(x.device)
     posterior = model.posterior(x, c)
     chunk = max(1, max_rows // x.shape[0])
-    # float64 where the device has it (mps has not): the sum runs over up to k / chunk chunks
-    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    wide = wide_float(x.device)  # the sum runs over up to k / chunk chunks
     acc = torch.full((x.shape[0],), -math.inf, dtype=wide, device=x.device)
     for start in range(0, k, chunk):
         lw = model.log_weights(x, min(chunk, k - start), posterior, c)  # (B, kc)
@@ -134,7 +85,7 @@ def evaluate_vae(
     max_rows = max_rows or default_max_rows(batches.device)
     n = len(batches.data)
     dims = math.prod(batches.data.image_shape)
-    discrete = model.likelihood == "bernoulli" and batches.binarize != "none"
+    discrete = model.discrete_likelihood and batches.binarize != "none"
     sums = {"elbo": 0.0, "mse": 0.0}
     mus, lls = [], []
     with evaluating(model), seeded(seed, batches.device):
@@ -147,7 +98,7 @@ def evaluate_vae(
         )  # None: off when not a terminal
         for x, y in batches:
             c = model.condition(y)  # None unless conditional
-            mu, logvar = model.posterior(x, c)
+            mu = model.encode(x, c)  # the posterior mean, (B, Z)
             mus.append(mu.cpu().double())
             sums["elbo"] += float(model.elbo(x, c=c).cpu().double().sum())
             lls.append(log_likelihood(model, x, k, c, max_rows))  # (B,) float64
@@ -210,8 +161,23 @@ def evaluate_classifier(
     return {"n_images": n, "accuracy": correct / n, "cross_entropy": nll / n}
 
 
-EVALUATIONS = {"vae": evaluate_vae, "ae": evaluate_ae, "classifier": evaluate_classifier}
-"""model.kind -> its evaluation, called as ``(model, batches, *, k, seed, progress, max_rows)``."""
+EVALUATIONS = (
+    ("log_weights", evaluate_vae),
+    ("read", evaluate_classifier),
+    ("decode", evaluate_ae),
+)
+"""What a model can do -> its evaluation, the first that applies, called as
+``(model, batches, *, k, seed, progress, max_rows)``: a likelihood where it has one, else a
+classifier's accuracy, else the reconstruction error."""
+
+
+def evaluation_for(model):
+    """The evaluation of :data:`EVALUATIONS` for what ``model`` can do."""
+    for verb, evaluate in EVALUATIONS:
+        if model.can(verb):
+            return evaluate
+    raise VaelabError(f"no evaluation for a {type(model).__name__}: it can none of "
+                      f"{', '.join(v for v, _ in EVALUATIONS)}")  # fmt: skip
 
 
 def evaluate_run(
@@ -228,13 +194,10 @@ def evaluate_run(
     """Evaluate a run folder on its test split; the record is appended to ``eval.json``."""
     check_samples(k, max_rows)
     cfg, model = load_run(run_dir, device)
-    if cfg.model.kind not in EVALUATIONS:
-        raise VaelabError(f"no evaluation for model.kind {cfg.model.kind!r}")
+    evaluate = evaluation_for(model)
     batches = load_test_batches(cfg, cache, limit, batch_size, device)
     t0 = time.perf_counter()
-    result = EVALUATIONS[cfg.model.kind](
-        model, batches, k=k, seed=seed, progress=progress, max_rows=max_rows
-    )
+    result = evaluate(model, batches, k=k, seed=seed, progress=progress, max_rows=max_rows)
     result = {"split": cfg.data.test_split, "binarize": batches.binarize, **result,
               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     append_json(Path(run_dir) / "eval.json", result)

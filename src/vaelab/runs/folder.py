@@ -13,6 +13,8 @@ A run folder, as the trainer writes it::
     optimizer.safetensors  optimizer state (tensors; scalars and groups in its metadata)
     state.json             epoch, step, RNG states, best loss, file hashes
     metrics.jsonl          one JSON record per epoch, appended as it happens
+    stage-NAME.safetensors what a stage fitted after training (hashed in state.json
+                           under "stages"; a later checkpoint drops them, to be fitted anew)
     .lock                  held (flock) by the process training in the folder
 
 A checkpoint writes the new tensor files as ``*.safetensors.next``, then ``state.json``
@@ -24,26 +26,19 @@ same sweep started twice, is refused by name instead of both writing the same fi
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import json
-import math
 import os
 import socket
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from vaelab.config import Config, dumps, load_config
-from vaelab.data import Batches, atomic_write, heldout_batches, load_split, sha256_file
-from vaelab.errors import CheckpointError, ConfigError, VaelabError
+from vaelab.errors import CheckpointError, VaelabError
+from vaelab.files import atomic_write, read_tensors, sha256_file, write_tensors
 
 try:
     import fcntl
@@ -61,56 +56,6 @@ CONFIG, MODEL, OPTIMIZER, STATE, METRICS = (
 PENDING = ".next"  # suffix of tensor files written but not yet moved into place
 LOCK = ".lock"
 _HELD: dict[Path, int] = {}  # run folders this process holds -> its lock file's descriptor
-
-
-# --------------------------------------------------------------------------------------
-# safetensors with a clear refusal of anything else
-# --------------------------------------------------------------------------------------
-
-
-def check_safetensors_bytes(raw: bytes, where: Path) -> None:
-    """Refuse bytes that are not a safetensors file (8-byte header length, then JSON).
-
-    The shape check comes first: a valid header length can itself begin with the byte
-    0x80 or the letters "PK" (a 2,176-byte header does), so the magic bytes of pickle and
-    zip only name the problem once the bytes are known not to be safetensors."""
-    if len(raw) >= 10:
-        (n,) = struct.unpack("<Q", raw[:8])
-        if n <= len(raw) - 8 and raw[8:9] == b"{":
-            return
-    if raw[:1] == b"\x80" or raw[:2] == b"PK":
-        raise CheckpointError(
-            f"{where} is a pickle/torch.save file, not safetensors; refusing to load it"
-        )
-    if len(raw) < 10:
-        raise CheckpointError(f"{where} is too short to be a safetensors file")
-    raise CheckpointError(f"{where} is not a safetensors file (bad header)")
-
-
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
-    """(tensors, metadata, sha256) of a safetensors file, refusing anything else."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path} is missing") from e
-    check_safetensors_bytes(raw, path)
-    try:
-        tensors = st_load(raw)
-        (n,) = struct.unpack("<Q", raw[:8])
-        meta = json.loads(raw[8 : 8 + n]).get("__metadata__", {}) or {}
-    except (SafetensorError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from e
-    return tensors, meta, hashlib.sha256(raw).hexdigest()
-
-
-def write_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None
-) -> str:
-    """Write a safetensors file atomically; returns its sha256."""
-    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    raw = st_save(cpu, metadata=meta)
-    atomic_write(path, lambda f: f.write(raw))
-    return hashlib.sha256(raw).hexdigest()
 
 
 # --------------------------------------------------------------------------------------
@@ -154,15 +99,6 @@ def optimizer_from_tensors(
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"optimizer state does not fit the optimizer ({e})") from e
-
-
-def encode_bytes(t: torch.Tensor) -> str:
-    """A uint8 tensor (an RNG state) as base64 text for JSON."""
-    return base64.b64encode(t.numpy().tobytes()).decode()
-
-
-def decode_bytes(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -381,45 +317,33 @@ class RunFolder:
         tensors, meta = self._verified(OPTIMIZER, state)
         optimizer_from_tensors(optimizer, tensors, meta)
 
+    # ---- stages fitted after training
+    def stage_file(self, name: str) -> Path:
+        return self.file(f"stage-{name}.safetensors")
 
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """The torch device called ``name``, checked to exist here; a ConfigError names ``key``."""
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)  # unknown names, torch built without it, no such GPU
-    except (RuntimeError, AssertionError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{key} = {name!r} is not available here ({reason})") from e
-    return device
+    def save_stage(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Write stage ``name``'s tensors, then record their hash in ``state.json`` (under
+        the folder's lock): a cut-off write leaves a file that no state describes, which
+        is fitted again."""
+        if not self.writer:
+            return
+        with self.held():
+            digest = write_tensors(self.stage_file(name), tensors)
+            state = self._read_state()
+            state["stages"] = {**state.get("stages", {}), name: digest}
+            text = json.dumps(state, indent=1).encode()
+            atomic_write(self.file(STATE), lambda f: f.write(text))
 
-
-def load_run(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[Config, torch.nn.Module]:
-    """The config and trained model of a run folder (in eval mode)."""
-    from vaelab.build import build_model
-
-    device = resolve_device(str(device), "device")
-    run = RunFolder(path, writer=False)
-    cfg = run.read_config()
-    model = build_model(cfg.model, cfg.train.loss)
-    run.load_weights(model)
-    return cfg, model.to(device).eval()
-
-
-def load_test_batches(
-    cfg: Config,
-    cache: str | Path | None = None,
-    limit: int = 0,
-    batch_size: int = 2048,
-    device: str | torch.device = "cpu",
-) -> Batches:
-    """The test split of a run's data set (its first ``limit`` images, 0 = all) as fixed
-    batches, binarised as the run's test loss was; images of another shape are a DataError."""
-    test = load_split(cfg.data.name, cfg.data.test_split, cache, limit, cfg.model.image_shape)
-    return heldout_batches(test, cfg.data.binarize, batch_size, device)
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON has no inf/nan: map them to null."""
-    return x if math.isfinite(x) else None
+    def load_stage(self, name: str, state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """Stage ``name``'s tensors as ``state.json`` records them, None when it has none."""
+        expected = state.get("stages", {}).get(name)
+        if expected is None:
+            return None
+        tensors, _, digest = read_tensors(self.stage_file(name))
+        if digest != expected:
+            raise CheckpointError(
+                f"{self.stage_file(name)} does not match the sha256 recorded in state.json "
+                "(tampered with, or from another run); refusing it (`vaelab stage "
+                f"{self.path} --redo` fits it again)"
+            )
+        return tensors

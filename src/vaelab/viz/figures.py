@@ -22,11 +22,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from vaelab.data import Batches, atomic_write  # noqa: E402
+from vaelab.data.batches import Batches  # noqa: E402
 from vaelab.errors import VaelabError, is_count  # noqa: E402
-from vaelab.images import make_grid  # noqa: E402
-from vaelab.models import Autoencoder, LatentModel  # noqa: E402
-from vaelab.runs import RunFolder, load_run, load_test_batches  # noqa: E402
+from vaelab.files import atomic_write  # noqa: E402
+from vaelab.generate import generate, load_generator  # noqa: E402
+from vaelab.runs.folder import RunFolder  # noqa: E402
+from vaelab.runs.load import load_run, load_test_batches  # noqa: E402
+from vaelab.thesis.images import make_grid  # noqa: E402
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -47,7 +49,7 @@ def _cond(model, data: Batches, index) -> torch.Tensor | None:
 def _latent_run(run_dir: str | Path) -> tuple:
     """(config, model) of a run whose model has a latent space (not a classifier)."""
     cfg, model = load_run(run_dir)
-    if not isinstance(model, LatentModel):
+    if not model.can("encode"):
         raise VaelabError(f"{run_dir} holds a {cfg.model.kind}, which has no latent space to plot")
     return cfg, model
 
@@ -198,7 +200,6 @@ def _image_figure(picture, title: str, out: str | Path, scale: float = 0.02) -> 
 def samples_figure(panels: Panels, out: str | Path, cache=None, n: int = 64, seed: int = 0) -> Path:
     """``n`` new images decoded from prior draws z ~ N(0, I) (an autoencoder: from a Gaussian
     fitted to its codes; a conditional model: labels drawn uniformly)."""
-    from vaelab.generate import generate, load_generator
 
     (title, run), *_ = panels
     _, model = load_generator(run, cache)
@@ -229,14 +230,11 @@ def manifold_figure(panels: Panels, out: str | Path, cache=None, n: int = 20) ->
         raise VaelabError(
             f"the manifold figure needs a 2-D latent; {run} has {cfg.model.bottleneck}"
         )
-    z = quantile_codes(n)  # (n², 2)
-    what = "prior"
-    if isinstance(model, Autoencoder):  # no prior: the Gaussian fitted to its codes
-        from vaelab.generate import load_generator
-
-        _, model = load_generator(run, cache)
-        mean, chol = model.prior
-        z, what = mean + z @ chol.T, "fitted Gaussian's"  # (n², 2)
+    _, model = load_generator(run, cache)  # with its prior (fitted ex post for an AE)
+    z = model.prior.from_standard(quantile_codes(n))  # (n², 2) on the prior
+    if z is None:
+        raise VaelabError(f"the prior of {run} has no quantiles to lay out as a grid")
+    what = model.prior.title
     c, label = None, ""
     if model.classes:  # conditional: one label for the whole grid
         c = model.condition_of(model.classes[:1]).expand(len(z), -1)  # (n², D)

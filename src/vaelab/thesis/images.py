@@ -101,7 +101,7 @@ def save_png(path: str | Path, picture: np.ndarray) -> Path:
     under exactly the name ``path``."""
     from PIL import Image
 
-    from vaelab.data import atomic_write
+    from vaelab.files import atomic_write
 
     arr = np.asarray(picture)
     if arr.dtype != np.uint8:  # a cast would truncate floats to black and wrap 256 to 0
@@ -236,7 +236,7 @@ class ImageLayer(nn.Module):
         operator: Callable[[torch.Tensor], torch.Tensor] | None = None,
         bias: bool = True,
     ) -> None:
-        from vaelab.nn import _activation_with_alpha
+        from vaelab.thesis.nn import _activation_with_alpha
 
         super().__init__()
         if operator is not None and (in_channels, kernel_size, stride) != (None, None, None):

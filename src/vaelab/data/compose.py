@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vaelab.data import ImageDataset, available_datasets, load_dataset, save_dataset
+from vaelab.data.cache import available_datasets, load_dataset, save_dataset
+from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError
-from vaelab.images import normalize, quantize
+from vaelab.thesis.images import normalize, quantize
 
 
 def number_classes(digits: int) -> list[str]:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from vaelab.errors import is_count
-from vaelab.optim import Adam, AMSGrad, regret
+from vaelab.thesis.optim import Adam, AMSGrad, regret
 
 __all__ = [
     "BIG_GRADIENT",

@@ -6,19 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelab.build import check_unused
 from vaelab.config import FILLED_IN, RESUME_OVERRIDES, Config, differences
+from vaelab.device import resolve_device
 from vaelab.errors import ConfigError
-from vaelab.runs import RunFolder, resolve_device
-from vaelab.train import (
-    TrainingDiverged,
-    TrainingInterrupted,
-    finished,
-    read_progress,
-    stretched_schedule,
-    train,
-    train_runs,
-)
+from vaelab.models.registry import check_unused
+from vaelab.runs.folder import RunFolder
+from vaelab.train.loop import TrainingDiverged, TrainingInterrupted, train, train_runs
+from vaelab.train.state import finished, read_progress, stretched_schedule
 
 FUSABLE = ("optimizer", "lr", "lr_decay")
 """The train.* fields in which models trained together (:func:`train_many`) may differ."""

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.data import ImageDataset, add_splits, atomic_write, save_dataset
+from vaelab.data.cache import add_splits, save_dataset
+from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError
+from vaelab.files import atomic_write
 
 # --------------------------------------------------------------------------------------
 # IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST)

@@ -1,7 +1,7 @@
-"""The networks and models a ``[model]`` config describes: fully connected (Def 2.3.1-2.3.3)
-and convolutional (§1.3) encoders and decoders, assembled by :func:`build_model` into the
-:mod:`vaelab.models` classes through dict registries (``ARCHS``, ``MODELS``), with the checks
-that turn a bad config into one ConfigError naming the key.
+"""The networks a ``[model]`` config describes: fully connected (Def 2.3.1-2.3.3) and
+convolutional (§1.3) encoders and decoders, chosen by ``model.arch`` from the registry
+``ARCHS``, with the checks that turn a bad config into one ConfigError naming the key.
+Families (:mod:`vaelab.models.registry`) build their models from these.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from torch import nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
-from vaelab.models import VAE, Autoencoder, Classifier, check_beta, condition_table
-from vaelab.nn import (
-    MLP,
+from vaelab.thesis.nn import (
     activation,
     check_decoder_widths,
     check_encoder_widths,
@@ -131,93 +129,13 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]]
 }
 
 
-def build_autoencoder(cfg: ModelConfig, loss: str) -> Autoencoder:
-    make_encoder, make_decoder, _ = _arch(cfg)
-    return Autoencoder(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss)
-
-
-def build_vae(cfg: ModelConfig, loss: str) -> VAE:
-    make_encoder, make_decoder, cond_mode = _arch(cfg)
-    classes = cfg.classes if cfg.conditional else []
-    if cfg.conditional and not classes:
-        raise ConfigError("model.conditional needs a labelled data set (model.classes is empty)")
-    d = condition_table(classes).shape[1] if classes else 0  # condition width D
-    return VAE(
-        make_encoder(cfg, 2 * cfg.bottleneck, d),  # (μ, log σ²)
-        make_decoder(cfg, cfg.bottleneck + d),
-        cfg.bottleneck,
-        cfg.likelihood,
-        cfg.beta,
-        cfg.k,
-        cfg.sigma,
-        cfg.learn_sigma,
-        tuple(cfg.image_shape),
-        classes,
-        cond_mode,
-    )
-
-
-def build_classifier(cfg: ModelConfig, loss: str) -> Classifier:
-    if cfg.arch != "conv":
-        raise ConfigError(f"a classifier has model.arch = 'conv', got {cfg.arch!r}")
-    _check_image_shape(cfg)
-    if not cfg.classes:
-        raise ConfigError("a classifier needs a labelled data set (model.classes is empty)")
-    features, flat = conv_features(cfg)
-    head = MLP([flat, *cfg.widths, len(cfg.classes)], cfg.activation)
-    return Classifier(nn.Sequential(features, *list(head)[:-2]), nn.Sequential(*list(head)[-2:]),
-                      cfg.classes, cfg.image_shape)  # fmt: skip
-
-
-MODELS: dict[str, Callable[[ModelConfig, str], nn.Module]] = {
-    "ae": build_autoencoder,
-    "vae": build_vae,
-    "classifier": build_classifier,
-}
-
-
-def _check_image_shape(cfg: ModelConfig) -> None:
+def check_image_shape(cfg: ModelConfig) -> None:
     if len(cfg.image_shape) != 3 or min(cfg.image_shape) < 1:
         raise ConfigError(f"model.image_shape must be (C, H, W), got {cfg.image_shape}")
 
 
-def _arch(cfg: ModelConfig) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]:
+def arch(cfg: ModelConfig) -> tuple[Callable[..., nn.Module], Callable[..., nn.Module], str]:
     if cfg.arch not in ARCHS:
         raise ConfigError(f"unknown model.arch {cfg.arch!r} (known: {', '.join(ARCHS)})")
-    _check_image_shape(cfg)
+    check_image_shape(cfg)
     return ARCHS[cfg.arch]
-
-
-VAE_ONLY = ("likelihood", "beta", "k", "sigma", "learn_sigma", "conditional")
-"""model.* keys that only a VAE reads."""
-SIGMA_LIKELIHOODS = ("gaussian", "gaussian_identity")
-"""The likelihoods that read model.sigma and model.learn_sigma."""
-
-
-def check_unused(cfg: ModelConfig) -> None:
-    """A ConfigError for a model.* key set away from its default where the model would
-    ignore it: VAE keys on another kind, σ under a likelihood without one, β with k > 1.
-    Needs no image shape, so groups of runs check every config before any trains."""
-    default = ModelConfig()
-    changed = [key for key in VAE_ONLY if getattr(cfg, key) != getattr(default, key)]
-    if cfg.kind != "vae" and changed:
-        raise ConfigError(f"model.{changed[0]} needs model.kind = 'vae' (it is {cfg.kind!r})")
-    check_beta(cfg.beta, cfg.k)
-    if cfg.likelihood not in SIGMA_LIKELIHOODS and (
-        sigma := [key for key in ("sigma", "learn_sigma") if key in changed]
-    ):
-        raise ConfigError(
-            f"model.{sigma[0]} applies to the likelihoods {', '.join(SIGMA_LIKELIHOODS)} only "
-            f"(model.likelihood is {cfg.likelihood!r})"
-        )
-
-
-def build_model(cfg: ModelConfig, loss: str) -> nn.Module:
-    """The model a config describes (``cfg.image_shape`` must be filled in)."""
-    if cfg.kind not in MODELS:
-        raise ConfigError(f"unknown model.kind {cfg.kind!r} (known: {', '.join(MODELS)})")
-    check_unused(cfg)
-    try:
-        return MODELS[cfg.kind](cfg, loss)
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from e

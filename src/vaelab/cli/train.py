@@ -1,0 +1,165 @@
+"""``vaelab train`` (one run, a sweep, or a continued run), ``vaelab classifier train`` and
+``vaelab stage`` (the stages fitted after training)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vaelab.cli.args import (
+    Command,
+    _cache_arg,
+    _fuse_arg,
+    positive_int,
+)
+from vaelab.errors import VaelabError
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="TOML config, e.g. configs/mnist_ae.toml")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax), e.g. --set 'model.widths=[512,256]'")  # fmt: skip
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default runs/<data>-<kind>-<time>; a sweep: runs/sweep-<time>)",
+    )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="compile the objective with torch.compile (train.compile = true)")  # fmt: skip
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="run eagerly (train.compile = false)")  # fmt: skip
+    p.add_argument("--sweep", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                   help="one run per value (per combination, if repeated) in OUT/KEY=VALUE; "
+                        "runs differing only in train.optimizer/lr/lr_decay can train fused (--fuse)")  # fmt: skip
+    _fuse_arg(p, "sweep runs that differ only in train.optimizer/lr/lr_decay")
+    _cache_arg(p)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from vaelab.config import load_config
+    from vaelab.runs.folder import RunFolder
+    from vaelab.train.loop import train
+
+    if args.resume:
+        if args.config:
+            raise VaelabError("give either a CONFIG or --resume RUN_DIR, not both")
+        if args.out:
+            raise VaelabError("--resume continues RUN_DIR in place; --out cannot go with it")
+        cfg = RunFolder(args.resume, writer=False).read_config()
+        cfg = _apply_resume_overrides(cfg, args.set)
+    elif args.config:
+        cfg = load_config(args.config, args.set)
+    else:
+        raise VaelabError("give a CONFIG file (e.g. configs/mnist_ae.toml) or --resume RUN_DIR")
+    if args.sweep:
+        return _sweep(args)
+    _apply_compile_flag(args, cfg)
+    if args.fuse != "auto":
+        raise VaelabError("--fuse applies to --sweep only")
+    path = train(cfg, out=args.out, resume=args.resume, cache=args.cache,
+                 progress=not args.no_progress)  # fmt: skip
+    print(f"run folder: {path}")
+
+
+def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:
+    """--compile / --no-compile override train.compile; neither leaves the config's."""
+    if args.compile is not None:
+        cfg.train.compile = args.compile
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    """`vaelab train CONFIG --sweep KEY=V1,V2 …`: one run per combination, in OUT/<values>;
+    runs that differ only in optimizer, lr or lr_decay can train fused (``--fuse``). Running the command
+    again continues unfinished runs and keeps finished ones."""
+    from vaelab.config import load_config, sweep_overrides
+    from vaelab.train.groups import train_group
+
+    if args.resume:
+        raise VaelabError("--sweep continues its runs when run again; do not add --resume")
+    out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    names, cfgs = [], []
+    for name, overrides in sweep_overrides(args.sweep):
+        cfg = load_config(args.config, [*args.set, *overrides])
+        _apply_compile_flag(args, cfg)
+        names.append(name)
+        cfgs.append(cfg)
+    from vaelab.train.loop import TrainingInterrupted
+
+    try:
+        paths = train_group(cfgs, [out / n for n in names], args.cache, not args.no_progress,
+                            fuse=args.fuse)  # fmt: skip
+    except TrainingInterrupted as e:
+        if args.out:
+            raise
+        raise TrainingInterrupted(
+            f"{e}, adding --out {out} (without it a new folder starts)"
+        ) from e
+    for path in paths:
+        print(f"run folder: {path}")
+
+
+def _apply_resume_overrides(cfg, overrides: list[str]):
+    """``cfg`` with the ``--set`` overrides of :data:`~vaelab.config.RESUME_OVERRIDES` applied."""
+    from vaelab.config import RESUME_OVERRIDES, from_dict, parse_override, to_dict
+
+    raw = to_dict(cfg)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if f"{section}.{key}" not in RESUME_OVERRIDES:
+            raise VaelabError(
+                f"--set {section}.{key} cannot change on --resume (only "
+                f"{', '.join(RESUME_OVERRIDES)} can)"
+            )
+        raw[section][key] = value
+    new = from_dict(raw)
+    from vaelab.train.state import stretched_schedule
+
+    if warning := stretched_schedule(cfg, new):
+        print(f"vaelab: {warning}", file=sys.stderr)
+    if new.train.precision != cfg.train.precision:
+        print(f"vaelab: note: train.precision {cfg.train.precision} -> {new.train.precision}: "
+              "from here on the run rounds differently, so it no longer equals an unbroken "
+              "run bit for bit", file=sys.stderr)  # fmt: skip
+    return new
+
+
+CLASSIFIER_CONFIG = Path(__file__).parents[1] / "classifier.toml"
+
+
+def _classifier_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="labelled single-digit data set (the preset's: mnist)")
+    p.add_argument("--epochs", type=positive_int, help="epochs (the preset's: 8)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override"
+    )
+    p.add_argument(
+        "--out", default="runs/classifier", metavar="DIR", help="run folder (runs/classifier)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _cache_arg(p)
+
+
+def cmd_classifier_train(args: argparse.Namespace) -> None:
+    from vaelab.config import load_config
+    from vaelab.eval.likelihood import evaluate_run, format_table
+    from vaelab.train.loop import train
+
+    shortcuts = [f"data.name={args.data!r}"] * (args.data is not None)
+    shortcuts += [f"train.epochs={args.epochs}"] * (args.epochs is not None)
+    cfg = load_config(CLASSIFIER_CONFIG, args.set + shortcuts)  # the options win over --set
+    path = train(cfg, out=args.out, cache=args.cache, progress=not args.no_progress)
+    print(format_table(evaluate_run(path, cache=args.cache, progress=False)))
+    print(f"run folder: {path}")
+
+
+# fmt: off
+COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
+    ("train",): (cmd_train, "train a model from a TOML config", _train_args),
+    ("classifier", "train"): (cmd_classifier_train, "train the CNN that judges generated digits", _classifier_args),
+}
+# fmt: on

@@ -1,0 +1,49 @@
+"""What every evaluation shares: a model in eval mode for a block, and the mean of its
+objective (or of every term of it) over a split, with sampling on a private seeded stream."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from vaelab.data.batches import Batches
+from vaelab.device import seeded
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The block runs with ``model`` in eval mode; its train/eval mode comes back after,
+    also after an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> float:
+    """The model's objective averaged over every example of ``batches`` (the empirical risk,
+    Def 1.2.4). Any sampling inside the objective uses a private, seeded RNG stream, so the
+    number is reproducible and the caller's RNG state is left untouched."""
+    total = torch.zeros((), dtype=torch.float64)
+    with evaluating(model), seeded(seed, batches.device):
+        for x, y in batches:
+            total += model.objective(x, y).sum().cpu().double()  # (B,) -> ()
+    return float(total) / len(batches.data)
+
+
+@torch.no_grad()
+def mean_terms(model: torch.nn.Module, batches: Batches, seed: int = 0) -> dict[str, float]:
+    """Every term of the model's objective (``model.terms``: "loss" and its parts), each
+    averaged over every example of ``batches``, with the RNG of :func:`mean_objective`."""
+    totals: dict[str, torch.Tensor] = {}
+    with evaluating(model), seeded(seed, batches.device):
+        for x, y in batches:
+            for key, value in model.terms(x, y).items():
+                total = totals.setdefault(key, torch.zeros((), dtype=torch.float64))
+                total += value.sum().cpu().double()  # (B,) -> ()
+    return {key: float(total) / len(batches.data) for key, total in totals.items()}

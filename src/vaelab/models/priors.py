@@ -1,0 +1,95 @@
+"""Priors p(z) over latent codes, one object each, shared by every family that has one.
+
+A prior answers ``log_prob(z)`` ((…, Z) -> (…)), ``sample(n, generator, temperature)``
+((n, Z); temperature T scales the draw's spread, 1 = the prior itself), optionally a
+closed-form ``kl(posterior)`` (None when it has none: the caller estimates it by Monte
+Carlo) and ``from_standard(u)``, the map of standard-normal codes onto the prior (for
+quantile grids; None where no such map exists). Priors hold no persistent state of their
+own in ``model.safetensors``: a learned prior's parameters would, an ex-post fit is a
+stage file (:mod:`vaelab.models.stages`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vaelab.models.posteriors import DiagonalGaussian
+from vaelab.thesis.losses import kl_normal_std, normal_log_prob
+
+
+class Prior(nn.Module):
+    """The interface of a prior p(z) (see the module's docstring)."""
+
+    dim: int
+    title = "prior"
+    """How figures name it ("decoded prior quantiles")."""
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def kl(self, posterior) -> Tensor | None:
+        """KL(q ‖ p) per example in closed form, or None (then it is estimated)."""
+        return None
+
+    def from_standard(self, u: Tensor) -> Tensor | None:
+        """Codes (N, Z) of standard-normal points u (N, Z), or None where there is no map."""
+        return None
+
+
+class NormalPrior(Prior):
+    """p(z) = N(0, I) in ``dim`` dimensions, the VAE's prior (§3)."""
+
+    def __init__(self, dim: int, options=None):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)  # its device
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        zero = z.new_zeros(())
+        return normal_log_prob(z, zero, zero)  # (…, Z) -> (…)
+
+    def sample(self, n, generator=None, temperature=1.0) -> Tensor:
+        return temperature * torch.randn(n, self.dim, generator=generator).to(self.anchor.device)
+
+    def kl(self, posterior) -> Tensor | None:
+        if isinstance(posterior, DiagonalGaussian):
+            return kl_normal_std(posterior.mu, posterior.logvar)  # Def 3.1.1, (B,)
+        return None
+
+    def from_standard(self, u: Tensor) -> Tensor:
+        return u
+
+
+class GaussianPrior(Prior):
+    """N(mean, L Lᵀ) with a full covariance given by its Cholesky factor L: the Gaussian an
+    autoencoder's codes are fitted to after training ("AE + Gaussian")."""
+
+    title = "fitted Gaussian's"
+
+    def __init__(self, mean: Tensor, scale_tril: Tensor):
+        super().__init__()
+        self.dim = mean.shape[0]
+        self.register_buffer("mean", mean, persistent=False)  # (Z,)
+        self.register_buffer("scale_tril", scale_tril, persistent=False)  # (Z, Z)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        dist = torch.distributions.MultivariateNormal(self.mean, scale_tril=self.scale_tril)
+        return dist.log_prob(z)
+
+    def sample(self, n, generator=None, temperature=1.0) -> Tensor:
+        eps = temperature * torch.randn(n, self.dim, generator=generator).to(self.mean.device)
+        return self.from_standard(eps)
+
+    def from_standard(self, u: Tensor) -> Tensor:
+        return self.mean + u @ self.scale_tril.T  # (N, Z)
+
+
+PRIORS: dict[str, type[Prior]] = {"normal": NormalPrior}
+"""[model.prior] kind -> the prior a VAE is built with, called as (latent dimension, the
+table's options)."""

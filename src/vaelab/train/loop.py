@@ -1,0 +1,378 @@
+"""The training loop: resident-data batches, an optimizer by name, per-example losses
+reduced once, checkpoints that resume bit for bit, stages fitted after the last epoch.
+
+Read :func:`train_runs` top to bottom: set up (:func:`setup_loop`), the first writes
+(:func:`begin`), then per epoch :func:`run_epoch` and :func:`end_of_epoch`. Everything they
+share is one :class:`Loop`; everything written goes through a
+:class:`~vaelab.runs.folder.RunFolder`, so only one process writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vaelab.config import Config
+from vaelab.data.batches import Batches, heldout_batches
+from vaelab.data.dataset import ImageDataset
+from vaelab.device import wide_float
+from vaelab.errors import CheckpointError, ConfigError, VaelabError
+from vaelab.eval.common import mean_terms
+from vaelab.models.registry import build_model
+from vaelab.runs.folder import RunFolder
+from vaelab.runs.stages import run_stages
+from vaelab.train.setup import setup_data, setup_model
+from vaelab.train.state import Progress, checkpoint_state, finished, read_progress, restore
+from vaelab.train.step import step_function
+
+
+class TrainingDiverged(VaelabError):
+    """The loss became NaN or infinite; ``run`` is the run folder it happened in."""
+
+    def __init__(self, message: str, run: Path | None = None):
+        super().__init__(message)
+        self.run = run
+
+
+class TrainingInterrupted(VaelabError):
+    """Ctrl-C (or SIGTERM) during training; a checkpoint was saved."""
+
+
+def train(
+    cfg: Config,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    writer: bool = True,
+) -> Path:
+    """Train the model ``cfg`` describes into run folder ``out`` (or continue ``resume``).
+
+    Returns the run folder. Raises :class:`TrainingDiverged` on a NaN/inf loss (the last
+    good checkpoint stays) and :class:`TrainingInterrupted` on Ctrl-C or SIGTERM (after
+    saving at the next batch boundary; a second Ctrl-C stops at once, without saving).
+    """
+    path = Path(resume or out or _default_out(cfg))
+    if resume is not None and RunFolder(path).file("state.json").exists():
+        state = read_progress(RunFolder(path))
+        if cfg.train.epochs < state["epoch"]:
+            raise ConfigError(f"train.epochs = {cfg.train.epochs} is below the {state['epoch']} "
+                              f"epochs {path} has done")  # fmt: skip
+        if finished(cfg, state):
+            early = state["epoch"] < cfg.train.epochs  # so it stopped early
+            how, key = ("stopped early", "early_stopping") if early else ("trained", "epochs")
+            log(f"{path}: already {how} ({state['epoch']}/{cfg.train.epochs} epochs); nothing to "
+                f"do (--set train.{key}=… goes on)")  # fmt: skip
+            finish_stages(path, cache, log)
+            return path
+    return train_runs([cfg], [path], resume is not None, cache, progress, log, writer)[0]
+
+
+def finish_stages(path: Path, cache: str | Path | None, log: Callable[[str], None]) -> list[str]:
+    """Fit the stages a finished run lacks (cut off after its last epoch, or a run folder
+    from before stages existed); returns their names."""
+    run = RunFolder(path)
+    with run.held():
+        cfg = run.read_config()
+        model = build_model(cfg.model, cfg.train.loss)
+        run.load_weights(model)
+        return run_stages(run, cfg, model, cache, log)
+
+
+@dataclass
+class Member:
+    """One model of a training call and what is its own: config, run folder, optimizer,
+    progress and the epoch of its last checkpoint."""
+
+    cfg: Config
+    run: RunFolder
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    p: Progress
+    saved: int | None = None
+
+
+@dataclass
+class Loop:
+    """What one training call shares across its epochs: the members (one model, or several
+    fused), the data, the step, the loss sums on the device and the clock. ``rank`` and
+    ``world_size`` say which process this is (0 of 1 until training is distributed)."""
+
+    cfg: Config  # what all members share: data, model, batches, epochs
+    members: list[Member]
+    batches: Batches
+    train_set: ImageDataset
+    test_batches: Batches
+    step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    log: Callable[[str], None]
+    progress: bool
+    t0: float  # perf_counter of the run's start (earlier sessions included)
+    start: tuple[float, float]  # (epochs, seconds) where this call began, for the eta
+    sums: torch.Tensor  # (M,) per-member loss sums of the epoch, on the device
+    synced: int = 0  # the step of the last host sync
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def p(self) -> Progress:
+        return self.members[0].p  # epoch, batch and step are the same for all members
+
+
+def train_runs(
+    cfgs: list[Config],
+    outs: list[Path],
+    resume: bool,
+    cache: str | Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+    writer: bool,
+) -> list[Path]:
+    """:func:`train` for one config, :func:`~vaelab.train.groups.train_many` for several
+    (fused). Each folder is held (:meth:`~vaelab.runs.folder.RunFolder.held`) before its
+    state is read, so a second process on it is refused before it reads or writes anything.
+    After the last epoch, each model's stages are fitted (:mod:`vaelab.runs.stages`)."""
+    runs = [RunFolder(o, writer=writer) for o in outs]
+    if len({r.path.resolve() for r in runs}) < len(runs):
+        raise ConfigError(f"runs trained together need a folder each, got {[str(o) for o in outs]}")
+    with contextlib.ExitStack() as held:
+        for run in runs:
+            held.enter_context(run.held())
+        loop = setup_loop(cfgs, runs, resume, cache, progress, log)
+        with deferred_interrupts() as interrupted:
+            begin(loop, resume)
+            for epoch in range(loop.p.epoch, loop.cfg.train.epochs):
+                run_epoch(loop, epoch, interrupted)
+                if end_of_epoch(loop, epoch):
+                    break
+                halt_if(loop, interrupted())
+        for m in loop.members:
+            run_stages(m.run, m.cfg, m.model, cache, log)
+    return [r.path for r in runs]
+
+
+def setup_loop(cfgs, runs, resume, cache, progress, log) -> Loop:
+    """The data resident on the device (shared), the seeded models and optimizers, and for
+    ``resume`` the state of the checkpoints to continue; nothing is written yet."""
+    for run in runs:
+        if not resume and run.file("state.json").exists():
+            raise CheckpointError(
+                f"{run.path} already holds a run; continue it with `vaelab train --resume {run.path}`, or choose another --out"
+            )
+    cfg = cfgs[0]
+    batches, train_set, test_set = setup_data(cfg, cache, also=cfgs[1:])
+    members = [Member(c, run, *setup_model(c, batches.device), Progress()) for c, run in zip(cfgs, runs, strict=True)]  # fmt: skip
+    # the test split is binarised once with a fixed seed, the same for every run
+    test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device)
+    if resume:
+        for m in members:
+            m.p = restore(m.run, m.model, m.optimizer, batches, log)
+            m.saved = m.p.epoch
+    step = step_function([m.model for m in members], [m.optimizer for m in members],
+                         cfg.train.compile, log, cfg.train.precision)  # fmt: skip
+    p = members[0].p
+    if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
+        raise CheckpointError("runs trained together must stand at the same epoch and batch")
+    # where this call began (in epochs, a resumed part-epoch counted in part), for the eta
+    start = (p.epoch + p.batch / len(batches), p.seconds)
+    sums = torch.zeros(len(members), dtype=wide_float(batches.device), device=batches.device)
+    return Loop(cfg, members, batches, train_set, test_batches, step, log, progress,
+                time.perf_counter() - p.seconds, start, sums, p.step)  # fmt: skip
+
+
+def begin(loop: Loop, resume: bool) -> None:
+    """The first writes: each run folder's metrics (cut back to its checkpoint when
+    resuming) and config, and one line saying what trains."""
+    for m in loop.members:
+        if resume:
+            m.run.reset_metrics(upto_epoch=m.p.epoch)
+            loop.log(f"resuming {m.run.path} at epoch {m.p.epoch}, step {m.p.step}")
+        else:
+            m.run.path.mkdir(parents=True, exist_ok=True)
+            m.run.reset_metrics()
+        m.run.write_config(m.cfg)
+    cfg, n = loop.cfg, len(loop.members)
+    n_params = sum(t.numel() for t in loop.members[0].model.parameters())
+    loop.log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters"
+             f"{f', {n} models fused' if n > 1 else ''}) on {len(loop.train_set):,} "
+             f"{cfg.data.name} images -> {', '.join(str(m.run.path) for m in loop.members)}")  # fmt: skip
+
+
+def run_epoch(loop: Loop, epoch: int, interrupted: Callable[[], bool]) -> None:
+    """The steps of one epoch (from the batch a resumed run stood at), with the loss sums
+    kept on the device and read every :data:`SYNC_EVERY` steps."""
+    p, members, batches = loop.p, loop.members, loop.batches
+    for m in members:
+        m.model.train()
+        for group in m.optimizer.param_groups:
+            group["lr"] = epoch_lr(m.cfg, epoch)
+    loop.sums.copy_(torch.tensor([m.p.train_sum for m in members], dtype=loop.sums.dtype))
+    bar = tqdm(batches.epoch(skip=p.batch), total=len(batches), initial=p.batch,
+               desc=f"epoch {epoch + 1}/{loop.cfg.train.epochs}", leave=False, unit="batch",
+               disable=None if loop.progress else True)  # fmt: skip
+    for x, y in bar:
+        losses = loop.step(x, y)  # (M, B) per-example losses, parameters updated
+        loop.sums += losses.detach().sum(dim=1, dtype=loop.sums.dtype)  # (M, B) -> (M,)
+        for m in members:
+            m.p.batch += 1
+            m.p.step += 1
+        if p.batch % SYNC_EVERY == 0:
+            sync(loop)
+            seen = min(p.batch * batches.batch_size, len(loop.train_set))
+            bar.set_postfix(loss="/".join(f"{m.p.train_sum / seen:.4g}" for m in members))
+        if p.batch < len(batches):  # after the last batch: stop once the epoch is done
+            halt_if(loop, interrupted())
+    sync(loop)
+
+
+def end_of_epoch(loop: Loop, epoch: int) -> bool:
+    """Test loss and its terms, metrics, checkpoint; returns whether early stopping ends the
+    run. Every test loss is checked before anything is written."""
+    cfg, members = loop.cfg, loop.members
+    tested = (epoch + 1) % cfg.train.test_every == 0 or epoch + 1 == cfg.train.epochs
+    seed = cfg.train.seed
+    terms = [mean_terms(m.model, loop.test_batches, seed=seed) if tested else None
+             for m in members]  # fmt: skip
+    for m, t in zip(members, terms, strict=True):
+        if t is not None and not math.isfinite(t["loss"]):
+            raise diverged(loop, f"test loss is {t['loss']} after epoch {epoch + 1}", m)
+    stop = False
+    for m, t in zip(members, terms, strict=True):
+        test_loss = None if t is None else t["loss"]
+        q = m.p
+        train_loss = q.train_sum / len(loop.train_set)
+        q.epoch, q.batch, q.train_sum = epoch + 1, 0, 0.0
+        q.seconds = time.perf_counter() - loop.t0
+        # stale: epochs since the best test loss so far
+        improved = test_loss is not None and test_loss < q.best
+        q.best, q.stale = (test_loss, 0) if improved else (q.best, q.stale + 1)
+        # models: how many trained in this step (> 1: fused; then seconds are shared)
+        record = {"epoch": q.epoch, "step": q.step, "train_loss": train_loss,
+                  "test_loss": test_loss, "seconds": round(q.seconds, 3), "models": len(members)}  # fmt: skip
+        if t is not None and len(t) > 1:  # the objective's parts, test-set means
+            record["test_terms"] = {k: v for k, v in t.items() if k != "loss"}
+        m.run.append_metrics(record)
+        log_epoch(loop, m, train_loss, test_loss)
+        patience = cfg.train.early_stopping
+        stop = q.stopped = bool(tested and patience and q.stale >= patience)
+        if q.epoch == cfg.train.epochs or stop or q.epoch % cfg.train.checkpoint_every == 0:
+            checkpoint(loop, m)
+    if stop:  # only ever one member: fused runs do not stop early
+        loop.log(f"early stopping: no better test loss for {loop.p.stale} epochs")
+    return stop
+
+
+def log_epoch(loop: Loop, m: Member, train_loss: float, test_loss: float | None) -> None:
+    """One line per epoch and member: losses, time, and the eta of this call's pace."""
+    q, epochs = m.p, loop.cfg.train.epochs
+    name = f"{m.run.path.name}: " if len(loop.members) > 1 else ""
+    shown = "   -   " if test_loss is None else f"{test_loss:.4f}"
+    left = epochs - q.epoch
+    done = q.epoch - loop.start[0]  # epochs in this call; 0 when resumed at an epoch's end
+    pace = (q.seconds - loop.start[1]) / done if done > 0 else math.nan  # s/epoch
+    eta = f"  eta {hms(pace * left)}" if left else ""
+    loop.log(f"{name}epoch {q.epoch:>4}/{epochs}  train {train_loss:.4f}  test {shown}  "
+             f"{q.seconds:7.1f}s{eta}")  # fmt: skip
+
+
+def sync(loop: Loop) -> None:
+    """Copy the device-side loss sums into the members' progress: the one host sync, every
+    :data:`SYNC_EVERY` steps and at checkpoints."""
+    p = loop.p
+    for m, total in zip(loop.members, loop.sums.tolist(), strict=True):
+        m.p.train_sum = total
+        if not math.isfinite(total):
+            raise diverged(loop, f"loss is {total} at epoch {p.epoch + 1} (within steps "
+                                 f"{loop.synced + 1}-{p.step})", m)  # fmt: skip
+    loop.synced = p.step
+
+
+def checkpoint(loop: Loop, m: Member, mid_epoch: bool = False) -> None:
+    m.run.save_checkpoint(m.model, m.optimizer, checkpoint_state(m.p, loop.batches, mid_epoch))
+    m.saved = m.p.epoch
+
+
+def diverged(loop: Loop, what: str, m: Member) -> TrainingDiverged:
+    kept = (
+        "no checkpoint was written yet"
+        if m.saved is None
+        else f"the last good checkpoint (epoch {m.saved}) is kept in {m.run.path}"
+    )
+    where = f"{m.run.path}: " if len(loop.members) > 1 else ""
+    return TrainingDiverged(f"{where}{what}; stopped. {kept}", m.run.path)
+
+
+def halt_if(loop: Loop, requested: bool) -> None:
+    """On Ctrl-C or SIGTERM: checkpoint where training stands, then stop."""
+    if not requested:
+        return
+    p = loop.p
+    sync(loop)  # never checkpoints a diverged model
+    for m in loop.members:
+        m.p.seconds = time.perf_counter() - loop.t0
+        checkpoint(loop, m, mid_epoch=p.batch > 0)
+    if p.epoch == loop.cfg.train.epochs:  # the signal came as the last epoch ended
+        raise TrainingInterrupted(f"interrupted as training ended (epoch {p.epoch} of "
+                                  f"{p.epoch}); checkpoint saved, the run is finished")  # fmt: skip
+    how = (f"`vaelab train --resume {loop.members[0].run.path}`" if len(loop.members) == 1
+           else "the same command")  # fmt: skip
+    raise TrainingInterrupted(
+        f"interrupted at epoch {p.epoch + 1}, step {p.step}; checkpoint saved, continue with {how}"
+    )
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[Callable[[], bool]]:
+    """Within the block SIGINT (Ctrl-C) and SIGTERM only set a flag, which the yielded
+    function reads, so training can stop at a batch boundary; a second signal raises
+    KeyboardInterrupt at once. Outside the main thread nothing changes."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(caught)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
+
+
+def hms(seconds: float) -> str:
+    """A duration as 1h02m03s or 2m03s (? when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+SYNC_EVERY = 10
+"""Steps between host synchronisations (progress bar, NaN check) within an epoch."""
+
+
+def epoch_lr(cfg: Config, epoch: int) -> float:
+    """lr · lr_decay^(epoch / (epochs − 1)): from lr in the first epoch to lr·lr_decay in
+    the last (constant for lr_decay = 1)."""
+    t = epoch / max(1, cfg.train.epochs - 1)
+    return cfg.train.lr * cfg.train.lr_decay**t
+
+
+def _default_out(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.name}-{cfg.model.kind}-{stamp}"
