@@ -342,6 +342,9 @@ def set_override(raw: dict[str, Any], section: str, key: str, value: Any) -> Non
     """Set ``section.key`` in the nested dicts ``raw``; 'prior.kind' sets a sub-table's key."""
     table = raw.setdefault(section, {})
     *parents, last = key.split(".")
+    if parents and (section != "model" or parents[0] not in PARTS or len(parents) > 1):
+        tables = ", ".join(f"model.{t}" for t in PARTS)
+        raise ConfigError(f"{section}.{'.'.join(parents)} is not a table (tables: {tables})")
     for name in parents:
         if not isinstance(table.get(name, {}), dict):
             raise ConfigError(f"{section}.{name} is not a table, so {section}.{key} cannot be set")

@@ -157,9 +157,29 @@ def cmd_classifier_train(args: argparse.Namespace) -> None:
     print(f"run folder: {path}")
 
 
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a trained run folder")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="stages to fit (default: every stage the model has)")  # fmt: skip
+    p.add_argument("--redo", action="store_true", help="fit them anew even where present")
+    p.add_argument("--limit", type=positive_int,
+                   help="at most N training images per stage (default: each stage's own)")  # fmt: skip
+    _cache_arg(p)
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    """Fit a run's stages (an autoencoder's ex-post Gaussian, …) into its folder."""
+    from vaelab.runs import finish_stages
+
+    done = finish_stages(args.run, args.cache, print, args.names or None, args.redo, args.limit)
+    print(f"{args.run}: fitted {', '.join(done)}" if done else
+          f"{args.run}: nothing to fit (its stages are there; --redo fits them anew)")  # fmt: skip
+
+
 # fmt: off
 COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
     ("train",): (cmd_train, "train a model from a TOML config", _train_args),
+    ("stage",): (cmd_stage, "fit what a run's model fits after training (e.g. an AE's Gaussian)", _stage_args),
     ("classifier", "train"): (cmd_classifier_train, "train the CNN that judges generated digits", _classifier_args),
 }
 # fmt: on

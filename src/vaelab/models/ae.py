@@ -9,24 +9,23 @@ from vaelab.errors import ConfigError
 from vaelab.models.base import LatentModel, widened
 from vaelab.models.nets import arch
 from vaelab.models.priors import GaussianPrior
-from vaelab.models.stages import Stage, StageData
+from vaelab.models.stages import ExPost, encode_all
 from vaelab.thesis.losses import LOSS_TAKES_LOGITS, LOSSES
 
 
-class ExPostGaussian(Stage):
-    """Fit N(mean, cov) to the codes of (up to ``images``) training images, after training;
-    the model then samples from it."""
+def gaussian_fit(z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean and Cholesky factor of the covariance of codes z (N, Z), in float64 then float32
+    (a jitter of 1e-6 on the diagonal keeps the factor defined)."""
+    z = z.double()
+    cov = torch.cov(z.T).reshape(z.shape[1], z.shape[1])
+    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    chol = torch.linalg.cholesky(cov + 1e-6 * eye)
+    return {"mean": z.mean(0).float(), "scale_tril": chol.float()}
 
-    name = "expost_gaussian"
-    label = "gaussian"
-    images = 20000
 
-    def fit(self, model, data: StageData) -> dict[str, torch.Tensor]:
-        model.fit_prior(data.train_images(self.images))
-        return {"mean": model.prior.mean, "scale_tril": model.prior.scale_tril}
-
-    def load(self, model, tensors: dict[str, torch.Tensor]) -> None:
-        model.prior = GaussianPrior(tensors["mean"], tensors["scale_tril"])
+EXPOST_GAUSSIAN = ExPost(name="expost_gaussian", fit_codes=gaussian_fit, prior=GaussianPrior,
+                         label="gaussian")  # fmt: skip
+"""Fit N(mean, cov) to the codes of (up to 20,000) training images after training."""
 
 
 class Autoencoder(LatentModel):
@@ -35,10 +34,10 @@ class Autoencoder(LatentModel):
     ``encoder`` maps (B, C, H, W) to (B, n_b), ``decoder`` maps (B, n_b) to logits of shape
     (B, C, H, W); ``loss`` names a per-example reconstruction loss of
     :mod:`vaelab.thesis.losses`. :meth:`fit_prior` fits a Gaussian to the codes of a data
-    set (the stage :class:`ExPostGaussian`), after which :meth:`sample` generates from it.
+    set (the stage :data:`EXPOST_GAUSSIAN`), after which :meth:`sample` generates from it.
     """
 
-    stages = (ExPostGaussian(),)
+    stages = (EXPOST_GAUSSIAN,)
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, loss: str = "mse"):
         super().__init__()
@@ -63,11 +62,7 @@ class Autoencoder(LatentModel):
     @torch.no_grad()
     def fit_prior(self, x: torch.Tensor, batch: int = 4096) -> None:
         """Fit N(mean, cov) to the codes of images ``x`` (N, C, H, W) in [0, 1]."""
-        z = torch.cat([self.encode(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
-        cov = torch.cov(z.T).reshape(z.shape[1], z.shape[1])
-        eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-        chol = torch.linalg.cholesky(cov + 1e-6 * eye)
-        self.prior = GaussianPrior(z.mean(0).float(), chol.float())
+        self.prior = GaussianPrior(**gaussian_fit(encode_all(self, x, batch)))
 
     @torch.no_grad()
     def sample(self, n, labels=None, generator=None, temperature: float = 1.0) -> torch.Tensor:

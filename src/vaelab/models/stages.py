@@ -26,14 +26,41 @@ class StageData:
 
 
 class Stage:
-    """The interface of a stage (see the module's docstring)."""
+    """The interface of a stage (see the module's docstring). ``label`` names a model
+    sampled through it in tables (e.g. "ae+gaussian")."""
 
-    name: str = ""
-    label: str = ""
-    """How tables name a model sampled through this stage (e.g. "ae+gaussian")."""
+    name = ""
+    label = ""
 
     def fit(self, model, data: StageData) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def load(self, model, tensors: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+
+@torch.no_grad()
+def encode_all(model, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """The codes (N, Z) of images ``x`` (N, C, H, W), encoded ``batch`` at a time."""
+    return torch.cat([model.encode(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExPost(Stage):
+    """An ex-post density over the codes as a stage: encode (up to ``images``) training
+    images, ``fit(codes) -> tensors`` of the density's parameters, and on loading
+    ``model.prior = prior(**tensors)``; the model then samples from it."""
+
+    name: str
+    fit_codes: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    prior: Callable[..., torch.nn.Module]
+    label: str = ""
+    images: int = 20000
+
+    def fit(self, model, data: StageData) -> dict[str, torch.Tensor]:
+        tensors = self.fit_codes(encode_all(model, data.train_images(self.images)))
+        self.load(model, tensors)
+        return tensors
+
+    def load(self, model, tensors: dict[str, torch.Tensor]) -> None:
+        model.prior = self.prior(**tensors)

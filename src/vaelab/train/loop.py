@@ -27,9 +27,8 @@ from vaelab.data.dataset import ImageDataset
 from vaelab.device import wide_float
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.eval.common import mean_terms
-from vaelab.models.registry import build_model
 from vaelab.runs.folder import RunFolder
-from vaelab.runs.stages import run_stages
+from vaelab.runs.stages import finish_stages, run_stages
 from vaelab.train.setup import setup_data, setup_model
 from vaelab.train.state import Progress, checkpoint_state, finished, read_progress, restore
 from vaelab.train.step import step_function
@@ -76,17 +75,6 @@ def train(
             finish_stages(path, cache, log)
             return path
     return train_runs([cfg], [path], resume is not None, cache, progress, log, writer)[0]
-
-
-def finish_stages(path: Path, cache: str | Path | None, log: Callable[[str], None]) -> list[str]:
-    """Fit the stages a finished run lacks (cut off after its last epoch, or a run folder
-    from before stages existed); returns their names."""
-    run = RunFolder(path)
-    with run.held():
-        cfg = run.read_config()
-        model = build_model(cfg.model, cfg.train.loss)
-        run.load_weights(model)
-        return run_stages(run, cfg, model, cache, log)
 
 
 @dataclass
