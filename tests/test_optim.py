@@ -10,19 +10,10 @@ import torch
 
 import vaelab.files as files
 import vaelab.runs.folder as runs_folder
+from vaelab.thesis.adaptive import GenericAdaptive, adam_moments, sgd_moments
 from vaelab.thesis.nn import MLP
-from vaelab.thesis.optim import (
-    GD,
-    OPTIMIZERS,
-    SGD,
-    Adam,
-    AMSGrad,
-    GenericAdaptive,
-    adam_moments,
-    make_optimizer,
-    regret,
-    sgd_moments,
-)
+from vaelab.thesis.optim import GD, SGD, Adam, AMSGrad, regret
+from vaelab.train.optimizers import OPTIMIZERS, make_optimizer
 
 
 def _problem(seed: int = 0, dtype=torch.float32):

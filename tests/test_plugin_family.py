@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from vaelab import cli
 from vaelab.files import read_tensors
-from vaelab.models import FAMILIES, LatentModel, register_family
+from vaelab.models.base import LatentModel
 from vaelab.models.nets import arch
 from vaelab.models.priors import FactorizedPrior
+from vaelab.models.registry import FAMILIES, register_family
 from vaelab.models.stages import ExPost
 
 # ------------------------------------------------------------------------ the whole family

@@ -13,8 +13,7 @@ import torch
 from vaelab import cli
 from vaelab.config import ModelConfig, PriorConfig, dumps, load_config, register_part
 from vaelab.errors import ConfigError
-from vaelab.models import build_model
-from vaelab.models.registry import check_unused
+from vaelab.models.registry import build_model, check_unused
 
 SRC = Path(__file__).parents[1] / "src"
 

@@ -549,7 +549,7 @@ def test_checkpoint_save_load_equality(trained):
 def test_optimizer_state_round_trip(trained, tmp_path):
     import copy
 
-    from vaelab.thesis.optim import make_optimizer
+    from vaelab.train.optimizers import make_optimizer
 
     cfg, model = runs_load.load_run(trained)
     opt = make_optimizer(cfg.train.optimizer, model.parameters(), lr=cfg.train.lr)

@@ -8,17 +8,14 @@ docs/thesis-map.md). Sub-packages: ``thesis`` (the chapter-1 blocks), ``data``, 
 """
 
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
-from vaelab.models import (
-    VAE,
-    Autoencoder,
-    Classifier,
-    LatentModel,
-    Model,
-    Stage,
-    build_model,
-    register_family,
-)
+from vaelab.models.ae import Autoencoder
+from vaelab.models.base import LatentModel, Model
+from vaelab.models.classifier import Classifier
 from vaelab.models.likelihoods import LIKELIHOODS
+from vaelab.models.registry import build_model, register_family
+from vaelab.models.stages import Stage
+from vaelab.models.vae import VAE
+from vaelab.thesis.adaptive import GenericAdaptive, adam_moments, sgd_moments
 from vaelab.thesis.images import (
     ImageLayer,
     avg_pool,
@@ -47,17 +44,8 @@ from vaelab.thesis.losses import (
     squared_error,
 )
 from vaelab.thesis.nn import ACTIVATIONS, MLP, activation, compose, decoder_mlp, encoder_mlp
-from vaelab.thesis.optim import (
-    GD,
-    SGD,
-    Adam,
-    AMSGrad,
-    GenericAdaptive,
-    adam_moments,
-    make_optimizer,
-    regret,
-    sgd_moments,
-)
+from vaelab.thesis.optim import GD, SGD, Adam, AMSGrad, regret
+from vaelab.train.optimizers import make_optimizer
 
 __version__ = "0.1.0"
 

@@ -6,14 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelab.cli.args import (
-    Command,
-    _cache_arg,
-    _force_arg,
-    _labels,
-    positive_int,
-    seed_int,
-)
+from vaelab.cli.args import Command, _cache_arg, _force_arg, _labels, positive_int, seed_int
 from vaelab.errors import DataError, VaelabError
 
 

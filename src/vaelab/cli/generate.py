@@ -6,14 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelab.cli.args import (
-    Command,
-    _cache_arg,
-    _labels,
-    positive_float,
-    positive_int,
-    seed_int,
-)
+from vaelab.cli.args import Command, _cache_arg, _labels, positive_float, positive_int, seed_int
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:

@@ -6,10 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelab.cli.args import (
-    Command,
-    _cache_arg,
-)
+from vaelab.cli.args import Command, _cache_arg
 
 
 def _plot_args(p: argparse.ArgumentParser) -> None:

@@ -6,13 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelab.cli.args import (
-    Command,
-    _cache_arg,
-    _fuse_arg,
-    positive_int,
-    seed_int,
-)
+from vaelab.cli.args import Command, _cache_arg, _fuse_arg, positive_int, seed_int
 
 
 def _reproduce_args(p: argparse.ArgumentParser) -> None:

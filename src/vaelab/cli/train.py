@@ -9,12 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelab.cli.args import (
-    Command,
-    _cache_arg,
-    _fuse_arg,
-    positive_int,
-)
+from vaelab.cli.args import Command, _cache_arg, _fuse_arg, positive_int
 from vaelab.errors import VaelabError
 
 
@@ -169,7 +164,7 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> None:
     """Fit a run's stages (an autoencoder's ex-post Gaussian, …) into its folder."""
-    from vaelab.runs import finish_stages
+    from vaelab.runs.stages import finish_stages
 
     done = finish_stages(args.run, args.cache, print, args.names or None, args.redo, args.limit)
     print(f"{args.run}: fitted {', '.join(done)}" if done else

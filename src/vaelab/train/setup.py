@@ -15,7 +15,7 @@ from vaelab.data.dataset import ImageDataset
 from vaelab.device import resolve_device
 from vaelab.errors import ConfigError, DataError
 from vaelab.models.registry import build_model, reads_labels
-from vaelab.thesis.optim import make_optimizer
+from vaelab.train.optimizers import make_optimizer
 
 
 def load_splits(cfg: Config, cache: str | Path | None = None) -> tuple[ImageDataset, ImageDataset]:
