@@ -22,7 +22,7 @@ import torch
 
 from vaelab.config import load_config
 from vaelab.data import ImageDataset, fetch, load_dataset, save_dataset
-from vaelab.evaluate import evaluate_run
+from vaelab.eval import evaluate_run
 from vaelab.generate import generate
 from vaelab.runs import load_run
 from vaelab.train import train

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from vaelab.optim import Adam
+from vaelab.thesis.optim import Adam
 
 # (out, in) weights and biases of the reference VAE MLP.
 REFERENCE_SHAPES: list[tuple[int, ...]] = [

@@ -27,12 +27,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from vaelab.build import build_model  # noqa: E402
 from vaelab.cli import keep_freed_memory  # noqa: E402
 from vaelab.config import ModelConfig  # noqa: E402
-from vaelab.data import Batches, fetch, load_dataset  # noqa: E402
-from vaelab.evaluate import log_likelihood  # noqa: E402
-from vaelab.optim import Adam  # noqa: E402
+from vaelab.data.batches import Batches  # noqa: E402
+from vaelab.data.cache import fetch, load_dataset  # noqa: E402
+from vaelab.eval.likelihood import log_likelihood  # noqa: E402
+from vaelab.models.registry import build_model  # noqa: E402
+from vaelab.thesis.optim import Adam  # noqa: E402
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
@@ -129,7 +130,7 @@ def vaelab_steps(train, batch: int, steps: int, compile: bool = False, device="c
                  precision: str = "fp32"):  # fmt: skip
     """The same model and hyper-parameters the vaelab way: resident batches, fused BCE
     from logits, vaelab's Adam; optionally under torch.compile and in bf16 autocast."""
-    from vaelab.train import autocast
+    from vaelab.train.step import autocast
 
     torch.manual_seed(0)
     model = build_model(examples_config(), "mse").to(device)
@@ -234,7 +235,8 @@ def fused_benchmark(train, steps: int, reps: int, device: str = "cpu") -> dict:
     """Steps/s of the thesis's two n_b = 2 autoencoders (Adam and AMSGrad, batch 512)
     trained in one fused step against the same two models stepped one after the other."""
     from vaelab.reproduce import thesis_config
-    from vaelab.train import setup_model, step_function
+    from vaelab.train.setup import setup_model
+    from vaelab.train.step import step_function
 
     cfgs = [thesis_config(opt, 2, 1) for opt in ("adam", "amsgrad")]
     for c in cfgs:
@@ -274,7 +276,8 @@ def precision_benchmark(
     in fp32 and bf16 (train.precision), eager and (unless ``compile`` is off) compiled,
     interleaved per k."""
     from vaelab.config import load_config
-    from vaelab.train import setup_model, step_function
+    from vaelab.train.setup import setup_model
+    from vaelab.train.step import step_function
 
     out = []
     for k, steps in ((1, 150), (5, 60), (50, 10)):

@@ -13,9 +13,10 @@ import vaelab.train.setup as train_setup
 import vaelab.train.state as train_state
 import vaelab.train.step as train_step
 from vaelab import cli, reproduce
-from vaelab.config import load_config, parse_sweep, sweep_overrides
+from vaelab.config import load_config
 from vaelab.errors import ConfigError
 from vaelab.models.registry import build_model
+from vaelab.sweep import parse_sweep, sweep_overrides
 from vaelab.train.fused import Fused
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")

@@ -215,3 +215,35 @@ def test_training_on_drops_the_stages_and_fits_them_again(ae_run, mnist_cache):
     state = json.loads((ae_run / "state.json").read_text())
     assert state["epoch"] == 2 and set(state["stages"]) == {"expost_gaussian"}
     assert (ae_run / "stage-expost_gaussian.safetensors").read_bytes() != before  # new weights
+
+
+def test_the_readme_python_example_runs(mnist_cache, tmp_path, monkeypatch):
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    code = readme.split("## Python API")[1].split("```python\n")[1].split("```")[0]
+    assert '"train.epochs=5"' in code
+    code = code.replace(
+        '"train.epochs=5"', '"train.epochs=1", "data.limit=500", "data.test_limit=100"'
+    )
+    monkeypatch.setenv("VAELAB_CACHE", str(mnist_cache))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mnist_ae.toml").write_text(
+        (root / "configs" / "mnist_ae.toml").read_text()
+    )
+    names: dict = {}
+    exec(compile(code, "README.md", "exec"), names)
+    assert names["z"].shape == (8, 2) and names["x_hat"].shape == (8, 1, 28, 28)
+
+
+def test_a_vae_logs_its_reconstruction_and_kl_per_epoch(mnist_cache, tmp_path):
+    cfg = load_config(None, ["model.kind=vae", "model.widths=[32]", "data.limit=300",
+                             "data.test_limit=60", "train.epochs=2", "data.binarize=dynamic"])  # fmt: skip
+    from vaelab.train import train
+
+    run = train(cfg, tmp_path / "vae", cache=mnist_cache, progress=False, log=lambda s: None)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        t = r["test_terms"]
+        assert set(t) == {"reconstruction", "kl"} and t["kl"] > 0
+        assert t["reconstruction"] + t["kl"] == pytest.approx(r["test_loss"], rel=1e-6)

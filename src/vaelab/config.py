@@ -282,7 +282,7 @@ def differences(old: Config, new: Config, ignore: tuple[str, ...] = ()) -> list[
             if f"{s}.{k}" not in ignore and a[s][k] != b[s][k]]  # fmt: skip
 
 
-def _hint(path: str) -> Any:
+def key_type(path: str) -> Any:
     """The type annotation of 'section.key' or 'model.table.key' (None for an unknown one,
     refused later; a sub-table's key is looked up in every kind it has)."""
     section, _, key = path.partition(".")
@@ -295,7 +295,7 @@ def _hint(path: str) -> Any:
     return typing.get_type_hints(SECTIONS[section]).get(key)
 
 
-def _not_toml(path: str, raw: str, hint: Any) -> ConfigError:
+def not_toml(path: str, raw: str, hint: Any) -> ConfigError:
     what = {int: "an integer", float: "a number"}.get(hint, "a TOML value")
     bare_dot = raw.strip().lstrip("+-").startswith(".")
     more = " (TOML writes 0.001 or 1e-3, not .001)" if hint is float and bare_dot else ""
@@ -309,12 +309,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     path, raw = text.split("=", 1)
     section, key = path.strip().split(".", 1)
-    hint = _hint(f"{section}.{key}")
+    hint = key_type(f"{section}.{key}")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         if hint not in (str, None):
-            raise _not_toml(f"{section}.{key}", raw, hint) from None
+            raise not_toml(f"{section}.{key}", raw, hint) from None
         value = raw  # a bare word such as amsgrad is a string
     if hint is str and not isinstance(value, str):
         value = raw.strip()  # data.name=2024 names a data set "2024"
@@ -352,51 +352,7 @@ def set_override(raw: dict[str, Any], section: str, key: str, value: Any) -> Non
     table[last] = value
 
 
-def parse_sweep(text: str) -> tuple[str, list[Any]]:
-    """'train.lr=1e-3,3e-4' -> ('train.lr', [0.001, 0.0003]); values are TOML (lists too:
-    'model.widths=[64],[128,64]'), bare words strings ('train.optimizer=adam,amsgrad')."""
-    if "=" not in text or "." not in text.split("=", 1)[0]:
-        raise ConfigError(f"sweep {text!r} must look like section.key=value1,value2,...")
-    path, raw = (part.strip() for part in text.split("=", 1))
-    hint = _hint(path)
-    words = [w.strip() for w in raw.split(",")]
-    try:
-        values = tomllib.loads(f"v = [{raw}]")["v"]
-    except tomllib.TOMLDecodeError:
-        if hint not in (str, None):  # name the value that is not TOML, not the first one
-            for w in words:
-                try:
-                    tomllib.loads(f"v = {w}")
-                except tomllib.TOMLDecodeError:
-                    raise _not_toml(f"sweep {path}", w, hint) from None
-            raise _not_toml(f"sweep {path}", raw, None) from None
-        values = words
-    if hint is str:  # bare words, as in --set: data.name=2024,2025
-        values = [v if isinstance(v, str) else _toml_value(v) for v in values]
-    if not values or any(v == "" for v in values):
-        raise ConfigError(f"sweep {text!r} has an empty value")
-    return path, values
-
-
-def sweep_overrides(sweeps: list[str]) -> list[tuple[str, list[str]]]:
-    """Every combination of the ``--sweep`` values: (a folder name such as
-    'optimizer=adam,lr=0.001', the overrides 'train.optimizer="adam"', …) per run."""
-    import itertools
-
-    axes = [parse_sweep(t) for t in sweeps]
-    runs = []
-    for combo in itertools.product(*(values for _, values in axes)):
-        pairs = [(path, v) for (path, _), v in zip(axes, combo, strict=True)]
-        name = ",".join(f"{p.split('.', 1)[1]}={v}" for p, v in pairs)
-        runs.append((name.replace(" ", "").replace("/", "_"), [f"{p}={_toml_value(v)}" for p, v in pairs]))  # fmt: skip
-    names = [n for n, _ in runs]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"sweep values repeat: {', '.join(twice)}")
-    return runs
-
-
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -404,7 +360,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):  # JSON's escapes are TOML's, but for DEL, which TOML also refuses
         return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007F")
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise ConfigError(f"cannot write {v!r} to TOML")
 
 
@@ -415,10 +371,10 @@ def dumps(cfg: Config) -> str:
     for section, values in to_dict(cfg).items():
         tables = {k: v for k, v in values.items() if isinstance(v, dict)}
         lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k not in tables]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if k not in tables]
         lines.append("")
         for name, table in tables.items():
             lines.append(f"[{section}.{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
             lines.append("")
     return "\n".join(lines)

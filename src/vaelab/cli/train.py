@@ -71,7 +71,8 @@ def _sweep(args: argparse.Namespace) -> None:
     """`vaelab train CONFIG --sweep KEY=V1,V2 …`: one run per combination, in OUT/<values>;
     runs that differ only in optimizer, lr or lr_decay can train fused (``--fuse``). Running the command
     again continues unfinished runs and keeps finished ones."""
-    from vaelab.config import load_config, sweep_overrides
+    from vaelab.config import load_config
+    from vaelab.sweep import sweep_overrides
     from vaelab.train.groups import train_group
 
     if args.resume:

@@ -124,11 +124,14 @@ def train_runs(
     progress: bool,
     log: Callable[[str], None],
     writer: bool,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[Path]:
     """:func:`train` for one config, :func:`~vaelab.train.groups.train_many` for several
     (fused). Each folder is held (:meth:`~vaelab.runs.folder.RunFolder.held`) before its
     state is read, so a second process on it is refused before it reads or writes anything.
-    After the last epoch, each model's stages are fitted (:mod:`vaelab.runs.stages`)."""
+    After the last epoch, each model's stages are fitted (:mod:`vaelab.runs.stages`).
+    ``rank`` of ``world_size`` processes: 0 of 1 until training is distributed."""
     runs = [RunFolder(o, writer=writer) for o in outs]
     if len({r.path.resolve() for r in runs}) < len(runs):
         raise ConfigError(f"runs trained together need a folder each, got {[str(o) for o in outs]}")
@@ -136,6 +139,7 @@ def train_runs(
         for run in runs:
             held.enter_context(run.held())
         loop = setup_loop(cfgs, runs, resume, cache, progress, log)
+        loop.rank, loop.world_size = rank, world_size
         with deferred_interrupts() as interrupted:
             begin(loop, resume)
             for epoch in range(loop.p.epoch, loop.cfg.train.epochs):
