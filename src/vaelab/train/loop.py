@@ -72,7 +72,8 @@ def train(
             how, key = ("stopped early", "early_stopping") if early else ("trained", "epochs")
             log(f"{path}: already {how} ({state['epoch']}/{cfg.train.epochs} epochs); nothing to "
                 f"do (--set train.{key}=… goes on)")  # fmt: skip
-            finish_stages(path, cache, log)
+            if writer:  # a finished run lacks no stage (cut off before them, or an old folder)
+                finish_stages(path, cache, log)
             return path
     return train_runs([cfg], [path], resume is not None, cache, progress, log, writer)[0]
 
