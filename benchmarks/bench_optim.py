@@ -1,4 +1,4 @@
-"""Time one optimizer step of ``vaelab.optim.Adam`` against ``torch.optim.Adam(foreach=True)``.
+"""Time one optimizer step of ``vaelab.thesis.optim.Adam`` against ``torch.optim.Adam(foreach=True)``.
 
 The parameters have the shapes of the reference VAE MLP: encoder 784-400-(20, 20) (mean and
 log-variance heads) and decoder 20-400-784, 652 824 parameters in 10 tensors. Both
@@ -82,7 +82,7 @@ if __name__ == "__main__":
 
     r = run(threads=int(sys.argv[1]) if len(sys.argv) > 1 else None)
     print(
-        f"vaelab.optim.Adam {r['vaelab_adam_us']:.1f} µs/step, "
+        f"vaelab.thesis.optim.Adam {r['vaelab_adam_us']:.1f} µs/step, "
         f"torch.optim.Adam(foreach=True) {r['torch_adam_us']:.1f} µs/step, "
         f"ratio {r['ratio']:.3f} ({int(r['n_params'])} params, {int(r['reps'])} reps, "
         f"{int(r['threads'])} threads)"

@@ -435,7 +435,7 @@ def main() -> None:
     fz = fused_benchmark(train, steps // 2, reps, args.device)
     lines += ["### Many small models at once (thesis §2.3 pair: Adam + AMSGrad, n_b = 2)", "",
               f"Two 784-512-256-128-2 autoencoders, batch {fz['batch']}, {fz['steps']} steps each; "
-              "fused = stacked parameters, one vmapped step (`vaelab.fused.Fused`, what "
+              "fused = stacked parameters, one vmapped step (`vaelab.train.fused.Fused`, what "
               "`vaelab reproduce thesis` uses with `--device cuda` or `--fuse on`); one by one = the same two "
               "steps in turn.", "",
               "| fused | one by one | speed-up | per fused step | projected thesis (10,000 epochs x 4 models) |",

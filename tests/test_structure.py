@@ -144,7 +144,7 @@ def test_model_sub_tables_load_set_and_round_trip(tmp_path):
             ["model.prior.components=5"],
             "unknown config key model.prior.components for kind 'normal'",
         ),
-        (["model.prior=3"], r"\[model.prior\] must be a table"),
+        (["model.prior=3"], "model.prior is a table: set its keys"),
         (["model.bottleneck.kind=x"], "model.bottleneck is not a table"),
     ],
 )
@@ -247,3 +247,117 @@ def test_a_vae_logs_its_reconstruction_and_kl_per_epoch(mnist_cache, tmp_path):
         t = r["test_terms"]
         assert set(t) == {"reconstruction", "kl"} and t["kl"] > 0
         assert t["reconstruction"] + t["kl"] == pytest.approx(r["test_loss"], rel=1e-6)
+
+
+def test_no_source_file_is_git_ignored():
+    """A .gitignore line once hid src/vaelab/runs/ (it matched every folder named runs):
+    the checkout passed, a fresh clone had no vaelab.runs."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(root)) for p in (root / "src").rglob("*.py")]
+    files += [str(p.relative_to(root)) for p in (root / "tests").rglob("*.py")]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=root,
+                             capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert ignored == []
+
+
+def test_a_model_defines_objective_or_terms_and_gets_the_other():
+    from vaelab.models import Model
+
+    class OnlyObjective(Model):
+        def objective(self, x, y=None):
+            return x.flatten(1).sum(1)
+
+    class Neither(Model):
+        pass
+
+    x = torch.rand(3, 1, 2, 2)
+    torch.testing.assert_close(OnlyObjective().terms(x)["loss"], x.flatten(1).sum(1))
+    with pytest.raises(NotImplementedError, match="neither objective nor terms"):
+        Neither().objective(x)
+    assert not Neither().can("encode") and not Neither().can("sample")
+
+
+def test_a_family_that_cannot_fuse_trains_one_by_one():
+    from vaelab.models import FAMILIES, register_family
+    from vaelab.models.ae import build
+    from vaelab.train.groups import unfusable
+
+    register_family("unfused_test", build, fusable=False)
+    try:
+        cfgs = [
+            load_config(None, ["model.kind=unfused_test", f"train.lr={lr}"]) for lr in (1e-3, 1e-4)
+        ]
+        assert unfusable(cfgs) == "model.kind = 'unfused_test' cannot train fused"
+        assert unfusable([load_config(None, [f"train.lr={lr}"]) for lr in (1e-3, 1e-4)]) is None
+    finally:
+        FAMILIES.pop("unfused_test")
+
+
+def test_a_sub_table_set_as_a_value_says_how_to_set_it():
+    with pytest.raises(
+        ConfigError, match="model.prior is a table: .* --set model.prior.kind=normal"
+    ):
+        load_config(None, ["model.kind=vae", "model.prior=normal"])
+
+
+def test_a_stage_write_cut_off_leaves_no_stale_hash(ae_run, mnist_cache, monkeypatch, capsys):
+    import vaelab.runs.folder as runs_folder
+
+    def full_disk(*args, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs_folder, "write_tensors", full_disk)
+    assert cli.main(["stage", str(ae_run), "--redo", "--cache", str(mnist_cache)]) == 1
+    monkeypatch.undo()
+    assert "expost_gaussian" not in json.loads((ae_run / "state.json").read_text())["stages"]
+    assert cli.main(["sample", str(ae_run), "--cache", str(mnist_cache)]) == 0  # fitted in memory
+    assert cli.main(["stage", str(ae_run), "--cache", str(mnist_cache)]) == 0
+    (ae_run / "stage-expost_gaussian.safetensors").unlink()
+    capsys.readouterr()
+    assert cli.main(["sample", str(ae_run), "--cache", str(mnist_cache)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is missing" in err and "vaelab stage" in err
+    assert cli.main(["stage", str(ae_run), "--redo", "--cache", str(mnist_cache)]) == 0
+
+
+def test_stage_on_a_model_without_stages_says_so(mnist_cache, tmp_path, capsys):
+    cfg = load_config(None, ["model.kind=vae", "model.widths=[16]", "data.limit=100",
+                             "data.test_limit=20", "train.epochs=1"])  # fmt: skip
+    from vaelab.train import train
+
+    run = train(cfg, tmp_path / "vae", cache=mnist_cache, progress=False, log=lambda s: None)
+    assert "stages" not in json.loads((run / "state.json").read_text())
+    assert cli.main(["stage", str(run), "--cache", str(mnist_cache)]) == 0
+    assert "a vae fits nothing after training" in capsys.readouterr().out
+
+
+def test_a_sub_table_written_as_a_value_in_a_file_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nkind = "vae"\nprior = 3\n')
+    with pytest.raises(ConfigError, match=r"\[model.prior\] must be a table"):
+        load_config(path)
+
+
+def test_a_prior_without_a_closed_form_kl_gets_the_one_sample_estimate():
+    """Its mean over many draws is the closed form (here N(0, I) again, as a factorised
+    prior that does not know its KL)."""
+    from vaelab.models.priors import FactorizedPrior
+    from vaelab.thesis.losses import kl_normal_std
+
+    model = build_model(
+        ModelConfig(kind="vae", image_shape=[1, 4, 4], widths=[8], bottleneck=3), ""
+    )
+    model.prior = FactorizedPrior(
+        torch.distributions.Normal, loc=torch.zeros(3), scale=torch.ones(3)
+    )
+    x = (torch.rand(2, 1, 4, 4) < 0.5).float().repeat(20000, 1, 1, 1)  # 2 images, many draws
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, kl = model.elbo_terms(x)
+        exact = kl_normal_std(*model.posterior(x[:2]))
+    torch.testing.assert_close(kl.reshape(20000, 2).mean(0), exact, atol=0.03, rtol=0)

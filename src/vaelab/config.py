@@ -116,7 +116,7 @@ class TrainConfig:
     lr_decay: float = 1.0
     """the learning rate falls geometrically per epoch to lr·lr_decay in the last epoch"""
     optimizer: str = "adam"
-    """adam, amsgrad, sgd, gd (vaelab.optim) or any torch.optim class name"""
+    """adam, amsgrad, sgd, gd (vaelab.thesis.optim) or any torch.optim class name"""
     loss: str = "mse"
     """ae reconstruction loss: mse (sum over pixels, Ex 2.2.2), mse_mean, bce, bce_sum
     (a vae's loss is −ELBO with model.likelihood)"""
@@ -310,6 +310,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     path, raw = text.split("=", 1)
     section, key = path.strip().split(".", 1)
     hint = key_type(f"{section}.{key}")
+    if section == "model" and key in PARTS and not raw.strip().startswith("{"):
+        raise ConfigError(f"{section}.{key} is a table: set its keys, e.g. "
+                          f"--set {section}.{key}.kind={raw.strip()}")  # fmt: skip
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -71,7 +71,7 @@ def reproduce_thesis(
     """Train the four models (or continue them where a previous call stopped), write the
     figures and ``reproduction.md`` into ``out``; returns the report's path. ``fuse``
     ("auto": on accelerators; "on"; "off") decides whether the Adam and AMSGrad models of
-    each bottleneck train together in one fused step (:func:`~vaelab.groups.train_group`),
+    each bottleneck train together in one fused step (:func:`~vaelab.train.groups.train_group`),
     with the same results as one by one, on ``device`` ("cpu", "cuda", …)."""
     epochs = epochs or PRESETS[preset]
     resolve_device(device, "--device")  # before any download or file

@@ -165,8 +165,13 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> None:
     """Fit a run's stages (an autoencoder's ex-post Gaussian, …) into its folder."""
-    from vaelab.runs.stages import finish_stages
+    from vaelab.models import build_model
+    from vaelab.runs import RunFolder, finish_stages
 
+    cfg = RunFolder(args.run, writer=False).read_config()
+    if not build_model(cfg.model, cfg.train.loss).stages:
+        print(f"{args.run}: a {cfg.model.kind} fits nothing after training (it has no stages)")
+        return
     done = finish_stages(args.run, args.cache, print, args.names or None, args.redo, args.limit)
     print(f"{args.run}: fitted {', '.join(done)}" if done else
           f"{args.run}: nothing to fit (its stages are there; --redo fits them anew)")  # fmt: skip

@@ -48,27 +48,30 @@ class Model(nn.Module):
     """Whether ``log_weights`` is a probability of discrete pixels (bits/dim exist)."""
 
     def can(self, verb: str) -> bool:
-        """Whether this model does ``verb`` (one of :data:`VERBS`): its class implements it,
-        and for ``sample`` it has a prior now (an ex-post one once its stage is loaded)."""
+        """Whether this model does ``verb`` (one of :data:`VERBS`): it has that method, and
+        for ``sample`` it has a prior now (an ex-post one once its stage is loaded)."""
         if verb not in VERBS:
             raise ValueError(f"unknown verb {verb!r} (known: {', '.join(VERBS)})")
-        if verb == "sample":
-            return self.can("decode") and getattr(self, "prior", None) is not None
-        mine = getattr(type(self), verb, None)
-        return mine is not None and mine is not getattr(Model, verb, None)
+        if verb == "sample" and getattr(self, "prior", None) is None:
+            return False
+        return callable(getattr(self, verb, None))
 
     def objective(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The per-example loss (B,): ``terms(x, y)["loss"]`` unless a family defines it."""
+        if type(self).terms is Model.terms:
+            raise NotImplementedError(f"{type(self).__name__} defines neither objective nor terms")
         return self.terms(x, y)["loss"]
 
     def terms(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The objective and its parts, each (B,); ``{"loss": objective}`` unless a family
+        defines more."""
+        if type(self).objective is Model.objective:
+            raise NotImplementedError(f"{type(self).__name__} defines neither objective nor terms")
+        return {"loss": self.objective(x, y)}
 
     def condition(self, y: torch.Tensor | None) -> torch.Tensor | None:
         """Condition vectors (B, D) for class indices y (B,); None for unconditional models."""
         return None
-
-    # the optional verbs: a family implements those it can do
-    encode = decode = sample = log_weights = read = None
 
 
 class LatentModel(Model):
@@ -90,7 +93,8 @@ class LatentModel(Model):
         if not self.conditional:
             return None
         if y is None:
-            raise ConfigError("this conditional model needs labels (the data set has none)")
+            raise ConfigError(f"this conditional {type(self).__name__} needs labels (the data set "
+                              "has none)")  # fmt: skip
         return self.cond_table[y]  # (B,) -> (B, D)
 
     def condition_of(self, names: list[str]) -> torch.Tensor:

@@ -26,6 +26,10 @@ class DiagonalGaussian(NamedTuple):
         """One reparameterised draw z = μ + σ·ε, (B, Z)."""
         return self.mu + torch.exp(0.5 * self.logvar) * torch.randn_like(self.mu)
 
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z | x) of codes z (B, Z) -> (B,)."""
+        return normal_log_prob(z, self.mu, self.logvar)
+
     def rsample_k(self, k: int) -> tuple[Tensor, Tensor]:
         """k draws per example and their log q(z | x): (B, k, Z) and (B, k)."""
         mu, logvar = self.mu, self.logvar

@@ -58,9 +58,13 @@ class ExPost(Stage):
     images: int = 20000
 
     def fit(self, model, data: StageData) -> dict[str, torch.Tensor]:
-        tensors = self.fit_codes(encode_all(model, data.train_images(self.images)))
+        """Fitted on the CPU whatever the model's device (the same numbers everywhere; mps
+        has no float64)."""
+        codes = encode_all(model, data.train_images(self.images)).cpu()  # (N, Z)
+        tensors = self.fit_codes(codes)
         self.load(model, tensors)
         return tensors
 
     def load(self, model, tensors: dict[str, torch.Tensor]) -> None:
-        model.prior = self.prior(**tensors)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        model.prior = self.prior(**{k: v.to(device) for k, v in tensors.items()})

@@ -140,10 +140,9 @@ class VAE(LatentModel):
         log q(z | x) − log p(z)."""
         q = self.posterior(x, c)
         z = q.rsample()  # reparameterisation, (B, Z)
-        kl = self.prior.kl(q)
+        kl = self.prior.kl(q)  # closed form (computed after z: the gradients sum in this order)
         if kl is None:
-            z_k, log_q = q.rsample_k(1)
-            z, kl = z_k[:, 0], log_q[:, 0] - self.prior.log_prob(z_k[:, 0])
+            kl = q.log_prob(z) - self.prior.log_prob(z)  # one-sample estimate, (B,)
         return -self.log_px(self._decoder(z, c), x), kl
 
     def elbo(
@@ -160,7 +159,7 @@ class VAE(LatentModel):
         shape (B, k). ``posterior`` = q(z | x) when already computed (for the Gaussian also
         a plain pair (μ, log σ²))."""
         q = self.posterior(x, c) if posterior is None else posterior
-        if type(q) is tuple:
+        if isinstance(q, tuple | list) and not hasattr(q, "rsample_k"):
             q = DiagonalGaussian(*q)
         z, log_q = q.rsample_k(k)  # (B, k, Z), (B, k)
         b, _, zdim = z.shape
@@ -194,6 +193,10 @@ def build(cfg, loss: str) -> VAE:
     if cfg.conditional and not classes:
         raise ConfigError("model.conditional needs a labelled data set (model.classes is empty)")
     d = condition_table(classes).shape[1] if classes else 0  # condition width D
+    for table, registry in (("prior", PRIORS), ("posterior", POSTERIORS)):
+        if (kind := getattr(cfg, table).kind) not in registry:
+            raise ConfigError(f"model.{table}.kind {kind!r} has options but no {table} to build "
+                              f"(known: {', '.join(registry)})")  # fmt: skip
     posterior = POSTERIORS[cfg.posterior.kind](cfg.posterior)
     prior = PRIORS[cfg.prior.kind](cfg.bottleneck, cfg.prior)
     return VAE(

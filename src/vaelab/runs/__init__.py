@@ -5,5 +5,11 @@ from vaelab.runs.folder import RunFolder
 from vaelab.runs.load import load_run, load_test_batches
 from vaelab.runs.stages import finish_stages, load_stages, run_stages
 
-__all__ = ["RunFolder", "load_run", "load_test_batches", "load_stages", "run_stages",
-           "finish_stages"]
+__all__ = [
+    "RunFolder",
+    "load_run",
+    "load_test_batches",
+    "load_stages",
+    "run_stages",
+    "finish_stages",
+]

@@ -322,23 +322,30 @@ class RunFolder:
         return self.file(f"stage-{name}.safetensors")
 
     def save_stage(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Write stage ``name``'s tensors, then record their hash in ``state.json`` (under
-        the folder's lock): a cut-off write leaves a file that no state describes, which
-        is fitted again."""
+        """Under the folder's lock: drop stage ``name`` from ``state.json``, write its
+        tensors, then record their hash. A write cut off anywhere leaves either the old
+        stage or none recorded (then it is fitted again), never a hash of another file."""
         if not self.writer:
             return
         with self.held():
-            digest = write_tensors(self.stage_file(name), tensors)
-            state = self._read_state()
-            state["stages"] = {**state.get("stages", {}), name: digest}
-            text = json.dumps(state, indent=1).encode()
-            atomic_write(self.file(STATE), lambda f: f.write(text))
+            self._record_stage(name, None)
+            self._record_stage(name, write_tensors(self.stage_file(name), tensors))
+
+    def _record_stage(self, name: str, digest: str | None) -> None:
+        state = self._read_state()
+        stages = {k: v for k, v in state.get("stages", {}).items() if k != name}
+        state["stages"] = stages if digest is None else {**stages, name: digest}
+        text = json.dumps(state, indent=1).encode()
+        atomic_write(self.file(STATE), lambda f: f.write(text))
 
     def load_stage(self, name: str, state: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """Stage ``name``'s tensors as ``state.json`` records them, None when it has none."""
         expected = state.get("stages", {}).get(name)
         if expected is None:
             return None
+        if not self.stage_file(name).exists():
+            raise CheckpointError(f"{self.stage_file(name)} is missing (`vaelab stage {self.path} "
+                                  f"--redo` fits it again)")  # fmt: skip
         tensors, _, digest = read_tensors(self.stage_file(name))
         if digest != expected:
             raise CheckpointError(

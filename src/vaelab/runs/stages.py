@@ -83,9 +83,12 @@ def finish_stages(
     stages it lacks (cut off after its last epoch, or a folder from before stages existed),
     or with ``redo`` all of them anew; returns the names fitted."""
     run = RunFolder(path)
+    cfg = run.read_config()
+    model = build_model(cfg.model, cfg.train.loss)
+    recorded = RunFolder(path, writer=False).read_state().get("stages", {})
+    if not redo and not names and all(s.name in recorded for s in model.stages):
+        return []  # nothing to fit: no lock taken, nothing written
     with run.held():
-        cfg = run.read_config()
-        model = build_model(cfg.model, cfg.train.loss)
         run.load_weights(model)
         return run_stages(run, cfg, model, cache, log, names, redo, limit)
 

@@ -1,5 +1,5 @@
 """Training several runs at once: a sweep's runs or the thesis's Adam/AMSGrad pairs, kept,
-continued, fused into one vmapped step (:class:`~vaelab.fused.Fused`) or trained one by one."""
+continued, fused into one vmapped step (:class:`~vaelab.train.fused.Fused`) or trained one by one."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from vaelab.config import FILLED_IN, RESUME_OVERRIDES, Config, differences
 from vaelab.device import resolve_device
 from vaelab.errors import ConfigError
-from vaelab.models.registry import check_unused
+from vaelab.models.registry import check_unused, family
 from vaelab.runs.folder import RunFolder
+from vaelab.runs.stages import finish_stages
 from vaelab.train.loop import TrainingDiverged, TrainingInterrupted, train, train_runs
 from vaelab.train.state import finished, read_progress, stretched_schedule
 
@@ -22,6 +23,8 @@ def unfusable(cfgs: list[Config]) -> str | None:
     """Why ``cfgs`` cannot be trained in one fused step, or None if they can: same data,
     model and training settings except :data:`FUSABLE`, and no early stopping."""
     first = cfgs[0]
+    if not family(first.model).fusable:
+        return f"model.kind = {first.model.kind!r} cannot train fused"
     for cfg in cfgs[1:]:
         changed = [
             d.split(":")[0] for d in differences(first, cfg, tuple(f"train.{f}" for f in FUSABLE))
@@ -45,7 +48,7 @@ def train_many(
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Train same-shaped models, which differ only in optimizer, lr or lr_decay, together in
-    one fused step (:class:`~vaelab.fused.Fused`), each into its own run folder as
+    one fused step (:class:`~vaelab.train.fused.Fused`), each into its own run folder as
     :func:`train` would; ``resume`` continues them all, which must stand at the same step."""
     if len(cfgs) != len(outs) or not cfgs:
         raise ValueError("train_many needs one output folder per config")
@@ -93,6 +96,7 @@ def train_group(
         state = run_state(cfg, out)  # checks every stored config before anything trains
         if state and finished(cfg, state):
             log(f"{out}: already trained, kept")
+            finish_stages(out, cache, log)  # cut off before them, or a folder from before stages
         elif state and (warning := stretched_schedule(RunFolder(out).read_config(), cfg)):
             log(f"{out}: {warning}")
     try:
