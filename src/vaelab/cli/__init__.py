@@ -67,6 +67,7 @@ def keep_freed_memory() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch
     keep_freed_memory()
     if not hasattr(args, "func"):
         # no command, or a group without its sub-command: show the help of the deepest group

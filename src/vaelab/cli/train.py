@@ -23,6 +23,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="run folder (default runs/<data>-<kind>-<time>; a sweep: runs/sweep-<time>)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--continue", dest="continue_", action="store_true",
+                   help="with CONFIG and --out DIR: start the run, or continue it when DIR holds "
+                        "an unfinished run of this config (the rule torchrun's restarts use)")  # fmt: skip
+    p.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="train on N processes of this machine (launches torchrun's agent)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="compile the objective with torch.compile (train.compile = true)")  # fmt: skip
@@ -35,11 +40,17 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _cache_arg(p)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int | None:
     from vaelab.config import load_config
     from vaelab.runs.folder import RunFolder
+    from vaelab.train import distributed
     from vaelab.train.loop import train
 
+    d = distributed.from_env()
+    if args.nproc and not d.on:
+        return _launch(args)
+    if args.continue_ and (args.resume or not args.config or not args.out):
+        raise VaelabError("--continue goes with a CONFIG and --out DIR (not --resume)")
     if args.resume:
         if args.config:
             raise VaelabError("give either a CONFIG or --resume RUN_DIR, not both")
@@ -52,13 +63,62 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         raise VaelabError("give a CONFIG file (e.g. configs/mnist_ae.toml) or --resume RUN_DIR")
     if args.sweep:
+        if d.on:
+            raise VaelabError(
+                "--sweep trains its runs one after another: start it without torchrun"
+            )
         return _sweep(args)
     _apply_compile_flag(args, cfg)
     if args.fuse != "auto":
         raise VaelabError("--fuse applies to --sweep only")
-    path = train(cfg, out=args.out, resume=args.resume, cache=args.cache,
-                 progress=not args.no_progress)  # fmt: skip
-    print(f"run folder: {path}")
+    distributed.start(d, cfg.train.device)
+    try:
+        resume = _continue_point(cfg, Path(args.out), d) if args.continue_ else args.resume
+        path = train(cfg, out=args.out, resume=resume, cache=args.cache,
+                     progress=not args.no_progress, dist=d)  # fmt: skip
+    finally:
+        distributed.stop(d)
+    if d.main:
+        print(f"run folder: {path}")
+    return None
+
+
+def _continue_point(cfg, out: Path, d) -> Path | None:
+    """The one rule for starting or continuing: ``out`` when it holds a run of ``cfg`` (up
+    to the keys that may change on resume), None when it holds none yet; a run of another
+    config is refused naming the keys. Rank 0 decides and tells the others."""
+    from vaelab.config import FILLED_IN, RESUME_OVERRIDES, differences
+    from vaelab.runs.folder import RunFolder
+    from vaelab.train.distributed import broadcast_bytes
+    from vaelab.train.state import stretched_schedule
+
+    found = b""
+    if d.main and RunFolder(out).file("state.json").exists():
+        stored = RunFolder(out, writer=False).read_config()
+        if changed := differences(stored, cfg, RESUME_OVERRIDES + FILLED_IN):
+            raise VaelabError(f"{out} holds a run of another config ({'; '.join(changed)}); "
+                              "give the same config, or another --out")  # fmt: skip
+        if warning := stretched_schedule(stored, cfg):
+            print(f"vaelab: {warning}", file=sys.stderr)
+        found = b"1"
+    return out if broadcast_bytes(d, found) else None
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`vaelab train … --nproc N`: the same command on N processes of this machine, under
+    torchrun's elastic agent (``python -m torch.distributed.run --standalone``)."""
+    import subprocess
+
+    argv, rest = list(args.argv), []
+    while argv:
+        word = argv.pop(0)
+        if word == "--nproc":
+            argv.pop(0)
+        elif not word.startswith("--nproc="):
+            rest.append(word)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={args.nproc}", "-m", "vaelab", *rest]  # fmt: skip
+    return subprocess.run(command, check=False).returncode
 
 
 def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:

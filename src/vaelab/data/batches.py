@@ -28,6 +28,11 @@ class Batches:
     Bernoulli draw of the grey values, with ``"static"`` one draw fixed at construction.
     The split stays resident as uint8 (a quarter of float32's memory and of the bytes a
     batch gathers) and each batch is normalised as it is sliced.
+
+    ``shard`` = (rank, world size): in training on several processes every process draws
+    the same permutation and noise and takes its consecutive share of each (global) batch
+    of ``batch_size``, so the data order does not depend on the process count;
+    :attr:`global_len` is the size of the whole batch last given.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class Batches:
         binarize: str = "none",
         drop_last: bool = False,
         device: str | torch.device = "cpu",
+        shard: tuple[int, int] = (0, 1),
     ):
         if binarize not in BINARIZE:
             raise DataError(f"binarize must be one of {BINARIZE}, got {binarize!r}")
@@ -48,6 +54,8 @@ class Batches:
             raise DataError(f"data set {data.name!r} is empty")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.binarize, self.drop_last, self.device = binarize, drop_last, torch.device(device)
+        self.rank, self.world_size = shard
+        self.global_len = 0
         # independent streams: permutations (on the CPU), dynamic and static binarisation
         self.generator = torch.Generator().manual_seed(derive_seed(seed, "order"))
         self.noise = torch.Generator(device=self.device).manual_seed(derive_seed(seed, "noise"))
@@ -78,12 +86,14 @@ class Batches:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
         for i in range(skip, len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = normalize(self.pixels[idx])  # (B, C, H, W) uint8 -> float32 in [0, 1]
-            if self.binarize == "dynamic":
-                u = torch.rand(x.shape, generator=self.noise, device=self.device)
-                x = (u < x).to(x.dtype)  # Bernoulli(x), resampled every batch
-            yield x, (None if self.labels is None else self.labels[idx])
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]  # the global batch
+            n = self.global_len = len(idx)
+            mine = slice(n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size)
+            x = normalize(self.pixels[idx[mine]])  # (B, C, H, W) uint8 -> float32 in [0, 1]
+            if self.binarize == "dynamic":  # drawn for the global batch, then this share
+                u = torch.rand((n, *x.shape[1:]), generator=self.noise, device=self.device)
+                x = (u[mine] < x).to(x.dtype)  # Bernoulli(x), resampled every batch
+            yield x, (None if self.labels is None else self.labels[idx[mine]])
 
     def state_dict(self, mid_epoch: bool = False) -> dict:
         """Generator states, so a resumed run draws the same batches. With ``mid_epoch`` the
@@ -106,12 +116,17 @@ def derive_seed(seed: int, stream: str) -> int:
 
 
 def heldout_batches(
-    data: ImageDataset, binarize: str, batch_size: int = 2048, device: str | torch.device = "cpu"
+    data: ImageDataset,
+    binarize: str,
+    batch_size: int = 2048,
+    device: str | torch.device = "cpu",
+    shard: tuple[int, int] = (0, 1),
 ) -> Batches:
     """Fixed-order batches of a held-out split for a run that trains with ``binarize``: the
     images are binarised once, with the same seed for every run, unless it is "none"."""
     fixed = "none" if binarize == "none" else "static"
-    return Batches(data, batch_size, shuffle=False, seed=0, binarize=fixed, device=device)
+    return Batches(data, batch_size, shuffle=False, seed=0, binarize=fixed, device=device,
+                   shard=shard)  # fmt: skip
 
 
 def load_split(

@@ -37,13 +37,24 @@ def mean_objective(model: torch.nn.Module, batches: Batches, seed: int = 0) -> f
 
 
 @torch.no_grad()
-def mean_terms(model: torch.nn.Module, batches: Batches, seed: int = 0) -> dict[str, float]:
-    """Every term of the model's objective (``model.terms``: "loss" and its parts), each
-    averaged over every example of ``batches``, with the RNG of :func:`mean_objective`."""
+def sum_terms(
+    model: torch.nn.Module, batches: Batches, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Every term of the model's objective (``model.terms``: "loss" and its parts) summed
+    over the examples ``batches`` gives (float64 on the CPU), and how many there were; with
+    the RNG of :func:`mean_objective`."""
     totals: dict[str, torch.Tensor] = {}
+    n = 0
     with evaluating(model), seeded(seed, batches.device):
         for x, y in batches:
             for key, value in model.terms(x, y).items():
                 total = totals.setdefault(key, torch.zeros((), dtype=torch.float64))
                 total += value.sum().cpu().double()  # (B,) -> ()
+            n += len(x)
+    return totals, n
+
+
+def mean_terms(model: torch.nn.Module, batches: Batches, seed: int = 0) -> dict[str, float]:
+    """Every term of the model's objective averaged over every example of ``batches``."""
+    totals, _ = sum_terms(model, batches, seed)
     return {key: float(total) / len(batches.data) for key, total in totals.items()}

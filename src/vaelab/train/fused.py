@@ -27,7 +27,7 @@ from torch import nn
 __all__ = ["Fused"]
 
 
-class _Objective(nn.Module):
+class ObjectiveModule(nn.Module):
     """Calls ``model.objective``, so that ``functional_call`` can run it."""
 
     def __init__(self, model: nn.Module):
@@ -58,7 +58,7 @@ class Fused:
         ):  # the first model's buffers (a fixed σ, a condition table) serve all
             raise ValueError("fused models must have equal buffers")
         self.models = models
-        self._template = _Objective(models[0])
+        self._template = ObjectiveModule(models[0])
         # (M, *shape) leaves; every model's parameter becomes a view of one slice
         self.stacked = {
             n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])

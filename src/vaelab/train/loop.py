@@ -10,7 +10,10 @@ share is one :class:`Loop`; everything written goes through a
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -21,14 +24,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import Config
-from vaelab.data.batches import Batches, heldout_batches
+from vaelab.config import Config, dumps
+from vaelab.data.batches import Batches, derive_seed, heldout_batches
 from vaelab.data.dataset import ImageDataset
 from vaelab.device import wide_float
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
-from vaelab.eval.common import mean_terms
+from vaelab.eval.common import mean_terms, sum_terms
 from vaelab.runs.folder import RunFolder
 from vaelab.runs.stages import finish_stages, run_stages
+from vaelab.train.distributed import (
+    SINGLE,
+    Dist,
+    agree,
+    all_sum,
+    any_rank,
+    broadcast_bytes,
+    checkpoint_copy,
+    rank_rng_states,
+    reduce_terms,
+    restore_rank_rng,
+)
 from vaelab.train.setup import setup_data, setup_model
 from vaelab.train.state import Progress, checkpoint_state, finished, read_progress, restore
 from vaelab.train.step import step_function
@@ -54,16 +69,25 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     writer: bool = True,
+    dist: Dist = SINGLE,
 ) -> Path:
     """Train the model ``cfg`` describes into run folder ``out`` (or continue ``resume``).
 
     Returns the run folder. Raises :class:`TrainingDiverged` on a NaN/inf loss (the last
     good checkpoint stays) and :class:`TrainingInterrupted` on Ctrl-C or SIGTERM (after
     saving at the next batch boundary; a second Ctrl-C stops at once, without saving).
+    ``dist``: this process's place when training on several (:mod:`.distributed`); only
+    rank 0 reads and writes the run folder, prints and shows progress.
     """
     path = Path(resume or out or _default_out(cfg))
-    if resume is not None and RunFolder(path).file("state.json").exists():
-        state = read_progress(RunFolder(path))
+    writer, progress = writer and dist.main, progress and dist.main
+    log = log if dist.main else _silent
+    state = None
+    if resume is not None:
+        held = dist.main and RunFolder(path).file("state.json").exists()
+        text = json.dumps(read_progress(RunFolder(path))).encode() if held else None
+        state = json.loads(broadcast_bytes(dist, text) or "null")
+    if state is not None:
         if cfg.train.epochs < state["epoch"]:
             raise ConfigError(f"train.epochs = {cfg.train.epochs} is below the {state['epoch']} "
                               f"epochs {path} has done")  # fmt: skip
@@ -75,7 +99,11 @@ def train(
             if writer:  # a finished run lacks no stage (cut off before them, or an old folder)
                 finish_stages(path, cache, log)
             return path
-    return train_runs([cfg], [path], resume is not None, cache, progress, log, writer)[0]
+    return train_runs([cfg], [path], resume is not None, cache, progress, log, writer, dist)[0]
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 @dataclass
@@ -94,8 +122,8 @@ class Member:
 @dataclass
 class Loop:
     """What one training call shares across its epochs: the members (one model, or several
-    fused), the data, the step, the loss sums on the device and the clock. ``rank`` and
-    ``world_size`` say which process this is (0 of 1 until training is distributed)."""
+    fused), the data, the step, the loss sums on the device and the clock, and ``dist``,
+    which process this is (rank 0 of 1 unless training runs on several)."""
 
     cfg: Config  # what all members share: data, model, batches, epochs
     members: list[Member]
@@ -109,8 +137,7 @@ class Loop:
     start: tuple[float, float]  # (epochs, seconds) where this call began, for the eta
     sums: torch.Tensor  # (M,) per-member loss sums of the epoch, on the device
     synced: int = 0  # the step of the last host sync
-    rank: int = 0
-    world_size: int = 1
+    dist: Dist = SINGLE  # this process's place among the training processes
 
     @property
     def p(self) -> Progress:
@@ -125,22 +152,20 @@ def train_runs(
     progress: bool,
     log: Callable[[str], None],
     writer: bool,
-    rank: int = 0,
-    world_size: int = 1,
+    dist: Dist = SINGLE,
 ) -> list[Path]:
     """:func:`train` for one config, :func:`~vaelab.train.groups.train_many` for several
     (fused). Each folder is held (:meth:`~vaelab.runs.folder.RunFolder.held`) before its
     state is read, so a second process on it is refused before it reads or writes anything.
-    After the last epoch, each model's stages are fitted (:mod:`vaelab.runs.stages`).
-    ``rank`` of ``world_size`` processes: 0 of 1 until training is distributed."""
+    After the last epoch, each model's stages are fitted (:mod:`vaelab.runs.stages`), by
+    rank 0 when training on several processes (``dist``)."""
     runs = [RunFolder(o, writer=writer) for o in outs]
     if len({r.path.resolve() for r in runs}) < len(runs):
         raise ConfigError(f"runs trained together need a folder each, got {[str(o) for o in outs]}")
     with contextlib.ExitStack() as held:
         for run in runs:
             held.enter_context(run.held())
-        loop = setup_loop(cfgs, runs, resume, cache, progress, log)
-        loop.rank, loop.world_size = rank, world_size
+        loop = setup_loop(cfgs, runs, resume, cache, progress, log, dist)
         with deferred_interrupts() as interrupted:
             begin(loop, resume)
             for epoch in range(loop.p.epoch, loop.cfg.train.epochs):
@@ -148,30 +173,44 @@ def train_runs(
                 if end_of_epoch(loop, epoch):
                     break
                 halt_if(loop, interrupted())
-        for m in loop.members:
+        for m in loop.members if writer else ():
             run_stages(m.run, m.cfg, m.model, cache, log)
     return [r.path for r in runs]
 
 
-def setup_loop(cfgs, runs, resume, cache, progress, log) -> Loop:
+def setup_loop(cfgs, runs, resume, cache, progress, log, dist: Dist = SINGLE) -> Loop:
     """The data resident on the device (shared), the seeded models and optimizers, and for
-    ``resume`` the state of the checkpoints to continue; nothing is written yet."""
+    ``resume`` the state of the checkpoints to continue; nothing is written yet. On several
+    processes each rank checks that all hold the same config and data, seeds its own
+    training stream, and takes its share of every batch."""
     for run in runs:
         if not resume and run.file("state.json").exists():
             raise CheckpointError(
                 f"{run.path} already holds a run; continue it with `vaelab train --resume {run.path}`, or choose another --out"
             )
     cfg = cfgs[0]
-    batches, train_set, test_set = setup_data(cfg, cache, also=cfgs[1:])
+    batches, train_set, test_set = setup_data(cfg, cache, also=cfgs[1:], dist=dist)
+    if dist.on:
+        check_processes(dist, cfg, train_set, len(cfgs))
     members = [Member(c, run, *setup_model(c, batches.device), Progress()) for c, run in zip(cfgs, runs, strict=True)]  # fmt: skip
+    if dist.on:  # the same initial weights everywhere, then a training stream per rank
+        torch.manual_seed(derive_seed(cfg.train.seed, f"torch:rank{dist.rank}"))
     # the test split is binarised once with a fixed seed, the same for every run
-    test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device)
+    test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device,
+                                   (dist.rank, dist.world_size))  # fmt: skip
     if resume:
         for m in members:
-            m.p = restore(m.run, m.model, m.optimizer, batches, log)
+            source, tmp = checkpoint_copy(dist, m.run)
+            m.p = restore(source, m.model, m.optimizer, batches, log)
+            ranks = source.read_state()["rng"].get("ranks")
+            if dist.on or ranks:  # per-rank RNG states back, or a note that they cannot be
+                restore_rank_rng(dist, ranks, batches.device, log)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             m.saved = m.p.epoch
     step = step_function([m.model for m in members], [m.optimizer for m in members],
-                         cfg.train.compile, log, cfg.train.precision)  # fmt: skip
+                         cfg.train.compile, log, cfg.train.precision, dist,
+                         lambda: batches.global_len)  # fmt: skip
     p = members[0].p
     if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
         raise CheckpointError("runs trained together must stand at the same epoch and batch")
@@ -179,7 +218,20 @@ def setup_loop(cfgs, runs, resume, cache, progress, log) -> Loop:
     start = (p.epoch + p.batch / len(batches), p.seconds)
     sums = torch.zeros(len(members), dtype=wide_float(batches.device), device=batches.device)
     return Loop(cfg, members, batches, train_set, test_batches, step, log, progress,
-                time.perf_counter() - p.seconds, start, sums, p.step)  # fmt: skip
+                time.perf_counter() - p.seconds, start, sums, p.step, dist)  # fmt: skip
+
+
+def check_processes(dist: Dist, cfg: Config, train_set: ImageDataset, models: int) -> None:
+    """Refusals before anything trains on several processes, the same on every rank."""
+    if models > 1:
+        raise ConfigError("fused runs cannot train on several processes: train them one by one")
+    if cfg.train.batch_size % dist.world_size:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is not "
+                          f"divisible by the {dist.world_size} processes")  # fmt: skip
+    agree(dist, "the config", dumps(cfg))
+    data = hashlib.sha256(train_set.images.numpy().tobytes())
+    data.update(b"" if train_set.labels is None else train_set.labels.numpy().tobytes())
+    agree(dist, f"the data set {cfg.data.name!r}", data.hexdigest())
 
 
 def begin(loop: Loop, resume: bool) -> None:
@@ -208,7 +260,9 @@ def run_epoch(loop: Loop, epoch: int, interrupted: Callable[[], bool]) -> None:
         m.model.train()
         for group in m.optimizer.param_groups:
             group["lr"] = epoch_lr(m.cfg, epoch)
-    loop.sums.copy_(torch.tensor([m.p.train_sum for m in members], dtype=loop.sums.dtype))
+    # on several processes rank 0 carries the sum so far, the others their own batches only
+    sums = [m.p.train_sum if loop.dist.main else 0.0 for m in members]
+    loop.sums.copy_(torch.tensor(sums, dtype=loop.sums.dtype))
     bar = tqdm(batches.epoch(skip=p.batch), total=len(batches), initial=p.batch,
                desc=f"epoch {epoch + 1}/{loop.cfg.train.epochs}", leave=False, unit="batch",
                disable=None if loop.progress else True)  # fmt: skip
@@ -233,8 +287,7 @@ def end_of_epoch(loop: Loop, epoch: int) -> bool:
     cfg, members = loop.cfg, loop.members
     tested = (epoch + 1) % cfg.train.test_every == 0 or epoch + 1 == cfg.train.epochs
     seed = cfg.train.seed
-    terms = [mean_terms(m.model, loop.test_batches, seed=seed) if tested else None
-             for m in members]  # fmt: skip
+    terms = [test_terms(loop, m.model, seed) if tested else None for m in members]
     for m, t in zip(members, terms, strict=True):
         if t is not None and not math.isfinite(t["loss"]):
             raise diverged(loop, f"test loss is {t['loss']} after epoch {epoch + 1}", m)
@@ -281,7 +334,7 @@ def sync(loop: Loop) -> None:
     """Copy the device-side loss sums into the members' progress: the one host sync, every
     :data:`SYNC_EVERY` steps and at checkpoints."""
     p = loop.p
-    for m, total in zip(loop.members, loop.sums.tolist(), strict=True):
+    for m, total in zip(loop.members, all_sum(loop.dist, loop.sums).tolist(), strict=True):
         m.p.train_sum = total
         if not math.isfinite(total):
             raise diverged(loop, f"loss is {total} at epoch {p.epoch + 1} (within steps "
@@ -290,8 +343,19 @@ def sync(loop: Loop) -> None:
 
 
 def checkpoint(loop: Loop, m: Member, mid_epoch: bool = False) -> None:
-    m.run.save_checkpoint(m.model, m.optimizer, checkpoint_state(m.p, loop.batches, mid_epoch))
+    """Save where ``m`` stands; on several processes every rank's RNG states go with it."""
+    state = checkpoint_state(m.p, loop.batches, mid_epoch)
+    if loop.dist.on:
+        state["rng"]["ranks"] = rank_rng_states(loop.dist, loop.batches.device)
+    m.run.save_checkpoint(m.model, m.optimizer, state)
     m.saved = m.p.epoch
+
+
+def test_terms(loop: Loop, model, seed: int) -> dict[str, float]:
+    """The test-set means of the objective's terms (each rank's share, summed over ranks)."""
+    if not loop.dist.on:
+        return mean_terms(model, loop.test_batches, seed=seed)
+    return reduce_terms(loop.dist, *sum_terms(model, loop.test_batches, seed=seed))
 
 
 def diverged(loop: Loop, what: str, m: Member) -> TrainingDiverged:
@@ -305,8 +369,8 @@ def diverged(loop: Loop, what: str, m: Member) -> TrainingDiverged:
 
 
 def halt_if(loop: Loop, requested: bool) -> None:
-    """On Ctrl-C or SIGTERM: checkpoint where training stands, then stop."""
-    if not requested:
+    """On Ctrl-C or SIGTERM (to any rank): checkpoint where training stands, then stop."""
+    if not any_rank(loop.dist, requested):
         return
     p = loop.p
     sync(loop)  # never checkpoints a diverged model

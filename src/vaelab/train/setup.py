@@ -15,6 +15,7 @@ from vaelab.data.dataset import ImageDataset
 from vaelab.device import resolve_device
 from vaelab.errors import ConfigError, DataError
 from vaelab.models.registry import build_model, reads_labels
+from vaelab.train.distributed import SINGLE, Dist
 from vaelab.train.optimizers import make_optimizer
 
 
@@ -69,12 +70,16 @@ def _few(names: Sequence[str], n: int = 5) -> str:
 
 
 def setup_data(
-    cfg: Config, cache: str | Path | None = None, also: Sequence[Config] = ()
+    cfg: Config, cache: str | Path | None = None, also: Sequence[Config] = (), dist: Dist = SINGLE
 ) -> tuple[Batches, ImageDataset, ImageDataset]:
-    """The training batches (on ``cfg.train.device``, seeded by ``cfg.train.seed``), the
-    training split and the test split. Fills in ``cfg.model.image_shape`` (and ``classes``)
-    from the data, and the same into the configs ``also`` (models trained on this data)."""
+    """The training batches (on ``cfg.train.device``, seeded by ``cfg.train.seed``; on
+    several processes this rank's share of each, on its own GPU), the training split and
+    the test split. Fills in ``cfg.model.image_shape`` (and ``classes``) from the data, and
+    the same into the configs ``also`` (models trained on this data)."""
     device = resolve_device(cfg.train.device)
+    if dist.on and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     train_set, test_set = load_splits(cfg, cache)
@@ -84,7 +89,7 @@ def setup_data(
     for other in also:
         other.model.image_shape, other.model.classes = cfg.model.image_shape, cfg.model.classes
     batches = Batches(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.data.binarize,
-                      device=device)  # fmt: skip
+                      device=device, shard=(dist.rank, dist.world_size))  # fmt: skip
     return batches, train_set, test_set
 
 

@@ -8,9 +8,11 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from vaelab.errors import ConfigError
-from vaelab.train.fused import Fused
+from vaelab.train.distributed import SINGLE, Dist
+from vaelab.train.fused import Fused, ObjectiveModule
 
 AUTOCAST: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
 """train.precision -> the dtype autocast gives matmuls and convolutions (fp32: no autocast)."""
@@ -61,11 +63,17 @@ def step_function(
     compile: bool = False,
     log: Callable[[str], None] = print,
     precision: str = "fp32",
+    dist: Dist = SINGLE,
+    global_len: Callable[[], int] | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """``step(x, y)``: one optimisation step of every model on batch x (fused when there
     are several); returns the per-example losses (M, B), still on the device — reading
-    them would wait for the step."""
+    them would wait for the step. On several processes (``dist``) x is this rank's share
+    of a global batch of ``global_len()`` examples, and the model runs under
+    DistributedDataParallel."""
     mixed = autocast(next(models[0].parameters()).device, precision)
+    if dist.on:
+        return _ddp_step(models, optimizers, compile, log, mixed, dist, global_len)
     if len(models) == 1:
         objective = compiled(models[0].objective, compile, log)
         (optimizer,) = optimizers
@@ -95,3 +103,28 @@ def step_function(
         return losses
 
     return fused_step
+
+
+def _ddp_step(models, optimizers, compile, log, mixed, dist: Dist, global_len):
+    """One model under DistributedDataParallel: each rank back-propagates its share of the
+    global batch's loss sum, scaled by world size / global batch, so that DDP's average of
+    the ranks' gradients is the gradient of the global batch's mean loss."""
+    if len(models) > 1:
+        raise ConfigError("fused runs cannot train on several processes: train them one by one")
+    (model,), (optimizer,) = models, optimizers
+    device = next(model.parameters()).device
+    net = DistributedDataParallel(
+        ObjectiveModule(model), device_ids=[device.index] if device.type == "cuda" else None
+    )
+    objective = compiled(net, compile, log)
+
+    def step(x, y):
+        with mixed:
+            losses = objective(x, y)  # (b,) this rank's per-example losses
+        loss = losses.sum() * (dist.world_size / global_len())  # DDP averages over ranks
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return losses.unsqueeze(0)  # (1, b)
+
+    return step
