@@ -182,3 +182,22 @@ def test_nproc_launches_torchrun_from_the_cli(setup, tmp_path, capfd):
     assert "run folder" in capfd.readouterr().out
     assert metrics(out)[-1]["step"] == 20  # 640 images in global batches of 32
     assert json.loads((out / "state.json").read_text())["rng"]["ranks"]["torch"].__len__() == 2
+
+
+DISAGREE = """
+import os
+if os.environ.get("RANK") == "1":
+    import vaelab.config
+    real = vaelab.config.load_config
+    vaelab.config.load_config = lambda path=None, overrides=None: real(path, [*(overrides or []), "train.lr=0.5"])
+"""
+
+
+def test_processes_that_disagree_on_the_config_are_refused(setup, tmp_path):
+    root, cache = setup
+    (tmp_path / "sitecustomize.py").write_text(DISAGREE)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    result = torchrun(root / "vae.toml", root / "disagree", cache, env=env)
+    assert result.returncode != 0
+    assert "the 2 processes disagree on the config: ranks 1 differ from rank 0" in result.stderr
+    assert not (root / "disagree" / "state.json").exists()

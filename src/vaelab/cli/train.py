@@ -71,6 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     _apply_compile_flag(args, cfg)
     if args.fuse != "auto":
         raise VaelabError("--fuse applies to --sweep only")
+    args.hard_exit = d.on  # see vaelab.cli._leave
     distributed.start(d, cfg.train.device)
     try:
         resume = _continue_point(cfg, Path(args.out), d) if args.continue_ else args.resume
