@@ -167,6 +167,8 @@ def test_refusals_on_several_processes(setup, capsys):
     assert odd.returncode != 0
     assert "train.batch_size = 51 (the global batch) is not divisible by the 2" in odd.stderr
     assert not (root / "odd" / "state.json").exists()
+    sweep = torchrun(root / "vae.toml", root / "sweep", cache, "--sweep", "train.lr=1e-3,1e-4")
+    assert sweep.returncode != 0 and "--sweep trains its runs one after another" in sweep.stderr
     other = ["train", str(root / "vae.toml"), "--out", str(root / "unbroken"), "--continue",
              "--set", "train.lr=0.01", "--cache", str(cache)]  # fmt: skip
     assert cli.main(other) == 1

@@ -20,6 +20,7 @@ import vaelab.runs.load as runs_load
 import vaelab.train.groups as train_groups
 import vaelab.train.loop as train_loop
 import vaelab.train.setup as train_setup
+import vaelab.train.signals as train_signals
 import vaelab.train.step as train_step
 from vaelab import cli
 from vaelab.config import load_config
@@ -268,7 +269,7 @@ def test_the_test_split_must_hold_other_images(mnist_cache):
 
 def test_second_ctrl_c_interrupts_at_once():
     before = signal.getsignal(signal.SIGINT)
-    with train_loop.deferred_interrupts() as interrupted:
+    with train_signals.deferred_interrupts() as interrupted:
         assert signal.getsignal(signal.SIGINT) is not before
         assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT)
         assert not interrupted()

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from vaelab.config import Config, dumps
+from vaelab.data.dataset import ImageDataset
 from vaelab.errors import ConfigError
 from vaelab.runs.folder import RunFolder
 
@@ -208,3 +210,16 @@ def reduce_terms(d: Dist, totals: dict[str, torch.Tensor], n: int) -> dict[str, 
     packed = torch.stack([torch.tensor(float(n), dtype=torch.float64), *(totals[k] for k in keys)])
     packed = all_sum(d, packed)
     return {k: float(v) / float(packed[0]) for k, v in zip(keys, packed[1:], strict=True)}
+
+
+def check_processes(dist: Dist, cfg: Config, train_set: ImageDataset, models: int) -> None:
+    """Refusals before anything trains on several processes, the same on every rank."""
+    if models > 1:
+        raise ConfigError("fused runs cannot train on several processes: train them one by one")
+    if cfg.train.batch_size % dist.world_size:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is not "
+                          f"divisible by the {dist.world_size} processes")  # fmt: skip
+    agree(dist, "the config", dumps(cfg))
+    data = hashlib.sha256(train_set.images.numpy().tobytes())
+    data.update(b"" if train_set.labels is None else train_set.labels.numpy().tobytes())
+    agree(dist, f"the data set {cfg.data.name!r}", data.hexdigest())

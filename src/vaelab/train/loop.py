@@ -10,21 +10,18 @@ share is one :class:`Loop`; everything written goes through a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import Config, dumps
+from vaelab.config import Config
 from vaelab.data.batches import Batches, derive_seed, heldout_batches
 from vaelab.data.dataset import ImageDataset
 from vaelab.device import wide_float
@@ -35,16 +32,17 @@ from vaelab.runs.stages import finish_stages, run_stages
 from vaelab.train.distributed import (
     SINGLE,
     Dist,
-    agree,
     all_sum,
     any_rank,
     broadcast_bytes,
+    check_processes,
     checkpoint_copy,
     rank_rng_states,
     reduce_terms,
     restore_rank_rng,
 )
 from vaelab.train.setup import setup_data, setup_model
+from vaelab.train.signals import deferred_interrupts
 from vaelab.train.state import Progress, checkpoint_state, finished, read_progress, restore
 from vaelab.train.step import step_function
 
@@ -221,19 +219,6 @@ def setup_loop(cfgs, runs, resume, cache, progress, log, dist: Dist = SINGLE) ->
                 time.perf_counter() - p.seconds, start, sums, p.step, dist)  # fmt: skip
 
 
-def check_processes(dist: Dist, cfg: Config, train_set: ImageDataset, models: int) -> None:
-    """Refusals before anything trains on several processes, the same on every rank."""
-    if models > 1:
-        raise ConfigError("fused runs cannot train on several processes: train them one by one")
-    if cfg.train.batch_size % dist.world_size:
-        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is not "
-                          f"divisible by the {dist.world_size} processes")  # fmt: skip
-    agree(dist, "the config", dumps(cfg))
-    data = hashlib.sha256(train_set.images.numpy().tobytes())
-    data.update(b"" if train_set.labels is None else train_set.labels.numpy().tobytes())
-    agree(dist, f"the data set {cfg.data.name!r}", data.hexdigest())
-
-
 def begin(loop: Loop, resume: bool) -> None:
     """The first writes: each run folder's metrics (cut back to its checkpoint when
     resuming) and config, and one line saying what trains."""
@@ -385,29 +370,6 @@ def halt_if(loop: Loop, requested: bool) -> None:
     raise TrainingInterrupted(
         f"interrupted at epoch {p.epoch + 1}, step {p.step}; checkpoint saved, continue with {how}"
     )
-
-
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[Callable[[], bool]]:
-    """Within the block SIGINT (Ctrl-C) and SIGTERM only set a flag, which the yielded
-    function reads, so training can stop at a batch boundary; a second signal raises
-    KeyboardInterrupt at once. Outside the main thread nothing changes."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        if caught:
-            raise KeyboardInterrupt
-        caught.append(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: bool(caught)
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
 def hms(seconds: float) -> str:
