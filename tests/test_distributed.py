@@ -169,10 +169,29 @@ def test_refusals_on_several_processes(setup, capsys):
     assert not (root / "odd" / "state.json").exists()
     sweep = torchrun(root / "vae.toml", root / "sweep", cache, "--sweep", "train.lr=1e-3,1e-4")
     assert sweep.returncode != 0 and "--sweep trains its runs one after another" in sweep.stderr
+    last = torchrun(root / "ae.toml", root / "last", cache, "--set", "data.limit=641")
+    assert last.returncode != 0 and "the last batch of an epoch has 1 of 641 images" in last.stderr
     other = ["train", str(root / "vae.toml"), "--out", str(root / "unbroken"), "--continue",
              "--set", "train.lr=0.01", "--cache", str(cache)]  # fmt: skip
     assert cli.main(other) == 1
     assert "holds a run of another config (train.lr: 0.001 -> 0.01)" in capsys.readouterr().err
+    # refused by rank 0 alone: the job ends at once instead of hanging in a collective
+    ranks = torchrun(root / "vae.toml", root / "unbroken", cache, "--set", "train.lr=0.01")
+    assert ranks.returncode != 0 and "holds a run of another config" in ranks.stderr
+
+
+def test_a_process_with_an_empty_share_of_a_test_batch(setup):
+    """2,049 test images in batches of 2,048: the last one has a single image, which rank 1
+    evaluates and rank 0 has none of; the test loss is still the whole split's."""
+    root, cache = setup
+    extra = ["--set", "data.limit=640", "--set", "data.test_limit=2049", "--set", "train.epochs=1"]
+    ddp = torchrun(root / "ae.toml", root / "odd-test", cache, *extra)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    cfg = load_config(root / "ae.toml", [e for e in extra if e != "--set"])
+    one = train(cfg, root / "odd-test-1", cache=cache, progress=False, log=lambda s: None)
+    assert metrics(root / "odd-test")[-1]["test_loss"] == pytest.approx(
+        metrics(one)[-1]["test_loss"], rel=1e-5
+    )
 
 
 def test_nproc_launches_torchrun_from_the_cli(setup, tmp_path, capfd):

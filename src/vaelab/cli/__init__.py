@@ -94,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     except (VaelabError, OSError) as e:  # bad input, or a file that cannot be written/read
         if args.debug:
             raise
-        print(f"vaelab: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under torchrun every rank may say it
+        print(f"vaelab: error{f' (rank {rank})' if rank != '0' else ''}: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # torch's allocators: a setting to change, not a bug to trace
         if args.debug or not any(s in str(e) for s in OUT_OF_MEMORY):

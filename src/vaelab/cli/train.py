@@ -73,12 +73,14 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         raise VaelabError("--fuse applies to --sweep only")
     args.hard_exit = d.on  # see vaelab.cli._leave
     distributed.start(d, cfg.train.device)
+    ok = False
     try:
         resume = _continue_point(cfg, Path(args.out), d) if args.continue_ else args.resume
         path = train(cfg, out=args.out, resume=resume, cache=args.cache,
                      progress=not args.no_progress, dist=d)  # fmt: skip
+        ok = True
     finally:
-        distributed.stop(d)
+        distributed.stop(d, ok)
     if d.main:
         print(f"run folder: {path}")
     return None
@@ -119,7 +121,11 @@ def _launch(args: argparse.Namespace) -> int:
             rest.append(word)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={args.nproc}", "-m", "vaelab", *rest]  # fmt: skip
-    return subprocess.run(command, check=False).returncode
+    agent = subprocess.Popen(command)
+    try:
+        return agent.wait()
+    except KeyboardInterrupt:  # the agent got the Ctrl-C too: let it stop its workers
+        return agent.wait()
 
 
 def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:

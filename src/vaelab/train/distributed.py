@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from vaelab.config import Config, dumps
+from vaelab.data.batches import derive_seed
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import ConfigError
 from vaelab.runs.folder import RunFolder
@@ -85,8 +86,11 @@ def start(d: Dist, device: str) -> str:
     return f"cuda:{d.local_rank}" if device == "cuda" else device
 
 
-def stop(d: Dist) -> None:
-    if d.on and dist.is_initialized():
+def stop(d: Dist, ok: bool = True) -> None:
+    """Leave the process group: after a barrier when this rank's work went well; at once
+    after an error, so the process exits and torchrun ends the others (they may be waiting
+    in another collective, where a barrier would hang until the group's timeout)."""
+    if d.on and dist.is_initialized() and ok:
         dist.barrier(group=_group())  # every rank is done with the others before any leaves
         dist.destroy_process_group()
         _CPU_GROUP.clear()
@@ -101,7 +105,7 @@ def all_sum(d: Dist, t: torch.Tensor) -> torch.Tensor:
     if not d.on:
         return t
     total = t.detach().clone()
-    dist.all_reduce(total)
+    dist.all_reduce(total, group=_group() if total.device.type == "cpu" else None)
     return total
 
 
@@ -187,13 +191,16 @@ def rank_rng_states(d: Dist, device: torch.device) -> dict[str, list[str]]:
     return {k: [base64.b64encode(s).decode() for s in v] for k, v in states.items()}
 
 
-def restore_rank_rng(d: Dist, ranks: dict | None, device, log) -> None:
+def restore_rank_rng(d: Dist, ranks: dict | None, device, log, seed: int, step: int) -> None:
     """Give this rank its own RNG states back, when the checkpoint was written by as many
-    processes; otherwise keep the fresh per-rank streams (the run goes on, not bit for bit)."""
+    processes; otherwise seed a fresh stream per rank from the run's seed and the step (the
+    run goes on from the same epoch and batch, not bit for bit)."""
     if not ranks or len(ranks.get("torch", [])) != d.world_size:
         written = len(ranks["torch"]) if ranks else 1
         log(f"note: the checkpoint was written by {written} process(es), this run has "
             f"{d.world_size}: it continues from the same epoch and batch, not bit for bit")  # fmt: skip
+        if d.on:  # else every rank would go on with rank 0's restored stream
+            torch.manual_seed(derive_seed(seed, f"torch:rank{d.rank}:step{step}"))
         return
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(ranks["torch"][d.rank])),
                                          dtype=torch.uint8))  # fmt: skip
@@ -212,14 +219,22 @@ def reduce_terms(d: Dist, totals: dict[str, torch.Tensor], n: int) -> dict[str, 
     return {k: float(v) / float(packed[0]) for k, v in zip(keys, packed[1:], strict=True)}
 
 
-def check_processes(dist: Dist, cfg: Config, train_set: ImageDataset, models: int) -> None:
+def check_processes(
+    dist: Dist, cfg: Config, train_set: ImageDataset, test_set: ImageDataset, models: int
+) -> None:
     """Refusals before anything trains on several processes, the same on every rank."""
     if models > 1:
         raise ConfigError("fused runs cannot train on several processes: train them one by one")
     if cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is not "
                           f"divisible by the {dist.world_size} processes")  # fmt: skip
+    if 0 < (last := len(train_set) % cfg.train.batch_size) < dist.world_size:
+        raise ConfigError(f"the last batch of an epoch has {last} of {len(train_set)} images, "
+                          f"too few for {dist.world_size} processes: change data.limit or "
+                          "train.batch_size")  # fmt: skip
     agree(dist, "the config", dumps(cfg))
-    data = hashlib.sha256(train_set.images.numpy().tobytes())
-    data.update(b"" if train_set.labels is None else train_set.labels.numpy().tobytes())
+    data = hashlib.sha256()
+    for split in (train_set, test_set):
+        data.update(split.images.numpy().tobytes())
+        data.update(b"" if split.labels is None else split.labels.numpy().tobytes())
     agree(dist, f"the data set {cfg.data.name!r}", data.hexdigest())

@@ -182,14 +182,14 @@ def setup_loop(cfgs, runs, resume, cache, progress, log, dist: Dist = SINGLE) ->
     processes each rank checks that all hold the same config and data, seeds its own
     training stream, and takes its share of every batch."""
     for run in runs:
-        if not resume and run.file("state.json").exists():
+        if run.writer and not resume and run.file("state.json").exists():
             raise CheckpointError(
                 f"{run.path} already holds a run; continue it with `vaelab train --resume {run.path}`, or choose another --out"
             )
     cfg = cfgs[0]
     batches, train_set, test_set = setup_data(cfg, cache, also=cfgs[1:], dist=dist)
     if dist.on:
-        check_processes(dist, cfg, train_set, len(cfgs))
+        check_processes(dist, cfg, train_set, test_set, len(cfgs))
     members = [Member(c, run, *setup_model(c, batches.device), Progress()) for c, run in zip(cfgs, runs, strict=True)]  # fmt: skip
     if dist.on:  # the same initial weights everywhere, then a training stream per rank
         torch.manual_seed(derive_seed(cfg.train.seed, f"torch:rank{dist.rank}"))
@@ -199,12 +199,14 @@ def setup_loop(cfgs, runs, resume, cache, progress, log, dist: Dist = SINGLE) ->
     if resume:
         for m in members:
             source, tmp = checkpoint_copy(dist, m.run)
-            m.p = restore(source, m.model, m.optimizer, batches, log)
-            ranks = source.read_state()["rng"].get("ranks")
+            try:
+                m.p = restore(source, m.model, m.optimizer, batches, log)
+                ranks = source.read_state()["rng"].get("ranks")
+            finally:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
             if dist.on or ranks:  # per-rank RNG states back, or a note that they cannot be
-                restore_rank_rng(dist, ranks, batches.device, log)
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+                restore_rank_rng(dist, ranks, batches.device, log, cfg.train.seed, m.p.step)
             m.saved = m.p.epoch
     step = step_function([m.model for m in members], [m.optimizer for m in members],
                          cfg.train.compile, log, cfg.train.precision, dist,
@@ -226,7 +228,7 @@ def begin(loop: Loop, resume: bool) -> None:
         if resume:
             m.run.reset_metrics(upto_epoch=m.p.epoch)
             loop.log(f"resuming {m.run.path} at epoch {m.p.epoch}, step {m.p.step}")
-        else:
+        elif m.run.writer:  # on several processes only rank 0 touches the folder
             m.run.path.mkdir(parents=True, exist_ok=True)
             m.run.reset_metrics()
         m.run.write_config(m.cfg)
