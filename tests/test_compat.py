@@ -62,7 +62,8 @@ def test_an_old_run_resumes_bit_for_bit(old, name):
 def test_an_old_run_evaluates_to_the_same_numbers(old, name):
     cache, runs = old
     expected = EXPECTED["runs"][name]["eval"]["result"]
-    args = ["eval", str(runs / name), "--k", "50", "--seed", "0", "--cache", str(cache)]
+    sampling = ["--k", "50", "--seed", "0"] if name == "vae_tiny" else []  # an AE has no k
+    args = ["eval", str(runs / name), *sampling, "--cache", str(cache)]
     assert cli.main([*args, "--no-progress"]) == 0
     record = json.loads((runs / name / "eval.json").read_text())[-1]
     record.pop("seconds")

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+import vaelab
 from vaelab.cli import data, evaluate, generate, plot, reproduce, train
 from vaelab.cli.args import Command
 from vaelab.errors import VaelabError
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `vaelab COMMAND --help` for the options of a command.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"vaelab {vaelab.__version__}")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")
     }

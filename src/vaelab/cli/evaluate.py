@@ -54,6 +54,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if stray := [flag for dest, flag in other.items() if getattr(args, dest) is not None]:
         mode = "the likelihood evaluation" if args.generation else "--generation"
         raise VaelabError(f"{', '.join(stray)} applies to {mode} only")
+    sampling = [flag for dest, flag in (("k", "--k"), ("max_rows", "--max-rows"))
+                if getattr(args, dest) is not None]  # fmt: skip
     for dest, value in EVAL_DEFAULTS.items():
         if getattr(args, dest) is None:
             setattr(args, dest, value)
@@ -79,6 +81,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     which = f"the first {args.limit:,}" if args.limit else "all"
     cfg = RunFolder(args.run, writer=False).read_config()
     sampled = build_model(cfg.model, cfg.train.loss).can("log_weights")
+    if sampling and not sampled:  # an option that would be silently ignored
+        raise VaelabError(f"{', '.join(sampling)} sets the importance sampling of a likelihood; "
+                          f"model.kind = {cfg.model.kind!r} has none (its evaluation is deterministic)")  # fmt: skip
     sampled = f" with k = {args.k:,} importance samples per image" if sampled else ""
     print(f"vaelab: evaluating {args.run} on {which} test images{sampled} …", file=sys.stderr,
           flush=True)  # fmt: skip

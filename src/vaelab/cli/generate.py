@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vaelab.cli.args import Command, _cache_arg, _labels, positive_float, positive_int, seed_int
+from vaelab.errors import VaelabError
 
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,12 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
                    help="scale of the prior's standard deviation (1; < 1: more typical images)")  # fmt: skip
 
 
+KNOWN_FORMATS = {".png", ".npz", ".npy", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff",
+                 ".webp", ".pdf", ".svg", ".gz", ".idx", ".csv", ".json", ".safetensors"}  # fmt: skip
+"""File name endings that name a format: an output path ending in another one than the
+file's is refused (other endings are taken as the user's own names)."""
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -36,6 +43,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from vaelab.generate import generate, load_generator
     from vaelab.thesis.images import make_grid, save_png
 
+    for flag, path, suffix in (("--out", args.out, ".png"), ("--npz", args.npz, ".npz")):
+        other = Path(path or "").suffix.lower()
+        if other in KNOWN_FORMATS and other != suffix:  # an .npz of PNG bytes, a .jpg …
+            raise VaelabError(f"{flag} {path}: writes a {suffix} file, so the name must end in "
+                              f"{suffix}, not {other}")  # fmt: skip
     _, model = load_generator(args.run, cache=args.cache)
     labels = _labels(args.label)  # several: cycled over the n images
     labels = labels and [labels[i % len(labels)] for i in range(args.n)]

@@ -22,8 +22,15 @@ def number_classes(digits: int) -> list[str]:
     return [str(i).zfill(digits) for i in range(10**digits)]
 
 
+def check_digits(digits: int) -> None:
+    """Composites have 1 to 6 digits (10**6 classes at most): refused before any work."""
+    if not 1 <= digits <= 6:
+        raise DataError(f"--digits must be between 1 and 6, got {digits}")
+
+
 def default_holdout(digits: int, seed: int, count: int = 10) -> list[str]:
     """``count`` numbers drawn with ``seed``, to be held out of the training split."""
+    check_digits(digits)  # before 10**digits is allocated (--digits 9: 8 GB)
     if digits < 2:
         return []
     g = torch.Generator().manual_seed(seed + 7919)
@@ -49,8 +56,7 @@ def compose_digits(
     from ``seed``."""
     if source.labels is None or source.image_shape[0] != 1:
         raise DataError("composing needs a labelled single-channel digit data set such as mnist")
-    if not 1 <= digits <= 6:
-        raise DataError(f"--digits must be between 1 and 6, got {digits}")
+    check_digits(digits)
     if n < 1:
         raise DataError(f"the number of composites must be >= 1, got {n}")
     g = torch.Generator().manual_seed(seed)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+import vaelab
 from vaelab.config import Config
 from vaelab.data.batches import Batches
 from vaelab.errors import CheckpointError
@@ -72,6 +73,11 @@ def checkpoint_state(p: Progress, batches: Batches, mid_epoch: bool) -> dict:
     return {
         **{k: finite_or_none(v) if isinstance(v, float) else v for k, v in vars(p).items()},
         "rng": rng,
+        "written_by": {
+            "vaelab": vaelab.__version__,
+            "torch": torch.__version__,
+            "device": str(device),
+        },  # fmt: skip
     }
 
 
