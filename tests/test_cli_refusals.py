@@ -67,3 +67,73 @@ def test_eval_of_a_model_without_likelihood_refuses_k(ae_run, mnist_cache, capsy
         in capsys.readouterr().err
     )
     assert cli.main(["eval", str(ae_run), "--cache", str(mnist_cache), "--no-progress"]) == 0
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "copy")
+
+
+@pytest.mark.parametrize(("edit", "named"), [("lr = 0.0003", "train.lr: 0.0003 -> 0.5"),
+                                             ("widths = [16]", "model.widths: [16] -> [8]")])  # fmt: skip
+def test_an_edited_config_toml_is_refused_on_resume(
+    ae_run, mnist_cache, tmp_path, capsys, edit, named
+):
+    run = _copy(ae_run, tmp_path)
+    text = (run / "config.toml").read_text()
+    new = {"lr = 0.0003": "lr = 0.5", "widths = [16]": "widths = [8]"}[edit]
+    assert edit in text
+    (run / "config.toml").write_text(text.replace(edit, new))
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.name != ".lock"}
+    args = ["train", "--resume", str(run), "--set", "train.epochs=2", "--cache", str(mnist_cache)]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs from the one its checkpoint was written with" in err
+    assert named in err and "Unexpected key" not in err
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.name != ".lock"} == before
+
+
+def test_repeating_the_runs_own_setting_on_resume_is_fine(ae_run, mnist_cache, tmp_path, capsys):
+    run = _copy(ae_run, tmp_path)
+    args = ["train", "--resume", str(run), "--set", "data.limit=200", "--set", "train.epochs=2",
+            "--cache", str(mnist_cache), "--no-progress"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert json.loads((run / "state.json").read_text())["epoch"] == 2
+    changed = [
+        "train",
+        "--resume",
+        str(run),
+        "--set",
+        "data.limit=300",
+        "--cache",
+        str(mnist_cache),
+    ]
+    assert cli.main(changed) == 1
+    assert "--set data.limit cannot change on --resume" in capsys.readouterr().err
+
+
+def test_a_checkpoint_records_its_config(ae_run):
+    state = json.loads((ae_run / "state.json").read_text())
+    assert state["config"]["train"]["lr"] == 0.0003 and state["config"]["model"]["widths"] == [16]
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    from vaelab.errors import ConfigError
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="sets nothing: a config names at least its"):
+        load_config(empty)
+    with pytest.raises(ConfigError, match="sets nothing"):
+        load_config("/dev/null")
+
+
+def test_sample_refuses_more_images_than_memory_holds(ae_run, mnist_cache, capsys, monkeypatch):
+    import vaelab.generate as generate
+
+    monkeypatch.setattr(generate, "available_memory", lambda: 10 * 2**20)  # 10 MiB
+    assert cli.main(["sample", str(ae_run), "-n", "100000", "--cache", str(mnist_cache)]) == 1
+    err = capsys.readouterr().err
+    assert "100,000 images of 784 bytes need about 0.1 GiB in memory, 0.0 GiB are available" in err
+    assert generate.available_memory is not None and generate.check_memory(10, 784) is None

@@ -45,12 +45,14 @@ def _tensor_digests(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("name", ["vae_tiny", "ae_tiny"])
-def test_an_old_run_resumes_bit_for_bit(old, name):
+def test_an_old_run_resumes_bit_for_bit(old, name, capsys):
     cache, runs = old
     run = runs / name
     expected = EXPECTED["runs"][name]["resume_to_epoch_3"]
     args = ["train", "--resume", str(run), "--set", "train.epochs=3", "--cache", str(cache)]
     assert cli.main([*args, "--no-progress"]) == 0
+    assert "written before checkpoints recorded their config" in capsys.readouterr().out
+    assert json.loads((run / "state.json").read_text())["config"]["data"]["name"] == "tiny8"
     assert _tensor_digests(run / "model.safetensors") == expected["model"]
     assert _tensor_digests(run / "optimizer.safetensors") == expected["optimizer"]
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

@@ -335,6 +335,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} not found") from e
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
+        if not raw:  # /dev/null or a file of comments would train the default model
+            raise ConfigError(f"{path} sets nothing: a config names at least its [model] (see "
+                              "configs/*.toml)")  # fmt: skip
     for text in overrides or []:
         section, key, value = parse_override(text)
         set_override(raw, section, key, value)

@@ -54,6 +54,8 @@ def generate(
         raise VaelabError(f"{len(labels)} labels for {n} images: give one, or one per image")
     g = torch.Generator().manual_seed(seed)
     out = []
+    bar = tqdm(total=n, desc="generating", unit="img", leave=False,
+               disable=None if n > 20 * batch else True)  # fmt: skip
     for start in range(0, n, batch):
         m = min(batch, n - start)
         names = (
@@ -62,7 +64,32 @@ def generate(
             else (labels * m if len(labels) == 1 else labels[start : start + m])
         )
         out.append(quantize(model.sample(m, names, generator=g, temperature=temperature).cpu()))
+        if start == 0:
+            check_memory(n, out[0][0].numel())
+        bar.update(m)
+    bar.close()
     return torch.cat(out)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux: MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def check_memory(n: int, image_bytes: int) -> None:
+    """Refuse to hold ``n`` uint8 images (twice: the batches and their concatenation) when
+    that is more than the memory available, naming both; before it fills memory."""
+    need, free = 2 * n * image_bytes, available_memory()
+    if free is not None and need > free:
+        raise VaelabError(f"{n:,} images of {image_bytes:,} bytes need about {need / 2**30:.1f} "
+                          f"GiB in memory, {free / 2**30:.1f} GiB are available: ask for fewer")  # fmt: skip
 
 
 FORMATS = ("png", "npz", "idx")

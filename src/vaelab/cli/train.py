@@ -173,6 +173,8 @@ def _apply_resume_overrides(cfg, overrides: list[str]):
     raw = to_dict(cfg)
     for text in overrides:
         section, key, value = parse_override(text)
+        if raw.get(section, {}).get(key, object()) == value:
+            continue  # the run's own value, repeated from the command that started it
         if f"{section}.{key}" not in RESUME_OVERRIDES:
             raise VaelabError(
                 f"--set {section}.{key} cannot change on --resume (only "

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.config import Config
+from vaelab.config import Config, to_dict
 from vaelab.data.batches import Batches, derive_seed, heldout_batches
 from vaelab.data.dataset import ImageDataset
 from vaelab.device import wide_float
@@ -43,7 +43,14 @@ from vaelab.train.distributed import (
 )
 from vaelab.train.setup import setup_data, setup_model
 from vaelab.train.signals import deferred_interrupts
-from vaelab.train.state import Progress, checkpoint_state, finished, read_progress, restore
+from vaelab.train.state import (
+    Progress,
+    check_config,
+    checkpoint_state,
+    finished,
+    read_progress,
+    restore,
+)
 from vaelab.train.step import step_function
 
 
@@ -86,6 +93,7 @@ def train(
         text = json.dumps(read_progress(RunFolder(path))).encode() if held else None
         state = json.loads(broadcast_bytes(dist, text) or "null")
     if state is not None:
+        check_config(state, cfg, path, log)
         if cfg.train.epochs < state["epoch"]:
             raise ConfigError(f"train.epochs = {cfg.train.epochs} is below the {state['epoch']} "
                               f"epochs {path} has done")  # fmt: skip
@@ -332,6 +340,7 @@ def sync(loop: Loop) -> None:
 def checkpoint(loop: Loop, m: Member, mid_epoch: bool = False) -> None:
     """Save where ``m`` stands; on several processes every rank's RNG states go with it."""
     state = checkpoint_state(m.p, loop.batches, mid_epoch)
+    state["config"] = to_dict(m.cfg)  # what the run trains under, checked on resume
     if loop.dist.on:
         state["rng"]["ranks"] = rank_rng_states(loop.dist, loop.batches.device)
     m.run.save_checkpoint(m.model, m.optimizer, state)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 import vaelab
-from vaelab.config import Config
+from vaelab.config import FILLED_IN, RESUME_OVERRIDES, Config, differences, from_dict
 from vaelab.data.batches import Batches
-from vaelab.errors import CheckpointError
+from vaelab.errors import CheckpointError, VaelabError
 from vaelab.files import decode_bytes, encode_bytes, finite_or_none
 from vaelab.runs.folder import RunFolder
 
@@ -47,6 +48,28 @@ def read_progress(run: RunFolder) -> dict:
     if bad := [k for k in ("epoch", "batch", "stale") if not isinstance(state.get(k), int)]:
         raise CheckpointError(f"{run.file('state.json')} is incomplete ({', '.join(bad)})")
     return state
+
+
+def check_config(state: dict, cfg: Config, where: Path, log: Callable[[str], None]) -> None:
+    """A run continues only under the config its checkpoint was written with (recorded in
+    ``state.json``), up to the keys that may change on resume: an edited ``config.toml`` is
+    refused naming the keys. A checkpoint from before configs were recorded is trusted with
+    one warning; its next checkpoint records the config."""
+    stored = state.get("config")
+    if stored is None:
+        log(f"warning: {where} was written before checkpoints recorded their config; its "
+            "config.toml is trusted as it is and recorded at the next checkpoint")  # fmt: skip
+        return
+    try:
+        old = from_dict(stored)
+    except VaelabError as e:
+        raise CheckpointError(f"{where}/state.json: its recorded config is corrupt ({e})") from e
+    if changed := differences(old, cfg, RESUME_OVERRIDES + FILLED_IN):
+        raise CheckpointError(
+            f"{where}: the config differs from the one its checkpoint was written with "
+            f"({'; '.join(changed)}); an edited config.toml is never trained on: on resume only "
+            f"{', '.join(k.split('.', 1)[1] for k in RESUME_OVERRIDES)} may change, with --set"
+        )
 
 
 def finished(cfg: Config, state: dict) -> bool:
