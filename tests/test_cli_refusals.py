@@ -137,3 +137,33 @@ def test_sample_refuses_more_images_than_memory_holds(ae_run, mnist_cache, capsy
     err = capsys.readouterr().err
     assert "100,000 images of 784 bytes need about 0.1 GiB in memory, 0.0 GiB are available" in err
     assert generate.available_memory is not None and generate.check_memory(10, 784) is None
+
+
+@pytest.mark.parametrize("name", ["a b", "new\nline", "naïve", "-dash", "x.y"])
+def test_data_set_names_follow_the_rule_the_message_gives(tmp_path, name):
+    import torch
+
+    from vaelab.data import ImageDataset, save_dataset
+
+    data = ImageDataset(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+    with pytest.raises(DataError, match="use letters, digits, '-' and '_'"):
+        save_dataset(name, {"train": data}, cache=tmp_path)
+    assert not (tmp_path / "datasets").exists() or not list((tmp_path / "datasets").iterdir())
+
+
+def test_figures_of_two_channel_images(tmp_path, capsys):
+    """import-npz accepts (N, H, W, 2); recon and samples figures were a traceback."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((60, 8, 8, 2)) * 255).astype(np.uint8)
+    for split, rows in (("train", slice(0, 48)), ("test", slice(48, 60))):
+        np.savez(tmp_path / f"{split}.npz", images=images[rows])
+        args = ["data", "import-npz", str(tmp_path / f"{split}.npz"), "--name", "two",
+                "--split", split, "--cache", str(tmp_path / "c")]  # fmt: skip
+        assert cli.main(args) == 0
+    cfg = load_config(None, ["data.name=two", "model.widths=[8]", "train.epochs=1"])
+    run = train(cfg, tmp_path / "run", cache=tmp_path / "c", progress=False, log=lambda s: None)
+    for figure in ("recon", "samples"):
+        assert cli.main(["plot", str(run), figure, "--cache", str(tmp_path / "c")]) == 0
+        assert (run / f"{figure}.png").stat().st_size > 0

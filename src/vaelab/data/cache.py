@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def save_dataset(
     """
     if not splits:
         raise DataError(f"data set {name!r}: nothing to save")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):  # spaces, newlines, non-ASCII …
+        raise DataError(f"invalid data set name {name!r}: use letters, digits, '-' and '_'")
     path = _dataset_path(name, cache)
     per_split = source if isinstance(source, dict) else dict.fromkeys(splits, source)
     by_source: dict[str, list[str]] = {}

@@ -120,9 +120,9 @@ def reconstruction_figure(panels: Panels, out: str | Path, cache=None, per_class
         recon = model.reconstruct(x, _cond(model, data, picks))
         rows = [torch.cat([x[i : i + n], recon[i : i + n]]) for i in range(0, len(picks), n)]
         grid = make_grid(torch.cat(rows), nrow=2 * n, padding=1)
-        ax.imshow(grid.squeeze(-1), cmap="gray", vmin=0, vmax=255)
+        shown = _show(ax, grid)
         ax.axvline(grid.shape[1] / 2 - 0.5, color="tab:red", lw=1.2)
-        ax.set_title(f"{title}: originals | reconstructions", fontsize=10)
+        ax.set_title(f"{title}: originals | reconstructions{shown}", fontsize=10)
         ax.set_axis_off()
     return _save(fig, out)
 
@@ -183,15 +183,25 @@ FIGURES = {"latent": latent_figure, "recon": reconstruction_figure, "loss": loss
 # --------------------------------------------------------------------------------------
 
 
+def _show(ax, picture) -> str:
+    """Draw a (H, W, C) uint8 picture: grey for one channel, colour for three; of any other
+    count the first channel in grey. Returns what the title should add (nothing, or which
+    channel is shown)."""
+    channels = picture.shape[2]
+    if channels in (1, 3):
+        grey = channels == 1
+        ax.imshow(picture.squeeze(-1) if grey else picture, cmap="gray" if grey else None,
+                  vmin=0, vmax=255)  # fmt: skip
+        return ""
+    ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=255)
+    return f" (channel 1 of {channels})"
+
+
 def _image_figure(picture, title: str, out: str | Path, scale: float = 0.02) -> Path:
     """Show a :func:`make_grid` picture with a title."""
     h, w = picture.shape[:2]
     fig, ax = plt.subplots(figsize=(max(3.0, w * scale), max(3.0, h * scale) + 0.4))
-    grey = picture.shape[2] == 1
-    ax.imshow(
-        picture.squeeze(-1) if grey else picture, cmap="gray" if grey else None, vmin=0, vmax=255
-    )
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + _show(ax, picture), fontsize=10)
     ax.set_axis_off()
     return _save(fig, out)
 
