@@ -167,3 +167,97 @@ def test_figures_of_two_channel_images(tmp_path, capsys):
     for figure in ("recon", "samples"):
         assert cli.main(["plot", str(run), figure, "--cache", str(tmp_path / "c")]) == 0
         assert (run / f"{figure}.png").stat().st_size > 0
+
+
+def test_cache_pointing_at_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert cli.main(["data", "list", "--cache", str(tmp_path / "f")]) == 1
+    assert "--cache " + str(tmp_path / "f") + " is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_text_file_named_npz_gets_no_pickle_advice(tmp_path, capsys):
+    (tmp_path / "t.npz").write_text("not an archive")
+    args = ["data", "import-npz", str(tmp_path / "t.npz"), "--name", "t", "--cache", str(tmp_path)]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "not an .npz archive" in err and "pickle" not in err
+
+
+def test_output_paths_that_are_folders_or_cannot_be_written(
+    ae_run, mnist_cache, tmp_path, capsys, monkeypatch
+):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    assert cli.main(["sample", str(ae_run), "--npz", str(folder), "--cache", str(mnist_cache)]) == 1
+    err = capsys.readouterr().err
+    assert f"is a folder: give a file name: '{folder}'" in err and ".tmp" not in err
+    import os
+
+    import vaelab.files as files
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", lambda fd: full(fd, b""))
+    assert (
+        cli.main(
+            ["sample", str(ae_run), "--out", str(tmp_path / "s.png"), "--cache", str(mnist_cache)]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "No space left on device (writing " + str(tmp_path / "s.png") + ")" in err
+    assert not list(tmp_path.glob(".*.tmp")) and os.path.exists(folder)
+
+
+def test_resume_messages(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["train", "--resume", str(tmp_path / "file")]) == 1
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    run = tmp_path / "cut"
+    run.mkdir()
+    (run / "config.toml").write_text('[model]\nkind = "ae"\n')
+    assert cli.main(["train", "--resume", str(run)]) == 1
+    assert "the command that started it starts it again" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('kind = "ae"\n', r"unknown config section \[kind\].*; kind belongs in \[model\]"),
+     ("[model]\nwidths = 3\n", "model.widths must be a list, got 3")],
+)  # fmt: skip
+def test_config_messages(tmp_path, text, message):
+    from vaelab.errors import ConfigError
+
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.toml")
+
+
+def test_a_list_without_brackets_gets_the_hint():
+    from vaelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"a list is written in brackets: \[512,256\]"):
+        load_config(None, ["model.widths=512,256"])
+
+
+def test_plot_latent_of_a_16_d_model(mnist_cache, tmp_path, capsys):
+    cfg = load_config(None, ["model.widths=[32]", "model.bottleneck=16", "data.limit=100",
+                             "data.test_limit=20", "train.epochs=1"])  # fmt: skip
+    run = train(cfg, tmp_path / "r", cache=mnist_cache, progress=False, log=lambda s: None)
+    assert cli.main(["plot", str(run), "latent", "--cache", str(mnist_cache)]) == 1
+    assert "codes of 2 or 3 dimensions" in capsys.readouterr().err
+
+
+def test_a_short_label_on_a_digitwise_model_suggests_the_padded_one():
+    import torch
+
+    from vaelab.config import ModelConfig
+    from vaelab.errors import ConfigError
+    from vaelab.models import build_model
+
+    classes = [f"{i:03d}" for i in range(0, 1000, 100)]
+    model = build_model(ModelConfig(kind="vae", conditional=True, classes=classes, widths=[40],
+                                    image_shape=[1, 8, 12]), "")  # fmt: skip
+    with pytest.raises(ConfigError, match="did you mean '042'"):
+        model.sample(1, ["42"], torch.Generator())

@@ -37,8 +37,8 @@ def test_int_is_accepted_for_float():
         ("train.epochs=three", "train.epochs = 'three' is not an integer"),
         ("train.lr=.001", r"train.lr = '.001' is not a number \(TOML writes 0.001"),
         ("train.lr=abc", r"train.lr = 'abc' is not a number$"),
-        ("train.epochs=true", "train.epochs must be int"),
-        ("model.widths=[1, 'a']", r"model.widths\[1\] must be int"),
+        ("train.epochs=true", "train.epochs must be an integer, got true"),
+        ("model.widths=[1, 'a']", r"model.widths\[1\] must be an integer"),
         ("epochs=3", "section.key=value"),
     ],
 )

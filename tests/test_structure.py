@@ -166,7 +166,7 @@ def test_a_registered_part_kind_is_typed_and_refused_where_unused():
         cfg = load_config(None, ["model.kind=vae", "model.prior.kind=spiky_test",
                                  "model.prior.spikes=7"])  # fmt: skip
         assert cfg.model.prior == Spiky("spiky_test", 7)
-        with pytest.raises(ConfigError, match="model.prior.spikes must be int"):
+        with pytest.raises(ConfigError, match="model.prior.spikes must be an integer, got 1.5"):
             load_config(None, ["model.prior.kind=spiky_test", "model.prior.spikes=1.5"])
         with pytest.raises(ConfigError, match="model.prior needs model.kind = 'vae' .it is 'ae'"):
             check_unused(load_config(None, ["model.prior.kind=spiky_test"]).model)

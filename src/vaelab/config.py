@@ -166,7 +166,9 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if (hint in (int, float) and isinstance(value, bool)) or not isinstance(value, hint):
-        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+        names = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise ConfigError(f"{where} must be {names.get(hint, hint.__name__)}, got {shown}")
     return value
 
 
@@ -175,7 +177,12 @@ def from_dict(raw: dict[str, Any]) -> Config:
     cfg = Config()
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+            owner = next(
+                (s for s, t in SECTIONS.items() if section in typing.get_type_hints(t)), None
+            )
+            hint = f"; {section} belongs in [{owner}]" if owner else ""
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SECTIONS)})"
+                              f"{hint}")  # fmt: skip
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table")
         obj = getattr(cfg, section)
@@ -299,6 +306,8 @@ def not_toml(path: str, raw: str, hint: Any) -> ConfigError:
     what = {int: "an integer", float: "a number"}.get(hint, "a TOML value")
     bare_dot = raw.strip().lstrip("+-").startswith(".")
     more = " (TOML writes 0.001 or 1e-3, not .001)" if hint is float and bare_dot else ""
+    if typing.get_origin(hint) is list and "," in raw and not raw.strip().startswith("["):
+        more = f" (a list is written in brackets: [{raw.strip()}])"
     return ConfigError(f"{path} = {raw.strip()!r} is not {what}{more}")
 
 

@@ -40,7 +40,10 @@ def atomic_write(path: Path, write) -> Path:
     """Call ``write(file_object)`` into a temporary file beside ``path``, then rename it into
     place, so an interrupted write never leaves a half-written ``path``. The file gets the
     permissions ``open`` would give it: an existing file's (less setuid/setgid/sticky), else
-    0o666 less the umask."""
+    0o666 less the umask. A folder at ``path``, or an OS error while writing, is an error
+    naming ``path``."""
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a folder: give a file name", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temporary_beside(path)
     try:
@@ -52,6 +55,9 @@ def atomic_write(path: Path, write) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{e.strerror} (writing {path})") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

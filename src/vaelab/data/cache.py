@@ -22,13 +22,14 @@ from vaelab.files import atomic_write
 
 
 def cache_dir(override: str | Path | None = None) -> Path:
-    """Where data sets are cached: ``override``, else ``$VAELAB_CACHE``, else ~/.cache/vaelab."""
-    if override:
-        return Path(override).expanduser()
+    """Where data sets are cached: ``override``, else ``$VAELAB_CACHE``, else ~/.cache/vaelab;
+    a file there is refused (it read as an empty cache)."""
     env = os.environ.get("VAELAB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "vaelab"
+    path = Path(override or env or Path.home() / ".cache" / "vaelab").expanduser()
+    if path.exists() and not path.is_dir():
+        what = "--cache" if override else "$VAELAB_CACHE" if env else "the cache"
+        raise DataError(f"{what} {path} is a file, not a folder")
+    return path
 
 
 def _dataset_path(name: str, cache: str | Path | None) -> Path:

@@ -383,6 +383,8 @@ def read_npz(path: str | Path, name: str = "") -> ImageDataset:
             names = npz["classes"] if "classes" in npz.files else []
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
     except (OSError, ValueError, zipfile.BadZipFile) as e:  # UnicodeDecodeError is one
+        if "pickle" in str(e):  # numpy's advice to load it unsafely is never passed on
+            raise DataError(f"{path}: not an .npz archive (nor a .npy array)") from e
         raise DataError(f"{path}: cannot read as .npz ({e})") from e
     return from_arrays(x, y, classes, name or path.stem, str(path))
 

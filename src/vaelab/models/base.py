@@ -114,9 +114,11 @@ class LatentModel(Model):
             elif by_digit and name.isascii() and name.isdigit() and len(name) == width:
                 rows.append(digit_code(name).to(self.cond_table.device))
             else:
-                raise ConfigError(
-                    f"unknown label {name!r} (labels: {self.classes[0]!r} … {self.classes[-1]!r})"
-                )
+                hint = ""
+                if by_digit and name.isascii() and name.isdigit() and len(name) < width:
+                    hint = f"; did you mean {name.zfill(width)!r}?"
+                raise ConfigError(f"unknown label {name!r} (labels: {self.classes[0]!r} … "
+                                  f"{self.classes[-1]!r}){hint}")  # fmt: skip
         return torch.stack(rows)
 
     def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:

@@ -120,7 +120,8 @@ class RunFolder:
     def check_no_pickles(self) -> None:
         """Refuse a run folder that holds pickle files: they are never opened."""
         if not self.path.is_dir():
-            raise CheckpointError(f"run folder {self.path} does not exist")
+            what = "is a file, not a run folder" if self.path.exists() else "does not exist"
+            raise CheckpointError(f"run folder {self.path} {what}")
         found = sorted(p.name for p in self.path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if found:
             raise CheckpointError(
@@ -254,7 +255,11 @@ class RunFolder:
         try:
             state = json.loads(self.file(STATE).read_text(encoding="utf-8"))
         except FileNotFoundError as e:
-            raise CheckpointError(f"{self.path} has no checkpoint yet (no {STATE})") from e
+            raise CheckpointError(
+                f"{self.path} has no checkpoint yet (no {STATE}): it stopped before its first "
+                "epoch ended; the command that started it starts it again (with --continue it "
+                "also continues it later)"
+            ) from e
         except ValueError as e:
             raise CheckpointError(f"{self.file(STATE)} is corrupt ({e})") from e
         if not isinstance(state, dict):

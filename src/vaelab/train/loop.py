@@ -92,6 +92,8 @@ def train(
         held = dist.main and RunFolder(path).file("state.json").exists()
         text = json.dumps(read_progress(RunFolder(path))).encode() if held else None
         state = json.loads(broadcast_bytes(dist, text) or "null")
+        if state is None and dist.main:
+            RunFolder(path, writer=False).read_state()  # says why there is nothing to continue
     if state is not None:
         check_config(state, cfg, path, log)
         if cfg.train.epochs < state["epoch"]:

@@ -77,7 +77,9 @@ def latent_figure(panels: Panels, out: str | Path, cache=None, limit: int = 10_0
     loaded = [(title, *_test_split(run, cache, limit)) for title, run in panels]
     dims = {cfg.model.bottleneck for _, cfg, _, _ in loaded}
     if len(dims) != 1 or dims.pop() not in (2, 3):
-        raise VaelabError("latent plots need runs with the same bottleneck of 2 or 3")
+        shown = ", ".join(sorted(map(str, dims | set())))
+        raise VaelabError(f"plot latent shows codes of 2 or 3 dimensions (the same for every run), "
+                          f"not {shown}: plot traverse or interpolate show any")  # fmt: skip
     three_d = loaded[0][1].model.bottleneck == 3
     views = [(25, -60), (10, 30)] if three_d else [None]
     fig = plt.figure(figsize=(5.2 * len(loaded), 4.4 * len(views)))
