@@ -261,3 +261,25 @@ def test_a_short_label_on_a_digitwise_model_suggests_the_padded_one():
                                     image_shape=[1, 8, 12]), "")  # fmt: skip
     with pytest.raises(ConfigError, match="did you mean '042'"):
         model.sample(1, ["42"], torch.Generator())
+
+
+def test_generate_idx_folder_imports_as_a_folder(tmp_path):
+    """`generate --format idx` writes a folder of one pair; `import-idx FOLDER` took only the
+    two-file form. Now the folder round-trips, and --split chooses its split."""
+    import numpy as np
+    import torch
+
+    from vaelab.data.cache import load_dataset
+    from vaelab.data.sources import write_idx
+
+    out = tmp_path / "gen"
+    out.mkdir()
+    write_idx(out / "images-idx3-ubyte.gz", np.full((4, 5, 5), 7, dtype=np.uint8))
+    write_idx(out / "labels-idx1-ubyte.gz", np.array([0, 1, 1, 0], dtype=np.uint8))
+    (out / "classes.txt").write_text("cat\ndog\n")
+    cache = str(tmp_path / "c")
+    assert cli.main(["data", "import-idx", str(out), "--name", "gen", "--cache", cache]) == 0
+    assert cli.main(["data", "import-idx", str(out), "--name", "gen", "--split", "test",
+                     "--cache", cache]) == 0  # fmt: skip
+    back = load_dataset("gen", "test", cache)
+    assert back.classes == ["cat", "dog"] and torch.equal(back.labels, torch.tensor([0, 1, 1, 0]))

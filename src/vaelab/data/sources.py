@@ -207,6 +207,16 @@ def find_idx_splits(folder: Path) -> dict[str, tuple[Path, Path | None]]:
     raise DataError(f"{folder}: no '[PREFIX-]<train|t10k|test>-images-idx3-ubyte[.gz]' files found")
 
 
+def _bare_pair(folder: Path) -> tuple[Path, Path | None] | None:
+    """The one ``images-idx3-ubyte[.gz]`` (and its ``labels-idx1-ubyte[.gz]``) of a folder
+    that names no split, as ``vaelab generate --format idx`` writes it; else None."""
+    found = sorted(folder.glob("images-idx3-ubyte*"))  # a plain file before its .gz
+    if not found:
+        return None
+    labels = sorted(folder.glob("labels-idx1-ubyte*"))
+    return found[0], labels[0] if labels else None
+
+
 def import_idx(
     name: str,
     images: str | Path,
@@ -223,6 +233,8 @@ def import_idx(
     and label files are found by name, so ``labels`` and ``split`` are refused with one.
     ``transpose``: see :func:`idx_dataset`."""
     images = Path(images)
+    if images.is_dir() and (bare := _bare_pair(images)) and labels is None:
+        images, labels = bare  # a folder `vaelab generate --format idx` wrote: one pair
     if images.is_dir():
         if labels is not None or split is not None:
             raise DataError(f"{images} is a folder: its splits and label files are found by "
