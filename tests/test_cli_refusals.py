@@ -283,3 +283,36 @@ def test_generate_idx_folder_imports_as_a_folder(tmp_path):
                      "--cache", cache]) == 0  # fmt: skip
     back = load_dataset("gen", "test", cache)
     assert back.classes == ["cat", "dog"] and torch.equal(back.labels, torch.tensor([0, 1, 1, 0]))
+
+
+def test_generate_cut_off_leaves_no_folder_of_images(
+    ae_run, mnist_cache, tmp_path, monkeypatch, capsys
+):
+    import vaelab.generate as generate
+
+    real, calls = generate.save_png, []
+
+    def full_disk(path, picture):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(path, picture)
+
+    monkeypatch.setattr(generate, "save_png", full_disk)
+    out = tmp_path / "gen"
+    args = [
+        "generate",
+        str(ae_run),
+        "--per-label",
+        "5",
+        "--out",
+        str(out),
+        "--cache",
+        str(mnist_cache),
+    ]
+    assert cli.main(args) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no partial folder either
+    monkeypatch.undo()
+    assert cli.main(args) == 0
+    assert len(list((out / "unlabelled").iterdir())) == 5 and (out.stat().st_mode & 0o777) != 0o700

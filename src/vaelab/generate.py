@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +141,26 @@ def export(
     wanted = [nm for nm in names for _ in range(per_label)] if conditional else None
     images = generate(model, per_label * len(names), wanted, seed, temperature=temperature)
     y = np.repeat(np.arange(len(names)), per_label)
-    out.mkdir(parents=True, exist_ok=True)
     hwc = images.permute(0, 2, 3, 1).numpy()  # (N, C, H, W) -> (N, H, W, C)
+    # written into a hidden folder beside out, renamed to out only when complete: a full
+    # disk or a kill leaves no folder of complete-looking files for import-folder to take
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _write(partial, hwc, y, names, fmt, conditional)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0o700 -> what mkdir would give
+        os.replace(partial, out)  # onto a missing or empty folder
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _write(out: Path, hwc: np.ndarray, y: np.ndarray, names: list[str], fmt: str,
+           conditional: bool) -> None:  # fmt: skip
+    """The files of :func:`export` in folder ``out``."""
     if fmt == "png":
         pairs = tqdm(zip(hwc, y, strict=True), total=len(y), desc="writing PNGs", unit="img",
                      leave=False, disable=None if len(y) > 2000 else True)  # fmt: skip
@@ -158,4 +179,3 @@ def export(
             )
             text = ("\n".join(names) + "\n").encode()
             atomic_write(out / "classes.txt", lambda f: f.write(text))
-    return out
