@@ -316,3 +316,17 @@ def test_generate_cut_off_leaves_no_folder_of_images(
     monkeypatch.undo()
     assert cli.main(args) == 0
     assert len(list((out / "unlabelled").iterdir())) == 5 and (out.stat().st_mode & 0o777) != 0o700
+
+
+def test_images_in_nested_class_sub_folders_are_refused(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for path in ("photos/cat/a.png", "photos/dog/2024/b.png", "photos/dog/2025/c.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / path)
+    args = ["data", "import-folder", str(tmp_path / "photos"), "--name", "p", "--size", "4x4",
+            "--cache", str(tmp_path / "c")]  # fmt: skip
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "dog: images in sub-folders (2024)" in err and "move them up" in err

@@ -272,6 +272,14 @@ def class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _nested_images(folder: Path) -> str:
+    """The first sub-folder of ``folder`` (not hidden) holding images at any depth, or ''."""
+    for sub in class_folders(folder):
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.rglob("*")):
+            return sub.name
+    return ""
+
+
 def eight_bit(im, path: Path):
     """A Pillow image with 8-bit channels: 16-bit grey (modes I;16*, or I holding values in
     0…65535, as some 16-bit files open) scaled 65535 -> 255, since Pillow's own convert
@@ -321,6 +329,9 @@ def folder_dataset(
     groups = [(index[d.name], d) for d in subdirs] or [(0, folder)]
     files: list[tuple[Path, int]] = []
     for k, d in groups:
+        if d != folder and (deeper := _nested_images(d)):  # they would be dropped unsaid
+            raise DataError(f"{d}: images in sub-folders ({deeper}); a class folder's images "
+                            "are read from the folder itself: move them up")  # fmt: skip
         files += [(p, k) for p in sorted(d.iterdir())  # not hidden ones (macOS ._x.png)
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]  # fmt: skip
     if not files:
