@@ -361,3 +361,20 @@ def test_a_prior_without_a_closed_form_kl_gets_the_one_sample_estimate():
         _, kl = model.elbo_terms(x)
         exact = kl_normal_std(*model.posterior(x[:2]))
     torch.testing.assert_close(kl.reshape(20000, 2).mean(0), exact, atol=0.03, rtol=0)
+
+
+def test_the_cli_starts_without_torch_and_the_public_names_resolve():
+    """`import vaelab` is light (its names load on first use), so `vaelab --help` is quick
+    and a Ctrl-C during a command's heavy imports reaches the CLI's handler."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vaelab.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "import vaelab; [getattr(vaelab, n) for n in vaelab.__all__]; "
+            "assert 'torch' in sys.modules; print('ok')")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr
+    import vaelab
+
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        vaelab.nope  # noqa: B018

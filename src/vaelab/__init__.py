@@ -7,47 +7,77 @@ docs/thesis-map.md). Sub-packages: ``thesis`` (the chapter-1 blocks), ``data``, 
 ``cli``; modules ``config``, ``files``, ``device``, ``generate``, ``reproduce``.
 """
 
+import importlib
+
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
-from vaelab.models.ae import Autoencoder
-from vaelab.models.base import LatentModel, Model
-from vaelab.models.classifier import Classifier
-from vaelab.models.likelihoods import LIKELIHOODS
-from vaelab.models.registry import build_model, register_family
-from vaelab.models.stages import Stage
-from vaelab.models.vae import VAE
-from vaelab.thesis.adaptive import GenericAdaptive, adam_moments, sgd_moments
-from vaelab.thesis.images import (
-    ImageLayer,
-    avg_pool,
-    conv2d,
-    flatten,
-    make_grid,
-    max_pool,
-    min_pool,
-    normalize,
-    quantize,
-    save_png,
-    unflatten,
-)
-from vaelab.thesis.losses import (
-    LOSSES,
-    bce,
-    bce_sum,
-    cross_entropy,
-    empirical_risk,
-    entropy,
-    kl_divergence,
-    kl_normal_std,
-    linear_error,
-    mse,
-    mse_mean,
-    squared_error,
-)
-from vaelab.thesis.nn import ACTIVATIONS, MLP, activation, compose, decoder_mlp, encoder_mlp
-from vaelab.thesis.optim import GD, SGD, Adam, AMSGrad, regret
-from vaelab.train.optimizers import make_optimizer
 
 __version__ = "0.1.0"
+
+# The public names load on first use (PEP 562): `import vaelab` and the CLI's start stay
+# free of torch, so `vaelab --help` is quick and a Ctrl-C during the heavy imports of a
+# command is caught by the CLI like any other.
+_LAZY = {
+    "Autoencoder": "vaelab.models.ae",
+    "LatentModel": "vaelab.models.base",
+    "Model": "vaelab.models.base",
+    "Classifier": "vaelab.models.classifier",
+    "LIKELIHOODS": "vaelab.models.likelihoods",
+    "build_model": "vaelab.models.registry",
+    "register_family": "vaelab.models.registry",
+    "Stage": "vaelab.models.stages",
+    "VAE": "vaelab.models.vae",
+    "GenericAdaptive": "vaelab.thesis.adaptive",
+    "adam_moments": "vaelab.thesis.adaptive",
+    "sgd_moments": "vaelab.thesis.adaptive",
+    "ImageLayer": "vaelab.thesis.images",
+    "avg_pool": "vaelab.thesis.images",
+    "conv2d": "vaelab.thesis.images",
+    "flatten": "vaelab.thesis.images",
+    "make_grid": "vaelab.thesis.images",
+    "max_pool": "vaelab.thesis.images",
+    "min_pool": "vaelab.thesis.images",
+    "normalize": "vaelab.thesis.images",
+    "quantize": "vaelab.thesis.images",
+    "save_png": "vaelab.thesis.images",
+    "unflatten": "vaelab.thesis.images",
+    "LOSSES": "vaelab.thesis.losses",
+    "bce": "vaelab.thesis.losses",
+    "bce_sum": "vaelab.thesis.losses",
+    "cross_entropy": "vaelab.thesis.losses",
+    "empirical_risk": "vaelab.thesis.losses",
+    "entropy": "vaelab.thesis.losses",
+    "kl_divergence": "vaelab.thesis.losses",
+    "kl_normal_std": "vaelab.thesis.losses",
+    "linear_error": "vaelab.thesis.losses",
+    "mse": "vaelab.thesis.losses",
+    "mse_mean": "vaelab.thesis.losses",
+    "squared_error": "vaelab.thesis.losses",
+    "ACTIVATIONS": "vaelab.thesis.nn",
+    "MLP": "vaelab.thesis.nn",
+    "activation": "vaelab.thesis.nn",
+    "compose": "vaelab.thesis.nn",
+    "decoder_mlp": "vaelab.thesis.nn",
+    "encoder_mlp": "vaelab.thesis.nn",
+    "GD": "vaelab.thesis.optim",
+    "SGD": "vaelab.thesis.optim",
+    "Adam": "vaelab.thesis.optim",
+    "AMSGrad": "vaelab.thesis.optim",
+    "regret": "vaelab.thesis.optim",
+    "make_optimizer": "vaelab.train.optimizers",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vaelab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "VaelabError", "DataError", "ConfigError", "CheckpointError",
