@@ -90,8 +90,10 @@ def train(
     state = None
     if resume is not None:
         held = dist.main and RunFolder(path).file("state.json").exists()
-        text = json.dumps(read_progress(RunFolder(path))).encode() if held else None
-        state = json.loads(broadcast_bytes(dist, text) or "null")
+        state = read_progress(RunFolder(path)) if held else None
+        if dist.on:  # the other ranks learn rank 0's state (they may have no folder)
+            text = json.dumps(state).encode() if state is not None else None
+            state = json.loads(broadcast_bytes(dist, text) or "null")
         if state is None and dist.main:
             RunFolder(path, writer=False).read_state()  # says why there is nothing to continue
     if state is not None:
