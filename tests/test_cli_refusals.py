@@ -130,13 +130,36 @@ def test_an_empty_config_file_is_refused(tmp_path):
 
 
 def test_sample_refuses_more_images_than_memory_holds(ae_run, mnist_cache, capsys, monkeypatch):
-    import vaelab.generate as generate
+    import vaelab.memory as memory
 
-    monkeypatch.setattr(generate, "available_memory", lambda: 10 * 2**20)  # 10 MiB
+    monkeypatch.setattr(memory, "available_memory", lambda: 10 * 2**20)  # 10 MiB
     assert cli.main(["sample", str(ae_run), "-n", "100000", "--cache", str(mnist_cache)]) == 1
     err = capsys.readouterr().err
     assert "100,000 images of 784 bytes need about 0.1 GiB in memory, 0.0 GiB are available" in err
-    assert generate.available_memory is not None and generate.check_memory(10, 784) is None
+    monkeypatch.undo()
+    assert memory.available_memory() > 0 and memory.check_memory(10, 784) is None
+
+
+def test_every_count_a_user_gives_is_bounded_before_allocation(
+    ae_run, mnist_cache, tmp_path, capsys
+):
+    """The real memory of this machine: counts far beyond it are refused at once."""
+    huge = str(10**12)
+    cache = ["--cache", str(mnist_cache)]
+    assert cli.main(["generate", str(ae_run), "--per-label", huge, "--out", str(tmp_path / "g"),
+                     *cache]) == 1  # fmt: skip
+    assert f"{10**12:,} images of 784 bytes need about" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+    assert cli.main(["data", "compose", "--n", huge, "--name", "c3", *cache]) == 1
+    assert f"{10**12:,} composites of" in capsys.readouterr().err
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (4, 4)).save(folder / "x.png")
+    args = ["data", "import-folder", str(tmp_path / "imgs"), "--name", "big", *cache]
+    assert cli.main([*args, "--size", "1000000x1000000"]) == 1
+    assert "1 images of 1,000,000,000,000 bytes need about" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["a b", "new\nline", "naïve", "-dash", "x.y"])

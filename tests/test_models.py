@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from vaelab.config import ModelConfig
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.models.ae import Autoencoder
 from vaelab.models.registry import build_model
 from vaelab.thesis.losses import bce, mse
@@ -68,6 +68,18 @@ def test_width_rules_are_enforced():
         build_model(cfg(arch="conv", channels=[4] * 6), "mse")
 
 
+@pytest.mark.parametrize("kind", ["ae", "vae"])
+def test_an_mlp_without_hidden_widths_must_say_it_is_linear(kind):
+    """widths = [] silently trained an affine autoencoder whose activation was never used."""
+    with pytest.raises(ConfigError, match=r"model.widths = \[\] leaves the mlp no hidden"):
+        build_model(cfg(kind=kind, widths=[]), "mse")
+    linear = build_model(cfg(kind=kind, widths=[], activation="identity"), "mse")
+    layers = [m for m in linear.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 2  # one affine map each way
+    # a conv encoder may go straight from its features to the bottleneck
+    build_model(cfg(kind=kind, arch="conv", channels=[4], widths=[]), "mse")
+
+
 def test_classifier_config_is_checked():
     base = dict(kind="classifier", arch="conv", channels=[4], widths=[16], classes=["0", "1"])
     assert build_model(cfg(**base), "mse").logits(torch.rand(3, 1, 28, 28)).shape == (3, 2)
@@ -97,3 +109,10 @@ def test_conditional_conv_vae_reads_its_label_planes():
     assert all(
         p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad
     )
+
+
+def test_a_model_too_big_for_memory_is_refused_before_it_is_allocated():
+    """100,000 conv channels make a 10-billion-parameter linear layer: sized on torch's meta
+    device and refused in one line, instead of allocating (or thrashing) first."""
+    with pytest.raises(VaelabError, match=r"10,056,\d{3},\d{3} parameters of 16 bytes need about"):
+        build_model(cfg(arch="conv", channels=[100000], widths=[256]), "mse")

@@ -178,6 +178,26 @@ def test_import_idx_label_count_mismatch(tmp_path):
         data_sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path)
 
 
+def test_import_idx_of_swapped_image_and_label_files_says_so(tmp_path):
+    data_sources.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
+    data_sources.write_idx(tmp_path / "l", np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="image and label files are swapped"):
+        data_sources.import_idx("m", tmp_path / "l", tmp_path / "i", cache=tmp_path)
+
+
+@pytest.mark.parametrize("labels", [[255] * 4, [0, 1, 2, 300], [0, 100, 200, 40]])
+def test_unnamed_labels_that_leave_most_classes_empty_are_refused(tmp_path, labels):
+    """Labels all 255 made 256 classes with 255 of them empty."""
+    data_sources.write_idx(tmp_path / "i", np.zeros((4, 2, 2), np.uint8))
+    data_sources.write_idx(tmp_path / "l", np.array(labels, np.int32))
+    with pytest.raises(DataError, match="classes .* would be empty"):
+        data_sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path / "c")
+    # named classes and labels 0..9 with one class missing are fine
+    data_sources.write_idx(tmp_path / "l", np.array([0, 2, 9, 9], np.int32))
+    data_sources.import_idx("n", tmp_path / "i", tmp_path / "l", cache=tmp_path / "c")
+    assert len(data_cache.load_dataset("n", "train", tmp_path / "c").classes) == 10
+
+
 def test_import_idx_classes_txt_that_is_not_utf8_is_named(tmp_path):
     data_sources.write_idx(tmp_path / "i", np.zeros((2, 2, 2), np.uint8))
     data_sources.write_idx(tmp_path / "l", np.array([0, 1], np.uint8))

@@ -418,6 +418,23 @@ def test_nan_test_loss_stops_and_says_no_checkpoint_yet(mnist_cache, tmp_path, m
     assert not (tmp_path / "r" / "state.json").exists()
 
 
+def test_a_saturated_run_stops_instead_of_finishing_with_exit_0(mnist_cache, tmp_path, capsys):
+    """SGD at lr 1000 pins the sigmoid outputs: the loss stays put and nothing is learnt."""
+    out = tmp_path / "r"
+    config = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")
+    code = cli.main(["train", config, "--cache", str(mnist_cache), "--out",
+                     str(out), "--no-progress",
+                     *[a for s in TINY for a in ("--set", s)], "--set", "train.optimizer=sgd",
+                     "--set", "train.lr=1000", "--set", "train.epochs=8"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "the network has saturated" in err and "train.lr = 1000" in err
+    epochs = runs_folder.RunFolder(out).read_state()["epoch"]
+    assert epochs < 8
+    # a learning run, and one at lr = 0 (nothing may change), are not stopped
+    quiet(tiny("train.epochs=4"), tmp_path / "ok", cache=mnist_cache)
+    quiet(tiny("train.epochs=3", "train.lr=0"), tmp_path / "zero", cache=mnist_cache)
+
+
 def test_unavailable_device_is_a_config_error(mnist_cache, tmp_path):
     with pytest.raises(ConfigError, match="train.device = 'gpu'"):
         quiet(tiny("train.device=gpu"), tmp_path / "r", cache=mnist_cache)

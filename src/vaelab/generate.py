@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from vaelab.data.sources import write_idx
 from vaelab.errors import VaelabError
 from vaelab.files import atomic_write
+from vaelab.memory import check_memory
 from vaelab.runs import RunFolder, load_run, run_stages
 from vaelab.thesis.images import quantize, save_png
 
@@ -74,27 +75,6 @@ def generate(
     return torch.cat(out)
 
 
-def available_memory() -> int | None:
-    """Bytes of memory free for new allocations (Linux: MemAvailable), None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def check_memory(n: int, image_bytes: int) -> None:
-    """Refuse to hold ``n`` uint8 images (twice: the batches and their concatenation) when
-    that is more than the memory available, naming both; before it fills memory."""
-    need, free = 2 * n * image_bytes, available_memory()
-    if free is not None and need > free:
-        raise VaelabError(f"{n:,} images of {image_bytes:,} bytes need about {need / 2**30:.1f} "
-                          f"GiB in memory, {free / 2**30:.1f} GiB are available: ask for fewer")  # fmt: skip
-
-
 FORMATS = ("png", "npz", "idx")
 
 
@@ -138,6 +118,9 @@ def export(
         raise VaelabError(f"{out} is not empty; export into a new folder")
     # one stream for all labels: per-label seeds seed + i would give label i+1 of one export
     # the draws of label i of the export with the next seed
+    probe = model.sample(1, names[:1] if conditional else None, generator=torch.Generator(),
+                         temperature=temperature)  # fmt: skip
+    check_memory(per_label * len(names), probe[0].numel())  # before the list of labels
     wanted = [nm for nm in names for _ in range(per_label)] if conditional else None
     images = generate(model, per_label * len(names), wanted, seed, temperature=temperature)
     y = np.repeat(np.arange(len(names)), per_label)

@@ -3,10 +3,13 @@ with its splits, derived splits (MNIST's train50k/valid) and credits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,11 @@ import torch
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError
 from vaelab.files import atomic_write
+
+try:
+    import fcntl
+except ImportError:  # Windows: entries are written unguarded
+    fcntl = None  # type: ignore[assignment]
 
 # --------------------------------------------------------------------------------------
 # Cache: one compressed .npz per data set, written atomically
@@ -30,6 +38,12 @@ def cache_dir(override: str | Path | None = None) -> Path:
         what = "--cache" if override else "$VAELAB_CACHE" if env else "the cache"
         raise DataError(f"{what} {path} is a file, not a folder")
     return path
+
+
+def check_name(name: str) -> None:
+    """A new data set's name: letters, digits, '-' and '_' (no spaces, newlines, non-ASCII)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise DataError(f"invalid data set name {name!r}: use letters, digits, '-' and '_'")
 
 
 def _dataset_path(name: str, cache: str | Path | None) -> Path:
@@ -55,8 +69,7 @@ def save_dataset(
     """
     if not splits:
         raise DataError(f"data set {name!r}: nothing to save")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):  # spaces, newlines, non-ASCII …
-        raise DataError(f"invalid data set name {name!r}: use letters, digits, '-' and '_'")
+    check_name(name)
     path = _dataset_path(name, cache)
     per_split = source if isinstance(source, dict) else dict.fromkeys(splits, source)
     by_source: dict[str, list[str]] = {}
@@ -90,6 +103,33 @@ def available_datasets(cache: str | Path | None = None) -> list[str]:
     """Names of the data sets in the cache."""
     folder = cache_dir(cache) / "datasets"
     return sorted(p.stem for p in folder.glob("*.npz")) if folder.is_dir() else []
+
+
+@contextlib.contextmanager
+def writing(name: str, cache: str | Path | None) -> Iterator[None]:
+    """Hold cache entry ``name`` while a process reads, changes and writes it (an exclusive
+    flock on ``datasets/.NAME.lock``): a second process importing, composing or fetching
+    the same name waits, then sees what the first wrote (no lost split, no silent
+    overwrite). Where flock is missing or refused the entry is written unguarded."""
+    check_name(name)
+    path = _dataset_path(name, cache)
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another vaelab process writing data set {name!r} …",
+                  file=sys.stderr)  # fmt: skip
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def dataset_splits(name: str, cache: str | Path | None = None) -> list[str]:
@@ -174,6 +214,11 @@ def add_splits(
     is replaced only with ``replace`` (else a DataError). All splits must hold images of
     one shape. The derived splits (slices) of the splits kept stay, and so does the set's
     extra metadata."""
+    with writing(name, cache):
+        return _add_splits(name, splits, cache, source, replace)
+
+
+def _add_splits(name, splits, cache, source, replace) -> Path:
     derived, extra = {}, {}
     credits = dict.fromkeys(splits, source)  # split -> where it came from
     if _dataset_path(name, cache).exists():

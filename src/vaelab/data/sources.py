@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.data.cache import add_splits, save_dataset
+from vaelab.data.cache import add_splits, save_dataset, writing
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError
 from vaelab.files import atomic_write
+from vaelab.memory import check_memory
 
 # --------------------------------------------------------------------------------------
 # IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST)
@@ -94,11 +95,14 @@ def idx_dataset(
     (:func:`emnist_classes`); without either they are '0', '1', …
     ``transpose`` swaps each image's rows and columns (EMNIST stores its images so)."""
     x = read_idx(images)
+    y = None if labels is None else read_idx(labels)
+    if y is not None and x.ndim == 1 and y.ndim >= 3:
+        raise DataError(f"{images} holds labels {x.shape} and {labels} images {y.shape}: the "
+                        "image and label files are swapped")  # fmt: skip
     if transpose:
         if x.ndim != 3:
             raise DataError(f"{images}: transposing needs images (N, H, W), got {x.shape}")
         x = np.ascontiguousarray(x.transpose(0, 2, 1))  # (N, H, W) -> (N, W, H)
-    y = None if labels is None else read_idx(labels)
     classes: list[str] = []
     names = None if labels is None else Path(labels).with_name("classes.txt")
     if names is not None and names.is_file():
@@ -113,6 +117,20 @@ def idx_dataset(
     elif labels is not None and (mapping := _emnist_mapping(Path(labels))) is not None:
         classes = emnist_classes(mapping, 0 if y is None or not len(y) else int(y.max()))
     return from_arrays(x, y, classes, name, f"{images}" + (f" + {labels}" if labels else ""))
+
+
+SPARSE_LABELS = 16
+"""Unnamed labels may leave this many of the classes 0 … max label empty (or as many as are
+used, when more): beyond that the labels are not class numbers (a mask, a wrong file)."""
+
+
+def _check_sparse_labels(y: torch.Tensor, where: str) -> None:
+    """Refuse unnamed labels that would make mostly empty classes (labels all 255: 256)."""
+    top, used = int(y.max()), len(torch.unique(y))
+    if top + 1 - used > max(SPARSE_LABELS, used):
+        raise DataError(f"{where}: the labels run to {top} but use only {used} distinct "
+                        f"values, so {top + 1 - used} of the classes 0-{top} would be empty; "
+                        "labels must number the classes 0, 1, … (or name them in classes.txt)")  # fmt: skip
 
 
 def _emnist_mapping(labels: Path) -> Path | None:
@@ -172,6 +190,7 @@ def from_arrays(
         y = torch.from_numpy(labels.astype(np.int64))
         if not classes and len(y):
             classes = [str(i) for i in range(int(y.max()) + 1)]
+            _check_sparse_labels(y, where)
     try:
         return ImageDataset(torch.from_numpy(np.ascontiguousarray(x)), y, classes, name)
     except DataError as e:
@@ -337,6 +356,7 @@ def folder_dataset(
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     h, w = size
+    check_memory(len(files), h * w * channels)  # before resizing to a size given by the user
     out = np.empty((len(files), h, w, channels), dtype=np.uint8)
     bar = tqdm(files, desc=f"decoding {folder.name or folder}", unit="img", leave=False,
                disable=None if len(files) > 2000 else True)  # fmt: skip
@@ -386,7 +406,8 @@ def import_folder(
         splits = {"train": whole.subset(order[n_test:].sort().values),
                   "test": whole.subset(order[:n_test].sort().values)}  # fmt: skip
     if replace:  # the whole data set: a kept old test split could hold images now in train
-        return save_dataset(name, splits, cache, source=f"folder {folder}")
+        with writing(name, cache):
+            return save_dataset(name, splits, cache, source=f"folder {folder}")
     return add_splits(name, splits, cache, source=f"folder {folder}")
 
 

@@ -47,7 +47,15 @@ def _decoder_head(cfg: ModelConfig, in_dim: int, out_dim: int) -> nn.Module:
 
 def mlp_encoder(cfg: ModelConfig, out_dim: int, extra_in: int = 0) -> nn.Module:
     """Flatten (Lemma 1.3.7), then a linear encoder C·H·W ≥ widths… ≥ out_dim (Def 2.3.1).
-    ``extra_in`` widens the input for a condition appended to the flattened image."""
+    ``extra_in`` widens the input for a condition appended to the flattened image.
+    No hidden widths leave one affine map each way: asked for only with ``activation =
+    "identity"`` (a linear autoencoder, Def 2.3.3), the same model whatever the widths."""
+    if not cfg.widths and cfg.activation != "identity":
+        raise ConfigError(
+            f"model.widths = [] leaves the mlp no hidden layer, so model.activation = "
+            f"{cfg.activation!r} is never applied: give hidden widths, e.g. [512, 256], or set "
+            'activation = "identity" for a linear autoencoder'
+        )
     c, h, w = cfg.image_shape
     return nn.Sequential(
         nn.Flatten(),  # (B, C, H, W) -> (B, C·H·W); already flat inputs pass unchanged

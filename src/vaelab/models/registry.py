@@ -13,10 +13,12 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
+from vaelab.memory import check_memory
 from vaelab.models import ae, classifier, vae
 
 SHARED = ("kind", "arch", "widths", "channels", "bottleneck", "activation", "image_shape",
@@ -86,6 +88,11 @@ def build_model(cfg: ModelConfig, loss: str) -> nn.Module:
     fam = family(cfg)
     check_unused(cfg)
     try:
+        with torch.device("meta"):  # sizes only, no memory: bound the real build first
+            n = sum(p.numel() for p in fam.build(cfg, loss).parameters())
+        # weights, gradients and two optimizer moments in fp32
+        check_memory(n, 16, "parameters", copies=1,
+                     advice="use smaller model.widths / model.channels")  # fmt: skip
         return fam.build(cfg, loss)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e

@@ -296,6 +296,8 @@ def end_of_epoch(loop: Loop, epoch: int) -> bool:
         q = m.p
         train_loss = q.train_sum / len(loop.train_set)
         q.epoch, q.batch, q.train_sum = epoch + 1, 0, 0.0
+        same = cfg.train.lr > 0 and math.isclose(train_loss, q.last_train, rel_tol=FLAT)
+        q.flat, q.last_train = (q.flat + 1 if same else 0), train_loss
         q.seconds = time.perf_counter() - loop.t0
         # stale: epochs since the best test loss so far
         improved = test_loss is not None and test_loss < q.best
@@ -311,6 +313,12 @@ def end_of_epoch(loop: Loop, epoch: int) -> bool:
         stop = q.stopped = bool(tested and patience and q.stale >= patience)
         if q.epoch == cfg.train.epochs or stop or q.epoch % cfg.train.checkpoint_every == 0:
             checkpoint(loop, m)
+    for m in members:
+        if m.p.flat >= SATURATED:
+            raise diverged(loop, f"the training loss has stayed at {m.p.last_train:.6g} for "
+                           f"{m.p.flat + 1} epochs (to {FLAT:g}), although train.lr = "
+                           f"{m.cfg.train.lr:g}: the network has saturated and no longer learns "
+                           "(a smaller train.lr may help)", m)  # fmt: skip
     if stop:  # only ever one member: fused runs do not stop early
         loop.log(f"early stopping: no better test loss for {loop.p.stale} epochs")
     return stop
@@ -395,6 +403,12 @@ def hms(seconds: float) -> str:
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
+
+FLAT = 1e-6
+"""Relative change of the training loss below which an epoch counts as flat."""
+
+SATURATED = 2
+"""Flat epochs in a row (the loss the same over SATURATED + 1 epochs) that stop a run."""
 
 SYNC_EVERY = 10
 """Steps between host synchronisations (progress bar, NaN check) within an epoch."""

@@ -30,6 +30,12 @@ class Progress:
     stale: int = 0  # epochs since the best test loss (early stopping)
     stopped: bool = False  # early stopping ended the run
     seconds: float = 0.0  # training wall time so far
+    last_train: float = math.nan  # the training loss of the last epoch
+    flat: int = 0  # epochs in a row whose training loss equalled the one before (saturation)
+
+
+LATER = {"stopped": False, "last_train": math.nan, "flat": 0}
+"""Progress fields that older checkpoints lack, with the value they stand for."""
 
 
 def stretched_schedule(old: Config, new: Config) -> str | None:
@@ -124,8 +130,10 @@ def restore(
             log(f"note: the checkpoint ran on {rng.get('device', 'cpu')}, this run on "
                 f"{device.type}; random draws on the device will differ from an unbroken run")  # fmt: skip
         batches.load_state_dict(loader)
-        fields = {k: state[k] for k in vars(Progress()) if k != "stopped"}
-        fields["stopped"] = bool(state.get("stopped", False))  # absent in older checkpoints
+        fields = {k: state[k] for k in vars(Progress()) if k not in LATER}
+        for k, default in LATER.items():  # absent in older checkpoints
+            value = state.get(k)
+            fields[k] = default if value is None else type(default)(value)
     except (KeyError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{run.file('state.json')} is incomplete ({e})") from e
     fields["best"] = math.inf if fields["best"] is None else fields["best"]
