@@ -36,6 +36,15 @@ def _temporary_beside(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def remove_stale_temporaries(folder: Path, name: str = "*") -> None:
+    """Remove the temporary files :func:`atomic_write` left in ``folder`` for files named
+    ``name`` when it was killed mid-write. Only for a caller that holds the folder (or
+    entry) so that nobody can be writing them now."""
+    for tmp in folder.glob(f".{name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def atomic_write(path: Path, write) -> Path:
     """Call ``write(file_object)`` into a temporary file beside ``path``, then rename it into
     place, so an interrupted write never leaves a half-written ``path``. The file gets the

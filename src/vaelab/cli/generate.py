@@ -52,15 +52,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
     labels = _labels(args.label)  # several: cycled over the n images
     labels = labels and [labels[i % len(labels)] for i in range(args.n)]
     u8 = generate(model, args.n, labels, args.seed, temperature=args.temperature)
+    grid = Path(args.out or Path(args.run) / "sample-grid.png")
+    new_npz = bool(args.npz) and not Path(args.npz).exists()
     if args.npz:
         hwc = u8.permute(0, 2, 3, 1).numpy()  # (n, C, H, W) -> (n, H, W, C)
         atomic_write(Path(args.npz), lambda f: np.savez_compressed(f, images=hwc))
-        print(f"wrote {args.npz}")
     ncol = max(1, round((args.n * u8.shape[2] / u8.shape[3]) ** 0.5))
-    out = save_png(
-        args.out or Path(args.run) / "sample-grid.png", make_grid(u8, nrow=ncol, padding=1)
-    )
-    print(f"wrote {out}")
+    try:
+        save_png(grid, make_grid(u8, nrow=ncol, padding=1))
+    except BaseException:  # the two files appear together: a new .npz goes again
+        if new_npz:
+            Path(args.npz).unlink(missing_ok=True)
+        raise
+    for path in (args.npz, grid):
+        if path:
+            print(f"wrote {path}")
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:

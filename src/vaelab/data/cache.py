@@ -17,7 +17,7 @@ import torch
 
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError
-from vaelab.files import atomic_write
+from vaelab.files import atomic_write, remove_stale_temporaries
 
 try:
     import fcntl
@@ -127,6 +127,8 @@ def writing(name: str, cache: str | Path | None) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:  # no locks on this file system
             pass
+        else:
+            remove_stale_temporaries(path.parent, path.name)  # a killed writer's
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -38,7 +38,13 @@ import torch
 
 from vaelab.config import Config, dumps, load_config
 from vaelab.errors import CheckpointError, VaelabError
-from vaelab.files import atomic_write, read_tensors, sha256_file, write_tensors
+from vaelab.files import (
+    atomic_write,
+    read_tensors,
+    remove_stale_temporaries,
+    sha256_file,
+    write_tensors,
+)
 
 try:
     import fcntl
@@ -163,6 +169,7 @@ class RunFolder:
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
                 _HELD[key] = fd
+                remove_stale_temporaries(self.path)  # a killed writer's; none is writing now
             yield
         finally:
             if locked_here := (_HELD.get(key) == fd):
