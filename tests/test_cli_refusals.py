@@ -353,3 +353,32 @@ def test_images_in_nested_class_sub_folders_are_refused(tmp_path, capsys):
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "dog: images in sub-folders (2024)" in err and "move them up" in err
+
+
+def test_empty_files_as_data_are_one_line(tmp_path, capsys):
+    """Found by tests/test_fuzz.py: numpy's EOFError for an empty .npz escaped as a traceback."""
+    assert (
+        cli.main(["data", "import-npz", "/dev/null", "--name", "x", "--cache", str(tmp_path)]) == 1
+    )
+    assert "/dev/null: empty, not an .npz archive" in capsys.readouterr().err
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "cut.npz").write_bytes(b"")
+    assert cli.main(["data", "info", "cut", "--cache", str(tmp_path)]) == 1
+    assert "cannot read the cached data set (No data left in file)" in capsys.readouterr().err
+
+
+def test_a_failed_launch_on_several_processes_is_one_line(tmp_path):
+    """Found by tests/test_fuzz.py: torchrun's agent added its ChildFailedError traceback
+    (and every rank its own copy of the error) to the workers' one-line error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).parents[1] / "configs" / "mnist_ae.toml"
+    done = subprocess.run([sys.executable, "-m", "vaelab", "train", str(config), "--nproc", "2",
+                           "--cache", str(tmp_path), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "vaelab: error: data set 'mnist' is not in the cache yet: run `vaelab data fetch mnist`"
+    ]

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -121,11 +123,46 @@ def _launch(args: argparse.Namespace) -> int:
             rest.append(word)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={args.nproc}", "-m", "vaelab", *rest]  # fmt: skip
-    agent = subprocess.Popen(command)
+    # the cores shared out (else the agent sets 1 per process and prints a banner)
+    threads = str(max(1, (os.cpu_count() or 1) // args.nproc))
+    env = {"OMP_NUM_THREADS": threads, **os.environ}
+    agent = subprocess.Popen(command, env=env, text=True, errors="replace",
+                             stderr=None if args.debug else subprocess.PIPE)  # fmt: skip
     try:
+        if not args.debug:
+            _relay(agent.stderr)
         return agent.wait()
     except KeyboardInterrupt:  # the agent got the Ctrl-C too: let it stop its workers
+        if not args.debug:
+            _relay(agent.stderr)
         return agent.wait()
+
+
+AGENT_LOG = re.compile(r"[DIWE]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ .*torch/distributed/")
+"""A log line of torchrun's agent (its workers' errors are one line each already)."""
+
+
+def _relay(stream) -> None:
+    """Pass the processes' error lines through, not the agent's: its log lines and, when a
+    worker failed, its ChildFailedError traceback (the worker's own line said why). A
+    traceback not from the agent (a worker's crash) is passed on whole."""
+    block: list[str] = []
+    others: dict[str, str] = {}  # other ranks' error lines, by message: shown if rank 0's differ
+    said: set[str] = set()
+    for line in stream:
+        if block or line.startswith("Traceback (most recent call last)"):
+            block.append(line)
+        elif m := RANK_ERROR.match(line):
+            others.setdefault(m.group(1), line)
+        elif not AGENT_LOG.match(line):
+            said.add(line.partition("vaelab: error: ")[2])
+            sys.stderr.write(line)
+    sys.stderr.writelines(line for msg, line in others.items() if msg not in said)
+    if block and not any("torch/distributed/run.py" in line for line in block):
+        sys.stderr.writelines(block)
+
+
+RANK_ERROR = re.compile(r"vaelab: error \(rank \d+\): (.*\n?)")
 
 
 def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:

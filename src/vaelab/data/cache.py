@@ -174,9 +174,14 @@ def _open(name: str, cache: str | Path | None) -> tuple[Path, np.lib.npyio.NpzFi
             "fetch or import it first (`vaelab data --help`)"
         )
     try:
-        return path, np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: cannot read the cached data set ({e})") from e
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        why = "pickled data or not an .npz" if "pickle" in str(e) else str(e) or repr(e)
+        raise DataError(f"{path}: cannot read the cached data set ({why}); fetch or import "
+                        "it again with --force") from e  # fmt: skip
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not a vaelab data set (a bare array, not an .npz archive)")
+    return path, npz
 
 
 def _load_meta(name: str, cache: str | Path | None) -> dict:

