@@ -382,3 +382,35 @@ def test_a_failed_launch_on_several_processes_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "vaelab: error: data set 'mnist' is not in the cache yet: run `vaelab data fetch mnist`"
     ]
+
+
+def test_eval_on_a_chosen_split(ae_run, mnist_cache, capsys):
+    """#17: choose on 'valid', report on 'test'. The record names its split; the numbers are
+    those of that split's images (checked against the evaluation of the split loaded
+    directly); a split the run trained on gets a warning."""
+    import torch
+
+    from vaelab.data.batches import heldout_batches, load_split
+    from vaelab.eval.common import mean_objective
+    from vaelab.runs.load import load_run
+
+    cache = ["--cache", str(mnist_cache)]
+    base = ["eval", str(ae_run), "--limit", "300", *cache]
+    assert cli.main([*base, "--split", "valid"]) == 0
+    err = capsys.readouterr().err
+    assert "on the first 300 valid images" in err
+    assert "warning" not in err  # trained on rows 0-200 of train; valid is rows 50,000+
+    assert cli.main([*base, "--split", "test"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    records = json.loads((ae_run / "eval.json").read_text())[-2:]
+    assert cli.main([*base, "--split", "train50k"]) == 0  # rows 0-50,000 hold the 200
+    assert "the run trained on images of split 'train50k'" in capsys.readouterr().err
+    assert [r["split"] for r in records] == ["valid", "test"]
+    cfg, model = load_run(ae_run)
+    valid = heldout_batches(load_split("mnist", "valid", mnist_cache, 300), cfg.data.binarize, 100)
+    with torch.no_grad():
+        direct = mean_objective(model, valid)
+    assert records[0]["recon_mse_per_image"] == pytest.approx(direct, rel=1e-5)
+    assert records[0] != records[1]
+    assert cli.main([*base, "--split", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err

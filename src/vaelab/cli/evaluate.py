@@ -32,6 +32,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperatures",
                    help=f"--generation: comma-separated prior temperatures, one row each ({d['temperatures']})")  # fmt: skip
     p.add_argument("--k", type=positive_int, help=f"importance samples per image ({d['k']})")
+    p.add_argument("--split",
+                   help="evaluate on this split of the run's data set (default: its test split; "
+                   "choose models on 'valid', report on 'test')")  # fmt: skip
     p.add_argument("--limit", type=non_negative_int, help="only the first N test images (0: all)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampling (0)")
     p.add_argument(
@@ -77,20 +80,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from vaelab.models.registry import build_model
     from vaelab.runs.folder import RunFolder
+    from vaelab.runs.load import seen_in_training
 
     which = f"the first {args.limit:,}" if args.limit else "all"
     cfg = RunFolder(args.run, writer=False).read_config()
+    split = args.split or cfg.data.test_split
+    if args.split and seen_in_training(cfg, split, args.cache):
+        print(f"vaelab: warning: the run trained on images of split {split!r} "
+              f"({cfg.data.name}:{cfg.data.split}); its numbers there are not held-out ones",
+              file=sys.stderr)  # fmt: skip
     sampled = build_model(cfg.model, cfg.train.loss).can("log_weights")
     if sampling and not sampled:  # an option that would be silently ignored
         raise VaelabError(f"{', '.join(sampling)} sets the importance sampling of a likelihood; "
                           f"model.kind = {cfg.model.kind!r} has none (its evaluation is deterministic)")  # fmt: skip
     sampled = f" with k = {args.k:,} importance samples per image" if sampled else ""
-    print(f"vaelab: evaluating {args.run} on {which} test images{sampled} …", file=sys.stderr,
-          flush=True)  # fmt: skip
+    print(f"vaelab: evaluating {args.run} on {which} {split} images{sampled} …",
+          file=sys.stderr, flush=True)  # fmt: skip
     result = evaluate_run(args.run, k=args.k, limit=args.limit, seed=args.seed,
                           batch_size=args.batch_size, cache=args.cache,
                           progress=not args.no_progress, device=args.device,
-                          max_rows=args.max_rows)  # fmt: skip
+                          max_rows=args.max_rows, split=args.split)  # fmt: skip
     print(format_table(result))
     print(f"appended to {Path(args.run) / 'eval.json'}")
 
@@ -102,6 +111,7 @@ GENERATION_ONLY = {"n": "-n", "labels": "--labels", "temperatures": "--temperatu
 LIKELIHOOD_ONLY = {
     "k": "--k",
     "limit": "--limit",
+    "split": "--split",
     "batch_size": "--batch-size",
     "device": "--device",
     "max_rows": "--max-rows",

@@ -190,15 +190,17 @@ def evaluate_run(
     progress: bool = True,
     device: str = "cpu",
     max_rows: int | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run folder on its test split; the record is appended to ``eval.json``."""
+    """Evaluate a run folder on its test split (or ``split``: choose on ``valid``, report on
+    ``test``); the record, which names the split, is appended to ``eval.json``."""
     check_samples(k, max_rows)
     cfg, model = load_run(run_dir, device)
     evaluate = evaluation_for(model)
-    batches = load_test_batches(cfg, cache, limit, batch_size, device)
+    batches = load_test_batches(cfg, cache, limit, batch_size, device, split)
     t0 = time.perf_counter()
     result = evaluate(model, batches, k=k, seed=seed, progress=progress, max_rows=max_rows)
-    result = {"split": cfg.data.test_split, "binarize": batches.binarize, **result,
+    result = {"split": split or cfg.data.test_split, "binarize": batches.binarize, **result,
               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     append_json(Path(run_dir) / "eval.json", result)
     return result

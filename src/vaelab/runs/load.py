@@ -8,6 +8,7 @@ import torch
 
 from vaelab.config import Config
 from vaelab.data.batches import Batches, heldout_batches, load_split
+from vaelab.data.cache import split_rows
 from vaelab.device import resolve_device
 from vaelab.models.registry import build_model
 from vaelab.runs.folder import RunFolder
@@ -30,14 +31,27 @@ def load_run(
     return cfg, model
 
 
+def seen_in_training(cfg: Config, split: str, cache: str | Path | None = None) -> bool:
+    """Whether images of ``split`` were among the run's training images (the split itself, or
+    rows of the same stored split: MNIST's valid is rows 50,000-60,000 of train)."""
+    base, lo, hi = split_rows(cfg.data.name, split, cache)
+    t_base, t_lo, t_hi = split_rows(cfg.data.name, cfg.data.split, cache)
+    if cfg.data.limit:
+        t_hi = min(t_hi, t_lo + cfg.data.limit)
+    return base == t_base and lo < t_hi and t_lo < hi
+
+
 def load_test_batches(
     cfg: Config,
     cache: str | Path | None = None,
     limit: int = 0,
     batch_size: int = 2048,
     device: str | torch.device = "cpu",
+    split: str | None = None,
 ) -> Batches:
-    """The test split of a run's data set (its first ``limit`` images, 0 = all) as fixed
-    batches, binarised as the run's test loss was; images of another shape are a DataError."""
-    test = load_split(cfg.data.name, cfg.data.test_split, cache, limit, cfg.model.image_shape)
+    """The test split of a run's data set (or ``split``; its first ``limit`` images, 0 = all)
+    as fixed batches, binarised as the run's test loss was; images of another shape are a
+    DataError."""
+    split = split or cfg.data.test_split
+    test = load_split(cfg.data.name, split, cache, limit, cfg.model.image_shape)
     return heldout_batches(test, cfg.data.binarize, batch_size, device)
