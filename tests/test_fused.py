@@ -122,8 +122,11 @@ def test_fused_needs_same_shapes():
 
 
 @pytest.mark.parametrize(
-    "arch", [[], ["model.arch=conv", "model.channels=[4,8]"], ["model.kind=vae"]]
-)
+    "arch",
+    [[], ["model.arch=conv", "model.channels=[4,8]"], ["model.kind=vae"],
+     ["model.kind=vae", "model.prior.kind=mog"],
+     ["model.kind=vae", "model.prior.kind=vamp", "model.prior.components=5"]],
+)  # fmt: skip
 def test_fused_objective_matches_each_model(arch, monkeypatch):
     c = cfg("model.image_shape=[1,28,28]", *arch)
     torch.manual_seed(0)

@@ -43,7 +43,8 @@ class DataConfig:
 @dataclass
 class PriorConfig:
     kind: str = "normal"
-    """the prior p(z) of a VAE: normal (N(0, I))"""
+    """the prior p(z) of a VAE: normal (N(0, I)), mog (a learned mixture of Gaussians),
+    vamp (the VampPrior: a mixture of the posteriors of learned pseudo-inputs)"""
 
 
 @dataclass
@@ -58,6 +59,13 @@ PARTS: dict[str, dict[str, type]] = {
 }
 """model sub-tables ([model.prior], [model.posterior]) -> their kinds -> each kind's typed
 options (a dataclass whose ``kind`` defaults to that kind); see :func:`register_part`."""
+
+
+def _builtin_parts() -> None:
+    """The parts vaelab ships register themselves when :mod:`vaelab.models` is imported
+    (the mixture priors: :mod:`vaelab.models.mixtures`); a config that names one loads
+    them first."""
+    import vaelab.models  # noqa: F401
 
 
 def register_part(table: str, kind: str, options: type) -> None:
@@ -201,6 +209,7 @@ def _part(table: str, values: Any) -> Any:
     """The typed options of sub-table [model.TABLE] from its dict: the dataclass its kind
     registered (:data:`PARTS`); unknown kinds and keys are ConfigErrors naming them."""
     where = f"model.{table}"
+    _builtin_parts()
     kinds = PARTS[table]
     if not isinstance(values, dict):
         raise ConfigError(f"[{where}] must be a table (e.g. {where}.kind = {next(iter(kinds))!r})")
@@ -297,6 +306,7 @@ def key_type(path: str) -> Any:
         return None
     table, _, sub = key.partition(".")
     if sub and section == "model" and table in PARTS:
+        _builtin_parts()
         hints = [typing.get_type_hints(c).get(sub) for c in PARTS[table].values()]
         return next((h for h in hints if h is not None), None)
     return typing.get_type_hints(SECTIONS[section]).get(key)

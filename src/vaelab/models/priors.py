@@ -41,6 +41,9 @@ class Prior(nn.Module):
         """Codes (N, Z) of standard-normal points u (N, Z), or None where there is no map."""
         return None
 
+    def bind(self, model, image_shape: tuple[int, ...]) -> None:
+        """Called once by the model that owns the prior (the VampPrior takes its encoder)."""
+
 
 class NormalPrior(Prior):
     """p(z) = N(0, I) in ``dim`` dimensions, the VAE's prior (§3)."""
@@ -123,4 +126,4 @@ class FactorizedPrior(Prior):
 
 PRIORS: dict[str, type[Prior]] = {"normal": NormalPrior}
 """[model.prior] kind -> the prior a VAE is built with, called as (latent dimension, the
-table's options)."""
+table's options); :mod:`vaelab.models.mixtures` adds "mog" and "vamp"."""

@@ -82,6 +82,7 @@ class VAE(LatentModel):
             self.register_buffer("log_sigma", log_sigma)
         self.cond_mode = cond_mode
         self.init_conditions(classes)
+        self.prior.bind(self, tuple(image_shape or ()))
 
     @property
     def discrete_likelihood(self) -> bool:
