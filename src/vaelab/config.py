@@ -53,9 +53,20 @@ class PosteriorConfig:
     """the posterior q(z | x) of a VAE: gaussian (diagonal, from μ and log σ²)"""
 
 
+@dataclass
+class ExPostConfig:
+    kind: str = "gmm"
+    """the density an autoencoder's codes get after training: gmm (a Gaussian mixture)"""
+    components: int = 1
+    """mixture components k (1 with a full covariance: the Gaussian of "AE + Gaussian")"""
+    covariance: str = "full"
+    """full or diag covariance per component"""
+
+
 PARTS: dict[str, dict[str, type]] = {
     "prior": {"normal": PriorConfig},
     "posterior": {"gaussian": PosteriorConfig},
+    "expost": {"gmm": ExPostConfig},
 }
 """model sub-tables ([model.prior], [model.posterior]) -> their kinds -> each kind's typed
 options (a dataclass whose ``kind`` defaults to that kind); see :func:`register_part`."""
@@ -107,6 +118,8 @@ class ModelConfig:
     """vae: [model.prior], the prior p(z) (kind and its options)"""
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     """vae: [model.posterior], the approximate posterior q(z | x)"""
+    expost: ExPostConfig = field(default_factory=ExPostConfig)
+    """ae: [model.expost], the density fitted to the training codes after training"""
     image_shape: list[int] = field(default_factory=list)
     """(C, H, W) of the images; filled in from the data at training time"""
     classes: list[str] = field(default_factory=list)

@@ -1,4 +1,5 @@
-"""The autoencoder (Def 2.1.5) and its ex-post Gaussian: the "AE + Gaussian" generator."""
+"""The autoencoder (Def 2.1.5) and its ex-post density (:mod:`~vaelab.models.gmm`): the
+"AE + Gaussian" (or "AE + mixture") generator."""
 
 from __future__ import annotations
 
@@ -7,25 +8,11 @@ from torch import nn
 
 from vaelab.errors import ConfigError
 from vaelab.models.base import LatentModel, widened
+from vaelab.models.gmm import EXPOST_GAUSSIAN, expost_stage, gaussian_fit
 from vaelab.models.nets import arch
 from vaelab.models.priors import GaussianPrior
-from vaelab.models.stages import ExPost, encode_all
+from vaelab.models.stages import encode_all
 from vaelab.thesis.losses import LOSS_TAKES_LOGITS, LOSSES
-
-
-def gaussian_fit(z: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean and Cholesky factor of the covariance of codes z (N, Z), in float64 then float32
-    (a jitter of 1e-6 on the diagonal keeps the factor defined)."""
-    z = z.double()
-    cov = torch.cov(z.T).reshape(z.shape[1], z.shape[1])
-    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-    chol = torch.linalg.cholesky(cov + 1e-6 * eye)
-    return {"mean": z.mean(0).float(), "scale_tril": chol.float()}
-
-
-EXPOST_GAUSSIAN = ExPost(name="expost_gaussian", fit_codes=gaussian_fit, prior=GaussianPrior,
-                         label="gaussian")  # fmt: skip
-"""Fit N(mean, cov) to the codes of (up to 20,000) training images after training."""
 
 
 class Autoencoder(LatentModel):
@@ -77,4 +64,6 @@ class Autoencoder(LatentModel):
 def build(cfg, loss: str) -> Autoencoder:
     """The autoencoder ``cfg`` describes, trained with reconstruction loss ``loss``."""
     make_encoder, make_decoder, _ = arch(cfg)
-    return Autoencoder(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss)
+    model = Autoencoder(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss)
+    model.stages = (expost_stage(cfg.expost),)  # [model.expost]: one Gaussian, or a mixture
+    return model

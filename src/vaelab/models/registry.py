@@ -103,7 +103,7 @@ def reads_labels(cfg: ModelConfig) -> bool:
     return family(cfg).labels(cfg)
 
 
-register_family("ae", ae.build)
+register_family("ae", ae.build, keys=("expost",))
 register_family("vae", vae.build, check=vae.check, labels=lambda cfg: cfg.conditional,
                 keys=("likelihood", "beta", "k", "sigma", "learn_sigma", "conditional", "prior",
                       "posterior"))  # fmt: skip
