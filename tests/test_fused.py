@@ -125,14 +125,15 @@ def test_fused_needs_same_shapes():
     "arch",
     [[], ["model.arch=conv", "model.channels=[4,8]"], ["model.kind=vae"],
      ["model.kind=vae", "model.prior.kind=mog"],
-     ["model.kind=vae", "model.prior.kind=vamp", "model.prior.components=5"]],
+     ["model.kind=vae", "model.prior.kind=vamp", "model.prior.components=5"],
+     ["model.kind=wae"]],
 )  # fmt: skip
 def test_fused_objective_matches_each_model(arch, monkeypatch):
     c = cfg("model.image_shape=[1,28,28]", *arch)
     torch.manual_seed(0)
     models = [build_model(c.model, "mse") for _ in range(3)]  # different initialisations
     x = torch.rand(7, 1, 28, 28)
-    if c.model.kind == "vae":  # the VAE's ε: one fixed draw for every model and call
+    if c.model.kind in ("vae", "wae"):  # ε, prior draws: one fixed draw for every model, call
         eps, real_randn_like = torch.randn(7, c.model.bottleneck), torch.randn_like
         monkeypatch.setattr(
             torch,

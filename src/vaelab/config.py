@@ -90,7 +90,8 @@ def register_part(table: str, kind: str, options: type) -> None:
 @dataclass
 class ModelConfig:
     kind: str = "ae"
-    """ae (autoencoder, Def 2.1.5), vae, or classifier (a CNN judge of generated images)"""
+    """ae (autoencoder, Def 2.1.5), vae, rae (regularised AE), wae (Wasserstein AE, MMD),
+    or classifier (a CNN judge of generated images)"""
     arch: str = "mlp"
     """mlp (fully connected, Def 2.3.1-2.3.3) or conv (convolution + pooling, §1.3)"""
     widths: list[int] = field(default_factory=lambda: [512, 256, 128])
@@ -105,7 +106,8 @@ class ModelConfig:
     """vae: decoder likelihood p(x|z): bernoulli, gaussian, gaussian_identity,
     continuous_bernoulli"""
     beta: float = 1.0
-    """vae: weight of the ELBO's KL term (β ≠ 1: β-VAE; only with k = 1)"""
+    """weight of the code-space term: vae: the ELBO's KL (β ≠ 1: β-VAE; only with k = 1);
+    rae: ½‖z‖²; wae: the MMD to the prior"""
     k: int = 1
     """vae: importance samples in the training objective (1 = ELBO, k > 1 = IWAE bound)"""
     sigma: float = 0.1
@@ -119,7 +121,11 @@ class ModelConfig:
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     """vae: [model.posterior], the approximate posterior q(z | x)"""
     expost: ExPostConfig = field(default_factory=ExPostConfig)
-    """ae: [model.expost], the density fitted to the training codes after training"""
+    """ae, rae: [model.expost], the density fitted to the training codes after training"""
+    decoder_penalty: str = "l2"
+    """rae: the decoder regulariser: l2 (its weights' Σθ²), gp (‖∂D/∂z‖²), none"""
+    penalty_weight: float = 1e-7
+    """rae: the weight λ of the decoder regulariser"""
     image_shape: list[int] = field(default_factory=list)
     """(C, H, W) of the images; filled in from the data at training time"""
     classes: list[str] = field(default_factory=list)
@@ -262,6 +268,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.k": _at_least(1),
     "model.sigma": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
     "model.beta": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
+    "model.penalty_weight": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
     "train.epochs": _at_least(1),
     "train.seed": ((lambda v: 0 <= v < SEED_LIMIT), "an integer 0 <= seed < 2**63"),
     "train.batch_size": _at_least(1),

@@ -19,7 +19,7 @@ from torch import nn
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.memory import check_memory
-from vaelab.models import ae, classifier, vae
+from vaelab.models import ae, classifier, regularised, vae
 
 SHARED = ("kind", "arch", "widths", "channels", "bottleneck", "activation", "image_shape",
           "classes")  # fmt: skip
@@ -107,4 +107,7 @@ register_family("ae", ae.build, keys=("expost",))
 register_family("vae", vae.build, check=vae.check, labels=lambda cfg: cfg.conditional,
                 keys=("likelihood", "beta", "k", "sigma", "learn_sigma", "conditional", "prior",
                       "posterior"))  # fmt: skip
+register_family("rae", regularised.build_rae, fusable=False,  # gp: autograd.grad inside
+                keys=("beta", "expost", "decoder_penalty", "penalty_weight"))  # fmt: skip
+register_family("wae", regularised.build_wae, keys=("beta",))
 register_family("classifier", classifier.build, labels=lambda cfg: True)
