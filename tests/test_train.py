@@ -872,3 +872,42 @@ def test_resume_in_another_precision(trained, mnist_cache, tmp_path, capsys):
     assert "train.precision fp32 -> bf16" in capsys.readouterr().err
     assert runs_folder.RunFolder(run).read_config().train.precision == "bf16"
     assert [m["epoch"] for m in runs_folder.RunFolder(run).read_metrics()] == [1, 2]
+
+
+def test_keep_best_keeps_the_best_test_loss_epoch(mnist_cache, tmp_path, monkeypatch):
+    """#17: the test losses are made to peak at epoch 2 of 4: eval/sample load epoch 2's
+    weights (the same as an unbroken 2-epoch run's), training resumes from the last, and
+    a tampered best file is refused."""
+    losses = iter([5.0, 1.0, 3.0, 2.0, 9.0, 9.0])
+    real = train_loop.test_terms
+
+    def scripted(loop, model, seed):
+        terms = real(loop, model, seed)
+        return {**terms, "loss": next(losses)}
+
+    monkeypatch.setattr(train_loop, "test_terms", scripted)
+    cfg = tiny("train.epochs=4", "train.keep_best=true", "train.checkpoint_every=3")
+    run = quiet(cfg, tmp_path / "kb", cache=mnist_cache)
+    monkeypatch.setattr(train_loop, "test_terms", real)
+    two = quiet(tiny("train.epochs=2", "train.keep_best=true"), tmp_path / "two", cache=mnist_cache)
+    best = files.read_tensors(run / "best.safetensors")[0]
+    assert all(torch.equal(best[k], weights(two)[k]) for k in best)
+    assert not all(torch.equal(best[k], weights(run)[k]) for k in best)  # the last differs
+    _, model = runs_load.load_run(run)
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items() if k in best)
+    state = runs_folder.RunFolder(run).read_state()
+    assert state["epoch"] == 4 and "best.safetensors" in state["files"]
+    # the ex-post Gaussian was fitted to the best model's codes
+    gauss = files.read_tensors(run / "stage-expost_gaussian.safetensors")[0]
+    gauss_two = files.read_tensors(two / "stage-expost_gaussian.safetensors")[0]
+    torch.testing.assert_close(gauss["mean"], gauss_two["mean"])
+    # resuming goes on from the last epoch, and keeps the best file recorded
+    monkeypatch.setattr(train_loop, "test_terms", scripted)
+    quiet(tiny("train.epochs=6", "train.keep_best=true", "train.checkpoint_every=3"),
+          cache=mnist_cache, resume=run)  # fmt: skip
+    assert runs_folder.RunFolder(run).read_state()["files"]["best.safetensors"]
+    raw = bytearray((run / "best.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (run / "best.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="best.safetensors does not match"):
+        runs_load.load_run(run)

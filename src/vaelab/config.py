@@ -153,7 +153,11 @@ class TrainConfig:
     """write a checkpoint every N epochs (and always at the end)"""
     early_stopping: int = 0
     """stop after N epochs without a better test loss (0 = off); the run keeps the weights of
-    its last epoch, not those of the best one"""
+    its last epoch, and with keep_best those of the best one too"""
+    keep_best: bool = False
+    """keep the weights of the epoch with the best test loss (choose on data.test_split =
+    "valid"): eval, sample, generate and the stages use them; training continues from the
+    last epoch's"""
     test_every: int = 1
     """compute the test loss every N epochs (and always after the last); long runs save
     the time of the others. Early stopping then decides only at tested epochs, still

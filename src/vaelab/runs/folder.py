@@ -59,6 +59,8 @@ CONFIG, MODEL, OPTIMIZER, STATE, METRICS = (
     "state.json",
     "metrics.jsonl",
 )
+BEST = "best.safetensors"  # train.keep_best: the weights of the best test-loss epoch
+TENSOR_FILES = (MODEL, OPTIMIZER, BEST)
 PENDING = ".next"  # suffix of tensor files written but not yet moved into place
 LOCK = ".lock"
 _HELD: dict[Path, int] = {}  # run folders this process holds -> its lock file's descriptor
@@ -204,20 +206,29 @@ class RunFolder:
             atomic_write(self.file(METRICS), lambda f: f.write(text))
 
     def save_checkpoint(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, state: dict[str, Any]
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        state: dict[str, Any],
+        best: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Weights and optimizer as ``*.next`` files, then ``state.json`` with their hashes,
-        then the renames into place (:meth:`_commit`): at every moment ``state.json``
-        describes complete files, under their final or their pending name."""
+        """Weights and optimizer (and ``best``, new best weights) as ``*.next`` files, then
+        ``state.json`` with their hashes, then the renames into place (:meth:`_commit`): at
+        every moment ``state.json`` describes complete files, under their final or their
+        pending name. Best weights written earlier stay recorded."""
         if not self.writer:
             return
         hashes = {MODEL: write_tensors(self.file(MODEL + PENDING), model.state_dict())}
         if optimizer is not None:
             tensors, meta = optimizer_to_tensors(optimizer)
             hashes[OPTIMIZER] = write_tensors(self.file(OPTIMIZER + PENDING), tensors, meta)
+        if best is not None:
+            hashes[BEST] = write_tensors(self.file(BEST + PENDING), best)
+        elif self.file(STATE).exists() and (kept := self._read_state().get("files", {}).get(BEST)):
+            hashes[BEST] = kept
         text = json.dumps({**state, "files": hashes}, indent=1).encode()
         atomic_write(self.file(STATE), lambda f: f.write(text))
-        self._commit(list(hashes))
+        self._commit([name for name in hashes if best is not None or name != BEST])
 
     def _commit(self, names: list[str]) -> None:
         """Move the pending tensor files ``names`` into place."""
@@ -228,7 +239,7 @@ class RunFolder:
         """Finish a checkpoint cut off between ``state.json`` and the renames: move pending
         files that ``state.json`` describes into place, delete those it does not."""
         files = state.get("files", {})
-        for name in (MODEL, OPTIMIZER):
+        for name in TENSOR_FILES:
             pending = self.file(name + PENDING)
             if not pending.exists():
                 continue
@@ -251,7 +262,7 @@ class RunFolder:
         """``state.json``; a writer also finishes a checkpoint that was cut off."""
         self.check_no_pickles()
         state = self._read_state()
-        pending = any(self.file(name + PENDING).exists() for name in (MODEL, OPTIMIZER))
+        pending = any(self.file(name + PENDING).exists() for name in TENSOR_FILES)
         if self.writer and pending:
             with self.held():  # never under a trainer that is mid-checkpoint
                 state = self._read_state()  # as it stands now that no one else writes
@@ -314,16 +325,22 @@ class RunFolder:
             )
         return tensors, meta
 
-    def load_weights(self, model: torch.nn.Module, state: dict[str, Any] | None = None) -> None:
+    def load_weights(
+        self, model: torch.nn.Module, state: dict[str, Any] | None = None, name: str = MODEL
+    ) -> None:
+        """Verified weights ``name`` (the last epoch's, or :data:`BEST`) into ``model``."""
         state = self.read_state() if state is None else state
-        tensors, _ = self._verified(MODEL, state)
+        tensors, _ = self._verified(name, state)
         try:
             model.load_state_dict(tensors)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[:2]
             raise CheckpointError(
-                f"{self.file(MODEL)} does not fit the model: {' '.join(first)}"
+                f"{self.file(name)} does not fit the model: {' '.join(first)}"
             ) from e
+
+    def has_best(self, state: dict[str, Any]) -> bool:
+        return BEST in state.get("files", {})
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         tensors, meta = self._verified(OPTIMIZER, state)

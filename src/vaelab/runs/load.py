@@ -11,21 +11,22 @@ from vaelab.data.batches import Batches, heldout_batches, load_split
 from vaelab.data.cache import split_rows
 from vaelab.device import resolve_device
 from vaelab.models.registry import build_model
-from vaelab.runs.folder import RunFolder
+from vaelab.runs.folder import BEST, MODEL, RunFolder
 from vaelab.runs.stages import load_stages
 
 
 def load_run(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Config, torch.nn.Module]:
-    """The config and trained model of a run folder (in eval mode), with the stages the
-    folder holds loaded (an autoencoder's ex-post Gaussian, …)."""
+    """The config and trained model of a run folder (in eval mode): the best test-loss
+    epoch's weights when it trained with ``train.keep_best``, else the last epoch's; with
+    the stages the folder holds loaded (an autoencoder's ex-post Gaussian, …)."""
     device = resolve_device(str(device), "device")
     run = RunFolder(path, writer=False)
     cfg = run.read_config()
     model = build_model(cfg.model, cfg.train.loss)
     state = run.read_state()
-    run.load_weights(model, state)
+    run.load_weights(model, state, BEST if cfg.train.keep_best and run.has_best(state) else MODEL)
     model = model.to(device).eval()
     load_stages(run, model, state)
     return cfg, model

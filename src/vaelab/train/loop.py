@@ -27,7 +27,7 @@ from vaelab.data.dataset import ImageDataset
 from vaelab.device import wide_float
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.eval.common import mean_terms, sum_terms
-from vaelab.runs.folder import RunFolder
+from vaelab.runs.folder import BEST, RunFolder
 from vaelab.runs.stages import finish_stages, run_stages
 from vaelab.train.distributed import (
     SINGLE,
@@ -127,6 +127,7 @@ class Member:
     optimizer: torch.optim.Optimizer
     p: Progress
     saved: int | None = None
+    best: dict[str, torch.Tensor] | None = None  # keep_best: new best weights, not yet saved
 
 
 @dataclass
@@ -184,6 +185,8 @@ def train_runs(
                     break
                 halt_if(loop, interrupted())
         for m in loop.members if writer else ():
+            if m.cfg.train.keep_best:  # the stages fit the model that is kept
+                m.run.load_weights(m.model, name=BEST)
             run_stages(m.run, m.cfg, m.model, cache, log)
     return [r.path for r in runs]
 
@@ -302,6 +305,8 @@ def end_of_epoch(loop: Loop, epoch: int) -> bool:
         # stale: epochs since the best test loss so far
         improved = test_loss is not None and test_loss < q.best
         q.best, q.stale = (test_loss, 0) if improved else (q.best, q.stale + 1)
+        if improved and cfg.train.keep_best:  # written with the next checkpoint
+            m.best = {k: v.detach().clone() for k, v in m.model.state_dict().items()}
         # models: how many trained in this step (> 1: fused; then seconds are shared)
         record = {"epoch": q.epoch, "step": q.step, "train_loss": train_loss,
                   "test_loss": test_loss, "seconds": round(q.seconds, 3), "models": len(members)}  # fmt: skip
@@ -355,8 +360,8 @@ def checkpoint(loop: Loop, m: Member, mid_epoch: bool = False) -> None:
     state["config"] = to_dict(m.cfg)  # what the run trains under, checked on resume
     if loop.dist.on:
         state["rng"]["ranks"] = rank_rng_states(loop.dist, loop.batches.device)
-    m.run.save_checkpoint(m.model, m.optimizer, state)
-    m.saved = m.p.epoch
+    m.run.save_checkpoint(m.model, m.optimizer, state, best=m.best)
+    m.saved, m.best = m.p.epoch, None
 
 
 def test_terms(loop: Loop, model, seed: int) -> dict[str, float]:
