@@ -126,7 +126,7 @@ def test_fused_needs_same_shapes():
     [[], ["model.arch=conv", "model.channels=[4,8]"], ["model.kind=vae"],
      ["model.kind=vae", "model.prior.kind=mog"],
      ["model.kind=vae", "model.prior.kind=vamp", "model.prior.components=5"],
-     ["model.kind=wae"]],
+     ["model.kind=wae"], ["model.kind=vae", "model.posterior.kind=iaf", "model.posterior.hidden=8"]],
 )  # fmt: skip
 def test_fused_objective_matches_each_model(arch, monkeypatch):
     c = cfg("model.image_shape=[1,28,28]", *arch)

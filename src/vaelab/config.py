@@ -50,7 +50,8 @@ class PriorConfig:
 @dataclass
 class PosteriorConfig:
     kind: str = "gaussian"
-    """the posterior q(z | x) of a VAE: gaussian (diagonal, from μ and log σ²)"""
+    """the posterior q(z | x) of a VAE: gaussian (diagonal, from μ and log σ²), iaf (that
+    Gaussian followed by inverse autoregressive flow steps)"""
 
 
 @dataclass

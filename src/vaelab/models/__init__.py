@@ -2,7 +2,7 @@
 extension point, :mod:`.registry`), the shared parts (priors, posteriors, likelihoods),
 the networks (:mod:`.nets`) and the built-in families: ae, vae, classifier."""
 
-from vaelab.models import mixtures  # noqa: F401  (registers the "mog" and "vamp" priors)
+from vaelab.models import flows, mixtures  # noqa: F401  (register "iaf", "mog", "vamp")
 from vaelab.models.ae import Autoencoder
 from vaelab.models.base import VERBS, LatentModel, Model
 from vaelab.models.classifier import Classifier

@@ -48,7 +48,7 @@ class GaussianPosterior(nn.Module):
 
     outputs_per_dim = 2
 
-    def __init__(self, options=None):
+    def __init__(self, options=None, dim: int | None = None):
         super().__init__()
 
     def forward(self, h: Tensor) -> DiagonalGaussian:
@@ -58,4 +58,5 @@ class GaussianPosterior(nn.Module):
 
 POSTERIORS: dict[str, type[nn.Module]] = {"gaussian": GaussianPosterior}
 """[model.posterior] kind -> the posterior module a VAE is built with, called with the
-table's options; ``outputs_per_dim`` encoder outputs per latent dimension."""
+table's options and the latent dimension; ``outputs_per_dim`` encoder outputs per latent
+dimension. :mod:`vaelab.models.flows` adds "iaf"."""

@@ -198,7 +198,7 @@ def build(cfg, loss: str) -> VAE:
         if (kind := getattr(cfg, table).kind) not in registry:
             raise ConfigError(f"model.{table}.kind {kind!r} has options but no {table} to build "
                               f"(known: {', '.join(registry)})")  # fmt: skip
-    posterior = POSTERIORS[cfg.posterior.kind](cfg.posterior)
+    posterior = POSTERIORS[cfg.posterior.kind](cfg.posterior, cfg.bottleneck)
     prior = PRIORS[cfg.prior.kind](cfg.bottleneck, cfg.prior)
     return VAE(
         make_encoder(cfg, posterior.outputs_per_dim * cfg.bottleneck, d),  # e.g. (μ, log σ²)
