@@ -80,8 +80,10 @@ def test_wae_samples_from_its_prior_and_its_loss_is_reconstruction_plus_mmd():
     t = wae.terms(x)
     torch.testing.assert_close(t["loss"], t["reconstruction"] + 10 * t["mmd"])
     assert wae.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, 1, 5, 5)
-    with pytest.raises(ConfigError, match=r"model.expost needs model.kind = 'ae' or 'rae'"):
-        model("wae", "model.expost.components=3")
+    fitted = model("wae", "model.expost.components=3")  # then it samples from the mixture
+    assert [s.name for s in fitted.stages] == ["expost_gmm"]
+    with pytest.raises(ConfigError, match=r"model.expost needs model.kind = 'ae' or 'rae' or"):
+        model("vae", "model.expost.components=3")
 
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_ae.toml")

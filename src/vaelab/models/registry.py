@@ -109,5 +109,5 @@ register_family("vae", vae.build, check=vae.check, labels=lambda cfg: cfg.condit
                       "posterior"))  # fmt: skip
 register_family("rae", regularised.build_rae, fusable=False,  # gp: autograd.grad inside
                 keys=("beta", "expost", "decoder_penalty", "penalty_weight"))  # fmt: skip
-register_family("wae", regularised.build_wae, keys=("beta",))
+register_family("wae", regularised.build_wae, keys=("beta", "expost"))
 register_family("classifier", classifier.build, labels=lambda cfg: True)

@@ -7,7 +7,8 @@ encoder variance:
   (``[model.expost]``, :mod:`~vaelab.models.gmm`).
 - **WAE-MMD** (Tolstikhin et al. 2018), ``model.kind = "wae"``: reconstruction + β·MMD²
   between the codes of the batch and as many draws of the prior N(0, I), with the inverse
-  multiquadratic kernel over several scales; it samples from N(0, I) itself.
+  multiquadratic kernel over several scales; it samples from N(0, I) itself, or from an
+  ex-post mixture when ``[model.expost]`` is given.
 
 Each term is per example in the unit of the reconstruction loss (``train.loss``), reduced
 once by the training loop.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vaelab.config import ExPostConfig
 from vaelab.errors import ConfigError
 from vaelab.models.ae import Autoencoder
 from vaelab.models.base import widened
@@ -131,6 +133,11 @@ def build_rae(cfg, loss: str) -> RAE:
 
 
 def build_wae(cfg, loss: str) -> WAE:
+    """A WAE samples from N(0, I); given a [model.expost] table it samples from that
+    density fitted to its codes instead (Ghosh et al. 2020 compare both)."""
     make_encoder, make_decoder, _ = arch(cfg)
-    return WAE(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss,
-               cfg.beta, cfg.bottleneck)  # fmt: skip
+    model = WAE(make_encoder(cfg, cfg.bottleneck), make_decoder(cfg, cfg.bottleneck), loss,
+                cfg.beta, cfg.bottleneck)  # fmt: skip
+    if cfg.expost != ExPostConfig():
+        model.stages = (expost_stage(cfg.expost),)
+    return model
