@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import distributions as D
 
+from helpers import TINY_MNIST, trained_resumed_alike
 from vaelab import cli
 from vaelab.config import load_config
 from vaelab.files import read_tensors
@@ -58,20 +59,12 @@ CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_vae.toml")
 
 
 def test_an_iaf_vae_trains_resumes_and_evaluates(mnist_cache, tmp_path):
-    sets = ["data.limit=500", "data.test_limit=100", "model.widths=[64]", "model.bottleneck=4",
-            "train.batch_size=100", "model.posterior.kind=iaf", "model.posterior.hidden=16"]  # fmt: skip
+    sets = [*TINY_MNIST, "model.posterior.kind=iaf", "model.posterior.hidden=16"]
     cfg = load_config(CONFIG, [*sets, "model.image_shape=[1,28,28]"])
     assert build_model(cfg.model, "bce").encoder(torch.rand(1, 1, 28, 28)).shape == (1, 12)
-    args = [a for s in sets for a in ("--set", s)]
-    cache = ["--cache", str(mnist_cache)]
-    base = ["train", CONFIG, *cache, "--no-progress", *args]
-    assert cli.main([*base, "--out", str(tmp_path / "straight"), "--set", "train.epochs=2"]) == 0
-    assert cli.main([*base, "--out", str(tmp_path / "cut"), "--set", "train.epochs=1"]) == 0
-    assert cli.main(["train", "--resume", str(tmp_path / "cut"), "--set", "train.epochs=2",
-                     *cache, "--no-progress"]) == 0  # fmt: skip
-    a, b = (read_tensors(tmp_path / d / "model.safetensors")[0] for d in ("straight", "cut"))
-    assert any("q.steps" in k for k in a) and all(torch.equal(a[k], b[k]) for k in a)
-    run = str(tmp_path / "straight")
+    straight = trained_resumed_alike(CONFIG, sets, tmp_path, mnist_cache)
+    assert any("q.steps" in k for k in read_tensors(straight / "model.safetensors")[0])
+    run, cache = str(straight), ["--cache", str(mnist_cache)]
     assert cli.main(["eval", run, "--k", "20", "--limit", "40", *cache, "--no-progress"]) == 0
     record = json.loads((tmp_path / "straight" / "eval.json").read_text())[-1]
     assert record["nll"] <= -record["elbo"] + 1e-3

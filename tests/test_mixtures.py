@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import distributions as D
 
+from helpers import TINY_MNIST, trained_resumed_alike
 from vaelab import cli
 from vaelab.config import load_config
 from vaelab.errors import ConfigError
-from vaelab.files import read_tensors
 from vaelab.models.mixtures import MixtureOptions, MixturePrior
 from vaelab.models.registry import build_model
 
@@ -90,19 +90,10 @@ CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_vae.toml")
 def test_a_vae_with_a_learned_prior_trains_resumes_evaluates_and_samples(
     prior, mnist_cache, tmp_path, capsys
 ):
-    sets = ["data.limit=500", "data.test_limit=100", "model.widths=[64]", "model.bottleneck=4",
-            "train.batch_size=100", f"model.prior.kind={prior}", "model.prior.components=8"]  # fmt: skip
-    args = [a for s in sets for a in ("--set", s)]
+    sets = [*TINY_MNIST, f"model.prior.kind={prior}", "model.prior.components=8"]
+    run = str(trained_resumed_alike(CONFIG, sets, tmp_path, mnist_cache))
     cache = ["--cache", str(mnist_cache)]
-    base = ["train", CONFIG, *cache, "--no-progress", *args]
-    assert cli.main([*base, "--out", str(tmp_path / "straight"), "--set", "train.epochs=2"]) == 0
-    assert cli.main([*base, "--out", str(tmp_path / "cut"), "--set", "train.epochs=1"]) == 0
-    assert cli.main(["train", "--resume", str(tmp_path / "cut"), "--set", "train.epochs=2",
-                     *cache, "--no-progress"]) == 0  # fmt: skip
-    a, b = (read_tensors(tmp_path / d / "model.safetensors")[0] for d in ("straight", "cut"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     capsys.readouterr()
-    run = str(tmp_path / "straight")
     assert cli.main(["eval", run, "--k", "50", "--limit", "50", *cache, "--no-progress"]) == 0
     record = json.loads((tmp_path / "straight" / "eval.json").read_text())[-1]
     assert math.isfinite(record["nll"]) and record["nll"] <= -record["elbo"] + 1e-3
