@@ -38,6 +38,9 @@ class DataConfig:
     """use only the first N test images (0 = all)"""
     binarize: str = "none"
     """none | dynamic (Bernoulli per batch) | static (once, fixed seed)"""
+    only_classes: list[str] = field(default_factory=list)
+    """keep only the images of these classes in both splits, e.g. ["3"] (one-class
+    anomaly detection); label indices keep their meaning"""
 
 
 @dataclass

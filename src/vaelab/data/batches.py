@@ -129,16 +129,31 @@ def heldout_batches(
                    shard=shard)  # fmt: skip
 
 
+def keep_classes(ds: ImageDataset, only: list[str] | tuple[str, ...]) -> ImageDataset:
+    """The images of ``ds`` labelled with one of the class names ``only``; the class list
+    (what a label index means) stays the data set's."""
+    if ds.labels is None:
+        raise DataError(f"data.only_classes needs labels; {ds.name!r} has none")
+    if unknown := [c for c in only if c not in ds.classes]:
+        raise DataError(f"data.only_classes: {ds.name!r} has no class {unknown[0]!r} "
+                        f"(classes: {', '.join(ds.classes)})")  # fmt: skip
+    keep = torch.isin(ds.labels, torch.tensor([ds.classes.index(c) for c in only]))
+    return ds.subset(torch.nonzero(keep).flatten())
+
+
 def load_split(
     name: str,
     split: str,
     cache: str | Path | None = None,
     limit: int = 0,
     image_shape: list[int] | tuple[int, ...] | None = None,
+    only: list[str] | tuple[str, ...] = (),
 ) -> ImageDataset:
-    """The first ``limit`` examples (0 = all) of a split; with ``image_shape`` (C, H, W) given,
-    a split of other images is a DataError."""
-    ds = load_dataset(name, split, cache).limit(limit)
+    """The first ``limit`` examples (0 = all) of a split — of its images of the classes
+    ``only`` when given (``data.only_classes``); with ``image_shape`` (C, H, W) given, a
+    split of other images is a DataError."""
+    ds = load_dataset(name, split, cache)
+    ds = (keep_classes(ds, only) if only else ds).limit(limit)
     if image_shape and tuple(ds.image_shape) != tuple(image_shape):
         shown = "x".join(map(str, image_shape))
         raise DataError(

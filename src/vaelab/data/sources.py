@@ -318,24 +318,14 @@ def eight_bit(im, path: Path):
     return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), mode="L")
 
 
-def folder_dataset(
-    folder: str | Path,
-    size: tuple[int, int],
-    channels: int = 1,
-    name: str = "",
-    classes: list[str] | None = None,
-) -> ImageDataset:
-    """Images under ``folder``, labelled by sub-folder name, resized to ``size`` (H, W) and
-    converted to ``channels`` (1 = grey, 3 = RGB). The labels index ``classes`` (default:
-    the sorted sub-folder names), so splits that lack a class still agree on the others.
-    Images directly in ``folder`` are accepted when there are no sub-folders (unlabelled)."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(folder)
+def folder_files(
+    folder: Path, classes: list[str] | None = None
+) -> tuple[list[tuple[Path, int]], bool, list[str]]:
+    """The images of an image folder in the order they are read, each with its label index
+    into ``classes`` (default: the sorted sub-folder names); whether they are labelled (by
+    sub-folders); the classes."""
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
     subdirs = class_folders(folder)
     for d in subdirs:  # undecodable bytes in a name arrive as surrogates, unwritable later
         if not d.name.isprintable():
@@ -353,6 +343,26 @@ def folder_dataset(
                             "are read from the folder itself: move them up")  # fmt: skip
         files += [(p, k) for p in sorted(d.iterdir())  # not hidden ones (macOS ._x.png)
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]  # fmt: skip
+    return files, bool(subdirs), classes
+
+
+def folder_dataset(
+    folder: str | Path,
+    size: tuple[int, int],
+    channels: int = 1,
+    name: str = "",
+    classes: list[str] | None = None,
+) -> ImageDataset:
+    """Images under ``folder``, labelled by sub-folder name, resized to ``size`` (H, W) and
+    converted to ``channels`` (1 = grey, 3 = RGB). The labels index ``classes`` (default:
+    the sorted sub-folder names), so splits that lack a class still agree on the others.
+    Images directly in ``folder`` are accepted when there are no sub-folders (unlabelled)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    folder = Path(folder)
+    files, labelled, classes = folder_files(folder, classes)
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     h, w = size
@@ -368,7 +378,6 @@ def folder_dataset(
                 out[i] = np.asarray(im, dtype=np.uint8).reshape(h, w, channels)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise DataError(f"{p}: cannot decode image ({e})") from e
-    labelled = bool(subdirs)
     labels = torch.tensor([k for _, k in files]) if labelled else None
     classes = classes if labelled else []
     images = torch.from_numpy(out.transpose(0, 3, 1, 2).copy())  # (N, H, W, C) -> (N, C, H, W)

@@ -54,5 +54,6 @@ def load_test_batches(
     as fixed batches, binarised as the run's test loss was; images of another shape are a
     DataError."""
     split = split or cfg.data.test_split
-    test = load_split(cfg.data.name, split, cache, limit, cfg.model.image_shape)
+    test = load_split(cfg.data.name, split, cache, limit, cfg.model.image_shape,
+                      cfg.data.only_classes)  # fmt: skip
     return heldout_batches(test, cfg.data.binarize, batch_size, device)

@@ -21,7 +21,8 @@ def stage_data(cfg: Config, cache=None, device="cpu", limit: int | None = None) 
 
     def train_images(n: int):
         limit = n if cap is None else min(n, cap)
-        train = load_split(cfg.data.name, cfg.data.split, cache, limit, cfg.model.image_shape)
+        train = load_split(cfg.data.name, cfg.data.split, cache, limit, cfg.model.image_shape,
+                           cfg.data.only_classes)  # fmt: skip
         batches = heldout_batches(train, cfg.data.binarize, len(train), device)
         return next(iter(batches))[0]  # (N, C, H, W) in [0, 1]
 

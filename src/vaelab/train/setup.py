@@ -23,11 +23,14 @@ def load_splits(cfg: Config, cache: str | Path | None = None) -> tuple[ImageData
     """The (limited) training and test splits of ``cfg.data``; both must hold images of one
     shape, and of ``cfg.model.image_shape`` when that is filled in (a resumed run)."""
     d = cfg.data
-    train = load_split(d.name, d.split, cache, d.limit, cfg.model.image_shape)
-    test = load_split(d.name, d.test_split, cache, d.test_limit, train.image_shape)
+    only = d.only_classes
+    train = load_split(d.name, d.split, cache, d.limit, cfg.model.image_shape, only)
+    test = load_split(d.name, d.test_split, cache, d.test_limit, train.image_shape, only)
     # held out means other rows, not only another split name (MNIST's valid is in its train)
-    (a, a0, _), (b, b0, _) = (split_rows(d.name, s, cache) for s in (d.split, d.test_split))
+    (a, a0, ae), (b, b0, be) = (split_rows(d.name, s, cache) for s in (d.split, d.test_split))
     a1, b1 = a0 + len(train), b0 + len(test)  # a limit takes a split's first rows
+    if only:  # the kept classes' images lie anywhere in their split
+        a1, b1 = ae, be
     if a == b and a0 < b1 and b0 < a1:
         raise ConfigError(
             f"data.split {d.split!r} and data.test_split {d.test_split!r} share "

@@ -1,0 +1,151 @@
+"""Anomaly scores (#19): ROC measures against brute-force counts, score kinds by
+capability and against direct computations, the CLI on real MNIST."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vaelab import cli
+from vaelab.config import load_config
+from vaelab.data.batches import heldout_batches
+from vaelab.data.dataset import ImageDataset
+from vaelab.errors import VaelabError
+from vaelab.eval.anomaly import auroc, fpr_at_tpr, score_images, score_kinds
+from vaelab.models.registry import build_model
+
+
+def brute_auroc(normal, anomalous):
+    pairs = [(a > b) + 0.5 * (a == b) for a in anomalous for b in normal]
+    return sum(pairs) / len(pairs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=30),
+       st.lists(st.integers(0, 6), min_size=1, max_size=30))  # fmt: skip
+def test_auroc_is_the_pairwise_count_with_ties_as_half(normal, anomalous):
+    """Small integer scores: many ties."""
+    n, a = np.array(normal, float), np.array(anomalous, float)
+    assert auroc(n, a) == pytest.approx(brute_auroc(n, a), abs=1e-12)
+
+
+def test_fpr_at_tpr_against_a_brute_force_threshold_search():
+    rng = np.random.default_rng(0)
+    normal, anomalous = rng.integers(0, 20, 300).astype(float), rng.integers(5, 30, 200) * 1.0
+    for tpr in (0.5, 0.9, 0.95, 1.0):
+        best = min((normal >= t).mean() for t in np.unique(np.concatenate([normal, anomalous]))
+                   if (anomalous >= t).mean() >= tpr)  # fmt: skip
+        assert fpr_at_tpr(normal, anomalous, tpr) == best
+    assert auroc(np.zeros(3), np.ones(2)) == 1.0 and auroc(np.ones(3), np.ones(2)) == 0.5
+    with pytest.raises(VaelabError, match="needs normal and anomalous"):
+        auroc(np.zeros(0), np.ones(2))
+
+
+def tiny(kind, *extra):
+    cfg = load_config(None, [f"model.kind={kind}", "model.widths=[16]", "model.bottleneck=2",
+                             "model.image_shape=[1,4,4]", *extra])  # fmt: skip
+    torch.manual_seed(0)
+    return build_model(cfg.model, "bce_sum")
+
+
+def test_score_kinds_follow_what_the_model_can_do_and_match_direct_computations():
+    assert score_kinds(tiny("ae")) == ["mse", "bce"]  # no prior before its stage
+    vae = tiny("vae")
+    assert score_kinds(vae) == ["mse", "bce", "neg_elbo", "nll", "latent"]
+    x = (torch.rand(6, 1, 4, 4) > 0.5).to(torch.uint8) * 255
+    data = ImageDataset(x, None, [], "t")
+    batches = heldout_batches(data, "none", 4)
+    scores = score_images(vae, batches, ["mse", "latent", "neg_elbo", "nll"], k=50,
+                          progress=False)  # fmt: skip
+    xf = x.float() / 255
+    with torch.no_grad():
+        z = vae.encode(xf)
+        mse = (vae.decode(z).clamp(1e-6, 1 - 1e-6) - xf).square().flatten(1).mean(1)
+        latent = -vae.prior.log_prob(z)
+    np.testing.assert_allclose(scores["mse"], mse.double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(scores["latent"], latent.double().numpy(), rtol=1e-6)
+    assert (scores["nll"] <= scores["neg_elbo"] + 5).all()  # a bound, up to one draw's noise
+    with pytest.raises(VaelabError, match="score kind 'nll' needs what this model lacks"):
+        score_images(tiny("ae"), batches, ["nll"], progress=False)
+
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_vae.toml")
+
+
+def test_anomaly_score_cli_on_mnist(mnist_cache, tmp_path, capsys):
+    """A VAE trained on 3s only (data.only_classes) scores the test images: the CSV has a
+    row per image with its label; other digits score higher on average."""
+    run = tmp_path / "three"
+    sets = ["data.limit=0", "data.test_limit=200", "model.widths=[64]", "model.bottleneck=4",
+            "train.epochs=2", 'data.only_classes=["3"]']  # fmt: skip
+    assert cli.main(["train", CONFIG, "--out", str(run), "--cache", str(mnist_cache),
+                     "--no-progress", *[a for s in sets for a in ("--set", s)]]) == 0  # fmt: skip
+    out = tmp_path / "scores.csv"
+    assert cli.main(["anomaly", "score", str(run), "mnist:test", "--limit", "400", "--k", "20",
+                     "--out", str(out), "--cache", str(mnist_cache), "--no-progress"]) == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 400 and {"index", "label", "mse", "neg_elbo", "nll"} <= set(rows[0])
+    threes = [float(r["nll"]) for r in rows if r["label"] == "3"]
+    others = [float(r["nll"]) for r in rows if r["label"] != "3"]
+    assert auroc(np.array(threes), np.array(others)) > 0.8
+    assert (tmp_path / "scores.png").is_file()
+    printed = capsys.readouterr().out
+    assert "AUROC" in printed  # labels known: how well each kind separates, with --normal
+
+
+def test_scoring_a_folder_names_each_file_and_bad_input_is_one_line(mnist_cache, tmp_path, capsys):
+    from PIL import Image
+
+    from vaelab.data.cache import load_dataset
+    from vaelab.train import train
+
+    cfg = load_config(CONFIG, ["data.limit=300", "data.test_limit=50", "model.widths=[32]",
+                               "model.bottleneck=2", "train.epochs=1"])  # fmt: skip
+    run = train(cfg, tmp_path / "run", cache=mnist_cache, progress=False, log=lambda s: None)
+    test = load_dataset("mnist", "test", mnist_cache).limit(6)
+    for i, (img, y) in enumerate(zip(test.images, test.labels, strict=True)):
+        (tmp_path / "imgs" / ("odd" if y % 2 else "even")).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(tmp_path / "imgs" / ("odd" if y % 2 else "even")
+                                             / f"{i}.png")  # fmt: skip
+    out = tmp_path / "s.csv"
+    assert cli.main(["anomaly", "score", str(run), str(tmp_path / "imgs"), "--out", str(out),
+                     "--kinds", "mse,neg_elbo", "--no-progress"]) == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert [r["name"].split("/")[0] for r in rows] == sorted(r["label"] for r in rows)
+    assert {r["name"] for r in rows} == {f"{'odd' if y % 2 else 'even'}/{i}.png"
+                                         for i, y in enumerate(test.labels.tolist())}  # fmt: skip
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    for argv, message in [
+        ([str(tmp_path / "empty")], "no images"),
+        (["mnist"], "give DATASET:SPLIT, a folder or an .npz"),
+        ([str(tmp_path / "imgs"), "--kinds", "latent2"], "unknown score kind 'latent2'"),
+        ([str(tmp_path / "imgs"), "--out", str(tmp_path / "s.txt")], "must end in .csv"),
+    ]:
+        assert cli.main(["anomaly", "score", str(run), *argv, "--no-progress"]) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    np.savez(tmp_path / "big.npz", images=np.zeros((2, 8, 8), np.uint8))
+    assert cli.main(["anomaly", "score", str(run), str(tmp_path / "big.npz")]) == 1
+    assert "holds 1x8x8 images; the model takes 1x28x28" in capsys.readouterr().err
+
+
+def test_only_classes_keeps_those_images_of_both_splits(mnist_cache):
+    from vaelab.errors import ConfigError, DataError
+    from vaelab.train.setup import load_splits
+
+    cfg = load_config(None, ['data.only_classes=["3", "7"]', "data.test_limit=100"])
+    train, test = load_splits(cfg, mnist_cache)
+    assert {train.classes[i] for i in train.labels.unique()} == {"3", "7"}
+    assert len(train) == 6131 + 6265 and len(test) == 100  # MNIST's 3s and 7s
+    assert train.classes == [str(i) for i in range(10)]  # label indices keep their meaning
+    with pytest.raises(DataError, match="has no class 'x'"):
+        load_splits(load_config(None, ['data.only_classes=["x"]']), mnist_cache)
+    # the kept images lie anywhere in their split: train and valid overlap
+    with pytest.raises(ConfigError, match="share"):
+        load_splits(load_config(None, ['data.only_classes=["3"]', "data.test_split=valid"]),
+                    mnist_cache)  # fmt: skip
