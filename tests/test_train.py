@@ -906,6 +906,10 @@ def test_keep_best_keeps_the_best_test_loss_epoch(mnist_cache, tmp_path, monkeyp
     quiet(tiny("train.epochs=6", "train.keep_best=true", "train.checkpoint_every=3"),
           cache=mnist_cache, resume=run)  # fmt: skip
     assert runs_folder.RunFolder(run).read_state()["files"]["best.safetensors"]
+    # a stage fitted again later fits the kept (best) weights too
+    assert cli.main(["stage", str(run), "--redo", "--cache", str(mnist_cache)]) == 0
+    again = files.read_tensors(run / "stage-expost_gaussian.safetensors")[0]
+    torch.testing.assert_close(again["mean"], gauss_two["mean"])
     raw = bytearray((run / "best.safetensors").read_bytes())
     raw[-1] ^= 1
     (run / "best.safetensors").write_bytes(bytes(raw))

@@ -339,8 +339,10 @@ class RunFolder:
                 f"{self.file(name)} does not fit the model: {' '.join(first)}"
             ) from e
 
-    def has_best(self, state: dict[str, Any]) -> bool:
-        return BEST in state.get("files", {})
+    def kept_weights(self, cfg: Config, state: dict[str, Any]) -> str:
+        """The weights a trained run stands for: :data:`BEST` when it trained with
+        ``train.keep_best`` (and has them), else the last epoch's."""
+        return BEST if cfg.train.keep_best and BEST in state.get("files", {}) else MODEL
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         tensors, meta = self._verified(OPTIMIZER, state)

@@ -11,7 +11,7 @@ from vaelab.data.batches import Batches, heldout_batches, load_split
 from vaelab.data.cache import split_rows
 from vaelab.device import resolve_device
 from vaelab.models.registry import build_model
-from vaelab.runs.folder import BEST, MODEL, RunFolder
+from vaelab.runs.folder import RunFolder
 from vaelab.runs.stages import load_stages
 
 
@@ -26,7 +26,7 @@ def load_run(
     cfg = run.read_config()
     model = build_model(cfg.model, cfg.train.loss)
     state = run.read_state()
-    run.load_weights(model, state, BEST if cfg.train.keep_best and run.has_best(state) else MODEL)
+    run.load_weights(model, state, run.kept_weights(cfg, state))
     model = model.to(device).eval()
     load_stages(run, model, state)
     return cfg, model

@@ -90,7 +90,8 @@ def finish_stages(
     if not redo and not names and all(s.name in recorded for s in model.stages):
         return []  # nothing to fit: no lock taken, nothing written
     with run.held():
-        run.load_weights(model)
+        state = run.read_state()
+        run.load_weights(model, state, run.kept_weights(cfg, state))
         return run_stages(run, cfg, model, cache, log, names, redo, limit)
 
 

@@ -27,7 +27,7 @@ from vaelab.data.dataset import ImageDataset
 from vaelab.device import wide_float
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.eval.common import mean_terms, sum_terms
-from vaelab.runs.folder import BEST, RunFolder
+from vaelab.runs.folder import RunFolder
 from vaelab.runs.stages import finish_stages, run_stages
 from vaelab.train.distributed import (
     SINGLE,
@@ -186,7 +186,8 @@ def train_runs(
                 halt_if(loop, interrupted())
         for m in loop.members if writer else ():
             if m.cfg.train.keep_best:  # the stages fit the model that is kept
-                m.run.load_weights(m.model, name=BEST)
+                state = m.run.read_state()
+                m.run.load_weights(m.model, state, m.run.kept_weights(m.cfg, state))
             run_stages(m.run, m.cfg, m.model, cache, log)
     return [r.path for r in runs]
 
