@@ -149,3 +149,44 @@ def test_only_classes_keeps_those_images_of_both_splits(mnist_cache):
     with pytest.raises(ConfigError, match="share"):
         load_splits(load_config(None, ['data.only_classes=["3"]', "data.test_split=valid"]),
                     mnist_cache)  # fmt: skip
+
+
+def test_calibrate_then_score_with_the_threshold(mnist_cache, tmp_path, capsys):
+    """One-class on 1s: calibrate on valid's 1s at FPR 0.05, then score test images: the
+    flags follow the saved threshold, the achieved FPR on held-out 1s is near the target,
+    the calibration is a hashed stage file, and bad requests are one line."""
+    run = tmp_path / "one"
+    sets = ["data.split=train50k", "data.test_limit=100", "model.widths=[64]",
+            "model.bottleneck=4", "train.epochs=2", 'data.only_classes=["1"]']  # fmt: skip
+    cache = ["--cache", str(mnist_cache), "--no-progress"]
+    assert cli.main(["train", CONFIG, "--out", str(run), *cache,
+                     *[a for s in sets for a in ("--set", s)]]) == 0  # fmt: skip
+    assert cli.main(["anomaly", "score", str(run), "mnist:test", "--calibrated", *cache]) == 1
+    assert "has no calibration for" in capsys.readouterr().err
+    assert cli.main(["anomaly", "calibrate", str(run), "--normal", "mnist:valid", "--fpr",
+                     "0.05", *cache]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "neg_elbo: threshold" in said and "(classes 1)" in said
+    from vaelab.runs.folder import RunFolder
+
+    state = RunFolder(run).read_state()
+    assert "calibration-neg_elbo" in state["stages"]
+    threshold = float(RunFolder(run).load_stage("calibration-neg_elbo", state)["threshold"])
+    out = tmp_path / "s.csv"
+    assert cli.main(["anomaly", "score", str(run), "mnist:test", "--kinds", "neg_elbo,mse",
+                     "--calibrated", "--limit", "2000", "--out", str(out), *cache]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert all(int(r["anomalous_neg_elbo"]) == (float(r["neg_elbo"]) > threshold) for r in rows)
+    ones = [int(r["anomalous_neg_elbo"]) for r in rows if r["label"] == "1"]
+    assert 0.0 <= np.mean(ones) < 0.15 and "FPR" in said and "TPR" in said
+    for argv, message in [
+        (["--threshold", "3", "--kinds", "mse,bce"], "--threshold applies to one score kind"),
+        (["--threshold", "nan", "--kinds", "mse"], "--threshold must be a finite number"),
+        (["--threshold", "3", "--calibrated", "--kinds", "mse"], "not both"),
+    ]:
+        assert cli.main(["anomaly", "score", str(run), "mnist:test", *argv, *cache]) == 1
+        assert message in capsys.readouterr().err
+    assert cli.main(["anomaly", "calibrate", str(run), "--normal", "mnist:valid", "--fpr",
+                     "1.5", *cache]) == 1  # fmt: skip
+    assert "--fpr must lie between 0 and 1" in capsys.readouterr().err
