@@ -190,3 +190,47 @@ def test_calibrate_then_score_with_the_threshold(mnist_cache, tmp_path, capsys):
     assert cli.main(["anomaly", "calibrate", str(run), "--normal", "mnist:valid", "--fpr",
                      "1.5", *cache]) == 1  # fmt: skip
     assert "--fpr must lie between 0 and 1" in capsys.readouterr().err
+    # the README's flow: export a mixed folder of test images, score it with the threshold
+    folder = tmp_path / "mixed"
+    assert cli.main(["data", "export", "mnist:test", "--out", str(folder), "--only-classes",
+                     "1,7", "--limit", "60", "--cache", str(mnist_cache)]) == 0  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "7"]
+    out = tmp_path / "folder.csv"
+    assert cli.main(["anomaly", "score", str(run), str(folder), "--kinds", "neg_elbo",
+                     "--calibrated", "--out", str(out), *cache]) == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 60 and all(r["name"].split("/")[0] == r["label"] for r in rows)
+    sevens = np.mean([int(r["anomalous_neg_elbo"]) for r in rows if r["label"] == "7"])
+    ones = np.mean([int(r["anomalous_neg_elbo"]) for r in rows if r["label"] == "1"])
+    assert sevens > ones
+
+
+@pytest.mark.parametrize("fmt", ["png", "npz", "idx"])
+def test_data_export_round_trips_through_the_importers(mnist_cache, tmp_path, fmt):
+    from vaelab.data.cache import load_dataset
+
+    out = tmp_path / "out"
+    cache = ["--cache", str(mnist_cache)]
+    assert cli.main(["data", "export", "mnist:valid", "--out", str(out), "--format", fmt,
+                     "--only-classes", "3,8", "--limit", "30", *cache]) == 0  # fmt: skip
+    source = {"png": ["import-folder", str(out)], "npz": ["import-npz", str(out / "images.npz")],
+              "idx": ["import-idx", str(out)]}[fmt]  # fmt: skip
+    mine = tmp_path / "cache"
+    assert cli.main(["data", *source, "--name", "back", "--cache", str(mine)]) == 0
+    from vaelab.data.cache import dataset_splits
+
+    parts = [load_dataset("back", sp, mine) for sp in dataset_splits("back", mine)
+             if sp in ("train", "test")]  # fmt: skip
+    images = torch.cat([p.images for p in parts])
+    names = [p.classes[i] for p in parts for i in p.labels]
+    valid = load_dataset("mnist", "valid", mnist_cache)
+    keep = torch.isin(valid.labels, torch.tensor([3, 8]))
+    want, want_names = valid.images[keep][:30], [valid.classes[i] for i in valid.labels[keep][:30]]
+    assert sorted(names) == sorted(want_names)
+    if fmt != "png":  # one split, in the split's order
+        assert torch.equal(images, want) and names == want_names
+    else:  # import-folder sorts by class and holds some out as its test split
+        key = sorted(range(30), key=lambda i: want[i].flatten().tolist())
+        got = sorted(range(30), key=lambda i: images[i].flatten().tolist())
+        assert all(torch.equal(want[a], images[b]) for a, b in zip(key, got, strict=True))
+    assert cli.main(["data", "export", "mnist:valid", "--out", str(out), *cache]) == 1

@@ -125,12 +125,25 @@ def export(
     images = generate(model, per_label * len(names), wanted, seed, temperature=temperature)
     y = np.repeat(np.arange(len(names)), per_label)
     hwc = images.permute(0, 2, 3, 1).numpy()  # (N, C, H, W) -> (N, H, W, C)
-    # written into a hidden folder beside out, renamed to out only when complete: a full
-    # disk or a kill leaves no folder of complete-looking files for import-folder to take
+    return write_folder(out, hwc, y, names, fmt, conditional)
+
+
+def write_folder(out: Path, hwc: np.ndarray, y: np.ndarray, names: list[str], fmt: str,
+                 labelled: bool, stem: str = "generated") -> Path:  # fmt: skip
+    """Images (N, H, W, C) uint8 with label indices ``y`` into names, as ``fmt`` files in
+    folder ``out`` (png: out/<label>/<i>.png; npz: out/STEM.npz; idx: two IDX files and
+    classes.txt). Written into a hidden folder beside ``out`` and renamed to ``out`` only
+    when complete: a full disk or a kill leaves no folder of complete-looking files for
+    import-folder to take."""
+    if fmt not in FORMATS:
+        raise VaelabError(f"--format must be one of {', '.join(FORMATS)}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VaelabError(f"{out} is not an empty folder; write into a new one")
+    _check_names(names, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _write(partial, hwc, y, names, fmt, conditional)
+        _write(partial, hwc, y, names, fmt, labelled, stem)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0o700 -> what mkdir would give
@@ -142,8 +155,8 @@ def export(
 
 
 def _write(out: Path, hwc: np.ndarray, y: np.ndarray, names: list[str], fmt: str,
-           conditional: bool) -> None:  # fmt: skip
-    """The files of :func:`export` in folder ``out``."""
+           conditional: bool, stem: str) -> None:  # fmt: skip
+    """The files of :func:`write_folder` in folder ``out``."""
     if fmt == "png":
         pairs = tqdm(zip(hwc, y, strict=True), total=len(y), desc="writing PNGs", unit="img",
                      leave=False, disable=None if len(y) > 2000 else True)  # fmt: skip
@@ -153,7 +166,7 @@ def _write(out: Path, hwc: np.ndarray, y: np.ndarray, names: list[str], fmt: str
         arrays = {"images": hwc}
         if conditional:
             arrays |= {"labels": y, "classes": np.array(names)}
-        atomic_write(out / "generated.npz", lambda f: np.savez_compressed(f, **arrays))
+        atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
     else:
         write_idx(out / "images-idx3-ubyte.gz", hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
         if conditional:

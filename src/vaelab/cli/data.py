@@ -1,4 +1,4 @@
-"""``vaelab data …``: fetch, inspect, import and compose data sets."""
+"""``vaelab data …``: fetch, inspect, import, compose and export data sets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelab.cli.args import Command, _cache_arg, _force_arg, _labels, positive_int, seed_int
+from vaelab.cli.args import (
+    Command,
+    _cache_arg,
+    _force_arg,
+    _labels,
+    non_negative_int,
+    positive_int,
+    seed_int,
+)
 from vaelab.errors import DataError, VaelabError
 
 
@@ -151,6 +159,38 @@ def cmd_compose(args: argparse.Namespace) -> None:
 
 
 # fmt: off
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("split", metavar="DATASET:SPLIT", help="e.g. mnist:test")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) folder")
+    p.add_argument("--format", choices=("png", "npz", "idx"), default="png",
+                   help="png: DIR/<class>/<i>.png (default); npz: DIR/images.npz; idx")  # fmt: skip
+    p.add_argument("--only-classes", metavar="C1,C2", help="only the images of these classes")
+    p.add_argument("--limit", type=non_negative_int, default=0, help="only the first N (0: all)")
+    _cache_arg(p)
+
+
+def cmd_data_export(args: argparse.Namespace) -> None:
+    """A split of a cached data set as files a user can look at, edit, or score."""
+    import numpy as np
+
+    from vaelab.data.batches import keep_classes, load_split
+    from vaelab.generate import write_folder
+
+    name, _, split = args.split.partition(":")
+    if not split:
+        raise VaelabError(f"{args.split!r}: give DATASET:SPLIT, e.g. mnist:test")
+    ds = load_split(name, split, args.cache)
+    if args.only_classes:
+        ds = keep_classes(ds, args.only_classes.split(","))
+    ds = ds.limit(args.limit)
+    hwc = ds.images.permute(0, 2, 3, 1).numpy()  # (N, C, H, W) -> (N, H, W, C)
+    labelled = ds.labels is not None
+    y = ds.labels.numpy() if labelled else np.zeros(len(ds), dtype=np.int64)
+    names = list(ds.classes) if labelled else [""]
+    out = write_folder(Path(args.out), hwc, y, names, args.format, labelled, stem="images")
+    print(f"wrote {len(ds):,} images of {args.split} to {out}")
+
+
 COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentParser], None]]] = {
     ("data", "fetch"): (cmd_data_fetch, "download and cache a data set (mnist)", _fetch_args),
     ("data", "info"): (cmd_data_info, "split sizes, shapes, pixel range, class counts", _name_arg),
@@ -158,6 +198,7 @@ COMMANDS: dict[tuple[str, ...], tuple[Command, str, Callable[[argparse.ArgumentP
     ("data", "import-idx"): (cmd_data_import_idx, "import IDX files", _import_idx_args),
     ("data", "import-folder"): (cmd_data_import_folder, "import an image folder", _import_folder_args),
     ("data", "import-npz"): (cmd_data_import_npz, "import an .npz file", _import_npz_args),
+    ("data", "export"): (cmd_data_export, "write a split as PNG folders, .npz or IDX", _export_args),
     ("data", "compose"): (cmd_compose, "compose multi-digit images from single digits", _compose_args),
 }
 # fmt: on
