@@ -34,32 +34,36 @@ class Score:
     needs: tuple[str, ...]
     """the verbs the model must have (:meth:`Model.can`)"""
     fn: Callable[..., torch.Tensor]
-    """(model, x, c, k) -> (B,) score, higher = more anomalous"""
+    """(model, x, c, k, memo) -> (B,) score, higher = more anomalous; ``memo`` is shared by
+    the kinds scored on one batch"""
     unit: str
 
 
-def _recon(model, x, c):
-    return model.decode(model.encode(x, c), c).clamp(1e-6, 1 - 1e-6)  # (B, C, H, W)
+def _recon(model, x, c, memo: dict):
+    """The reconstruction of batch x (B, C, H, W), computed once for all kinds that use it."""
+    if "recon" not in memo:
+        memo["recon"] = model.decode(model.encode(x, c), c).clamp(1e-6, 1 - 1e-6)
+    return memo["recon"]
 
 
 SCORES: dict[str, Score] = {
     "mse": Score(
         ("encode", "decode"),
-        lambda m, x, c, k: (_recon(m, x, c) - x).square().flatten(1).mean(1),
+        lambda m, x, c, k, memo: (_recon(m, x, c, memo) - x).square().flatten(1).mean(1),
         "per pixel",
-    ),  # fmt: skip
+    ),
     "bce": Score(
         ("encode", "decode"),
-        lambda m, x, c, k: (
-            F.binary_cross_entropy(_recon(m, x, c), x, reduction="none").flatten(1).sum(1)
+        lambda m, x, c, k, memo: (
+            F.binary_cross_entropy(_recon(m, x, c, memo), x, reduction="none").flatten(1).sum(1)
         ),
         "nats",
-    ),  # fmt: skip
-    "neg_elbo": Score(("log_weights",), lambda m, x, c, k: -m.elbo(x, c=c), "nats"),
-    "nll": Score(("log_weights",), lambda m, x, c, k: -log_likelihood(m, x, k, c), "nats"),
+    ),
+    "neg_elbo": Score(("log_weights",), lambda m, x, c, k, memo: -m.elbo(x, c=c), "nats"),
+    "nll": Score(("log_weights",), lambda m, x, c, k, memo: -log_likelihood(m, x, k, c), "nats"),
     "latent": Score(
-        ("encode", "sample"), lambda m, x, c, k: -m.prior.log_prob(m.encode(x, c)), "nats"
-    ),  # fmt: skip
+        ("encode", "sample"), lambda m, x, c, k, memo: -m.prior.log_prob(m.encode(x, c)), "nats"
+    ),
 }
 
 
@@ -90,9 +94,9 @@ def score_images(model, batches: Batches, kinds: list[str], k: int = 1000, seed:
         bar = tqdm(total=len(batches.data), desc="scoring", unit="img", leave=False,
                    disable=None if progress else True)  # fmt: skip
         for x, y in batches:
-            c = model.condition(y)
+            c, memo = model.condition(y), {}
             for kind in kinds:
-                out[kind].append(SCORES[kind].fn(model, x, c, k).double().cpu())
+                out[kind].append(SCORES[kind].fn(model, x, c, k, memo).double().cpu())
             bar.update(len(x))
         bar.close()
     return {kind: torch.cat(v).numpy() for kind, v in out.items()}
@@ -104,18 +108,10 @@ def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
     n, m = len(normal), len(anomalous)
     if n == 0 or m == 0:
         raise VaelabError("AUROC needs normal and anomalous images")
-    both = np.concatenate([normal, anomalous])
-    order = np.argsort(both, kind="mergesort")
-    ranks = np.empty(n + m)
-    sorted_vals = both[order]
-    i = 0
-    while i < n + m:  # average ranks over ties
-        j = i
-        while j + 1 < n + m and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    u = ranks[n:].sum() - m * (m + 1) / 2
+    values, inverse, counts = np.unique(np.concatenate([normal, anomalous]),
+                                        return_inverse=True, return_counts=True)  # fmt: skip
+    average = np.cumsum(counts) - (counts - 1) / 2  # each distinct value's mean rank (1-based)
+    u = average[inverse[n:]].sum() - m * (m + 1) / 2
     return float(u / (n * m))
 
 

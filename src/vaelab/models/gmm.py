@@ -14,12 +14,18 @@ from torch import Tensor
 
 from vaelab.config import ExPostConfig
 from vaelab.errors import ConfigError
-from vaelab.models.priors import GaussianPrior, Prior
+from vaelab.models.priors import GaussianPrior, Prior, draw_components
 from vaelab.models.stages import ExPost
 
 COVARIANCES = ("full", "diag")
 REG = 1e-6
 """Added to every covariance's diagonal (codes that collapse onto a line keep a density)."""
+
+
+def _check_covariance(covariance: str) -> None:
+    if covariance not in COVARIANCES:
+        raise ConfigError(f"model.expost.covariance must be one of {', '.join(COVARIANCES)}, "
+                          f"got {covariance!r}")  # fmt: skip
 
 
 def _cholesky(cov: Tensor) -> Tensor:
@@ -42,9 +48,7 @@ def fit_gmm(z: Tensor, k: int, covariance: str = "full", seed: int = 0, iters: i
     k distinct codes drawn with ``seed``, covariances at the codes' own, weights equal; it
     stops when the mean log-likelihood gains less than ``tol``. Returns float32 ``means``
     (K, Z), ``scale_tril`` (K, Z, Z; diagonal for "diag") and ``log_weights`` (K,)."""
-    if covariance not in COVARIANCES:
-        raise ConfigError(f"model.expost.covariance must be one of {', '.join(COVARIANCES)}, "
-                          f"got {covariance!r}")  # fmt: skip
+    _check_covariance(covariance)
     z = z.double()
     n, dim = z.shape
     if n < k:
@@ -96,10 +100,7 @@ class GMMPrior(Prior):
 
     def sample(self, n, generator=None, temperature=1.0) -> Tensor:
         """A component k ~ π, then z = μ_k + T·L_k ε."""
-        probs = self.log_weights.softmax(0).cpu()
-        k = torch.multinomial(probs, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.dim, generator=generator).to(self.means.device)  # (n, Z)
-        k = k.to(self.means.device)
+        k, eps = draw_components(self.log_weights, n, self.dim, generator)  # (n,), (n, Z)
         return self.means[k] + temperature * (self.scale_tril[k] @ eps[:, :, None])[..., 0]
 
 
@@ -121,9 +122,7 @@ def expost_stage(options: ExPostConfig) -> ExPost:
     component (the stage of every AE trained before mixtures existed), else EM."""
     if options.components < 1:
         raise ConfigError(f"model.expost.components must be >= 1, got {options.components}")
-    if options.covariance not in COVARIANCES:
-        raise ConfigError(f"model.expost.covariance must be one of {', '.join(COVARIANCES)}, "
-                          f"got {options.covariance!r}")  # fmt: skip
+    _check_covariance(options.covariance)
     if options.components == 1 and options.covariance == "full":
         return EXPOST_GAUSSIAN
     k, cov = options.components, options.covariance

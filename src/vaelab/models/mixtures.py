@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from vaelab.config import register_part
 from vaelab.device import wide_float
 from vaelab.errors import ConfigError
-from vaelab.models.priors import PRIORS, Prior
+from vaelab.models.priors import PRIORS, Prior, draw_components
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -72,9 +72,7 @@ class GaussianMixture(Prior):
     def sample(self, n, generator=None, temperature=1.0) -> Tensor:
         """A component k ~ π per draw, then z = μ_k + T·σ_k·ε."""
         mu, logvar, log_pi = (t.detach() for t in self.mixture())
-        k = torch.multinomial(log_pi.softmax(0).cpu(), n, replacement=True, generator=generator)
-        eps = torch.randn(n, mu.shape[1], generator=generator).to(mu.device)  # (n, Z)
-        k = k.to(mu.device)
+        k, eps = draw_components(log_pi, n, mu.shape[1], generator)  # (n,), (n, Z)
         return mu[k] + temperature * torch.exp(0.5 * logvar[k]) * eps  # (n, Z)
 
 

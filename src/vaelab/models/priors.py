@@ -45,6 +45,17 @@ class Prior(nn.Module):
         """Called once by the model that owns the prior (the VampPrior takes its encoder)."""
 
 
+def draw_components(
+    log_weights: Tensor, n: int, dim: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """For sampling a mixture: n component indices k ~ π (from log π (K,)) and n standard
+    normal draws (n, Z), both on log π's device."""
+    k = torch.multinomial(log_weights.detach().softmax(0).cpu(), n, replacement=True,
+                          generator=generator)  # fmt: skip
+    eps = torch.randn(n, dim, generator=generator)
+    return k.to(log_weights.device), eps.to(log_weights.device)
+
+
 class NormalPrior(Prior):
     """p(z) = N(0, I) in ``dim`` dimensions, the VAE's prior (§3)."""
 
