@@ -126,6 +126,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     from vaelab.eval.anomaly import auroc, check_kinds, score_kinds
     from vaelab.runs.load import load_run
+    from vaelab.viz.anomaly import extremes_figure, roc_figure
 
     cfg, model = load_run(args.run)
     kinds = args.kinds.split(",") if args.kinds else score_kinds(model)
@@ -140,8 +141,10 @@ def cmd_score(args: argparse.Namespace) -> None:
     labels = None if data.labels is None else [data.classes[i] for i in data.labels.tolist()]
     flags = {k: scores[k] > t for k, t in thresholds.items()}  # flagged: above the threshold
     _write_csv(out, kinds, scores, labels, names, flags)
-    _write_extremes(out.with_suffix(".png"), data, scores[kinds[-1]], kinds[-1])
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    shown = next(iter(flags), None) or ("neg_elbo" if "neg_elbo" in kinds else kinds[0])
+    extremes_figure(out.with_suffix(".png"), data.images, scores[shown],
+                    f"{args.images}, by {shown}")  # fmt: skip
+    print(f"wrote {out} and {out.with_suffix('.png')} (the extremes by {shown})")
     normal = cfg.data.only_classes
     is_normal = np.array([lab in normal for lab in labels]) if labels and normal else None
     for kind, flag in flags.items():
@@ -154,9 +157,15 @@ def cmd_score(args: argparse.Namespace) -> None:
         print(line)
     if is_normal is not None and 0 < is_normal.sum() < len(is_normal):
         print(f"AUROC (normal: the run's classes {', '.join(normal)}; the rest anomalous):")
+        curves = []
         for kind in kinds:
             value = auroc(scores[kind][is_normal], scores[kind][~is_normal])
             print(f"  {kind:<9} {100 * value:.2f}")
+            curves.append((f"{kind} ({100 * value:.1f})", scores[kind][is_normal],
+                           scores[kind][~is_normal]))  # fmt: skip
+        roc = roc_figure(out.with_name(out.stem + "-roc.png"), curves,
+                         f"{args.images}: normal {', '.join(normal)}")  # fmt: skip
+        print(f"wrote {roc}")
 
 
 CALIBRATION = "calibration-"
@@ -212,18 +221,6 @@ def _write_csv(out: Path, kinds, scores, labels, names, flags) -> None:
                         + [int(f[i]) for f in flags.values()])  # fmt: skip
     text = buf.getvalue().encode()
     atomic_write(out, lambda f: f.write(text))
-
-
-def _write_extremes(path: Path, data, score, kind: str, n: int = 16) -> None:
-    """The ``n`` least and most anomalous images by ``kind``, a row each, in one PNG."""
-    import torch
-
-    from vaelab.thesis.images import make_grid, save_png
-
-    order = torch.from_numpy(score).argsort()
-    n = min(n, len(order))
-    pick = torch.cat([order[:n], order[-n:]])  # least, then most anomalous
-    save_png(path, make_grid(data.images[pick], nrow=n, padding=1))
 
 
 # fmt: off

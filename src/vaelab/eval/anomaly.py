@@ -123,3 +123,13 @@ def fpr_at_tpr(normal: np.ndarray, anomalous: np.ndarray, tpr: float = 0.95) -> 
     need = math.ceil(tpr * len(anomalous) - 1e-9)
     threshold = np.sort(anomalous)[::-1][need - 1]
     return float((normal >= threshold).mean())
+
+
+def roc_curve(normal: np.ndarray, anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve: (FPR, TPR) at every distinct threshold t, an image flagged when its
+    score ≥ t, from (0, 0) (nothing flagged) to (1, 1); tied scores make one diagonal step,
+    so the area under it (trapezoids) is :func:`auroc` with ties counting half."""
+    values = np.unique(np.concatenate([normal, anomalous]))[::-1]  # thresholds, high to low
+    fpr = np.searchsorted(np.sort(-normal), -values, side="right") / max(len(normal), 1)
+    tpr = np.searchsorted(np.sort(-anomalous), -values, side="right") / max(len(anomalous), 1)
+    return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
