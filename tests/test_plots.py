@@ -78,3 +78,28 @@ def test_class_colours_are_distinct_and_centred_on_their_ticks(n):
     assert viz_figures.class_colours(1) == {} and viz_figures.class_colours(30) == {
         "cmap": "viridis"
     }
+
+
+@pytest.mark.parametrize(
+    ("config", "shapes"),
+    [("configs/mnist_ae.toml", [(1, 28, 28), (512,), (256,), (128,), (2,), (128,), (256,), (512,), (784,)]),
+     ("configs/mnist_vae_iwae_arch.toml", [(1, 28, 28), (200,), (200,), (100,), (50,), (200,), (200,), (784,)]),
+     ("configs/mnist_conv_ae.toml", [(1, 28, 28), (32, 28, 28), (64, 14, 14), (256,), (16,), (256,), (3136,),
+                                     (32, 14, 14), (1, 28, 28)])],
+)  # fmt: skip
+def test_architecture_reads_the_layers_the_model_runs(config, shapes, tmp_path, capsys):
+    """Layer widths in call order, the code z after a VAE's (μ, log σ²) head; PNG and SVG."""
+    from vaelab.models.registry import build_model
+    from vaelab.viz.architecture import trace_layers
+
+    cfg = load_config(config, ["model.image_shape=[1, 28, 28]"])
+    layers = trace_layers(build_model(cfg.model, cfg.train.loss), [1, 28, 28])
+    assert [la.shape for la in layers] == shapes
+    out = tmp_path / "net.png"
+    assert cli.main(["plot", config, "architecture", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and b"<svg" in out.with_suffix(".svg").read_bytes()
+
+
+def test_other_figures_of_a_config_file_are_one_line(capsys):
+    assert cli.main(["plot", "configs/mnist_ae.toml", "latent"]) == 1
+    assert "needs a trained run folder" in capsys.readouterr().err

@@ -176,6 +176,11 @@ class TrainConfig:
     """cpu, cuda, cuda:1, mps …"""
     threads: int = 0
     """torch CPU threads (0 = torch's default)"""
+    tensorboard: bool = False
+    """write TensorBoard event files in RUN/tensorboard: every metric term and the learning
+    rate per epoch (needs the tensorboard package: pip install 'vaelab[tensorboard]')"""
+    tensorboard_images: int = 5
+    """with tensorboard: sample and reconstruction grids every N epochs (0: none)"""
 
 
 @dataclass
@@ -283,6 +288,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.lr": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
     "train.lr_decay": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
     "train.threads": _at_least(0),
+    "train.tensorboard_images": _at_least(0),
     "train.precision": ((lambda v: v in PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
     "train.checkpoint_every": _at_least(1),
     "train.early_stopping": _at_least(0),
@@ -311,7 +317,7 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 RESUME_OVERRIDES = ("train.epochs", "train.early_stopping", "train.checkpoint_every",
                     "train.test_every", "train.device", "train.threads", "train.compile",
-                    "train.precision")  # fmt: skip
+                    "train.precision", "train.tensorboard", "train.tensorboard_images")  # fmt: skip
 """The settings that may change when a run continues; the rest is fixed by its checkpoint."""
 
 FILLED_IN = ("model.image_shape", "model.classes")

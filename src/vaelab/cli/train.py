@@ -35,6 +35,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="compile the objective with torch.compile (train.compile = true)")  # fmt: skip
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="run eagerly (train.compile = false)")  # fmt: skip
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard event files in RUN/tensorboard (train.tensorboard = true)")  # fmt: skip
     p.add_argument("--sweep", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
                    help="one run per value (per combination, if repeated) in OUT/KEY=VALUE; "
                         "runs differing only in train.optimizer/lr/lr_decay can train fused (--fuse)")  # fmt: skip
@@ -166,9 +168,12 @@ RANK_ERROR = re.compile(r"vaelab: error \(rank \d+\): (.*\n?)")
 
 
 def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:
-    """--compile / --no-compile override train.compile; neither leaves the config's."""
+    """--compile / --no-compile override train.compile (neither leaves the config's);
+    --tensorboard turns train.tensorboard on."""
     if args.compile is not None:
         cfg.train.compile = args.compile
+    if getattr(args, "tensorboard", False):
+        cfg.train.tensorboard = True
 
 
 def _sweep(args: argparse.Namespace) -> None:

@@ -29,6 +29,7 @@ from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.eval.common import mean_terms, sum_terms
 from vaelab.runs.folder import RunFolder
 from vaelab.runs.stages import finish_stages, run_stages
+from vaelab.train.board import Board, summary_writer_class
 from vaelab.train.distributed import (
     SINGLE,
     Dist,
@@ -128,6 +129,7 @@ class Member:
     p: Progress
     saved: int | None = None
     best: dict[str, torch.Tensor] | None = None  # keep_best: new best weights, not yet saved
+    board: Board | None = None  # train.tensorboard: the run's event writer
 
 
 @dataclass
@@ -179,6 +181,9 @@ def train_runs(
         loop = setup_loop(cfgs, runs, resume, cache, progress, log, dist)
         with deferred_interrupts() as interrupted:
             begin(loop, resume)
+            for m in loop.members:
+                if m.board is not None:
+                    held.callback(m.board.close)
             for epoch in range(loop.p.epoch, loop.cfg.train.epochs):
                 run_epoch(loop, epoch, interrupted)
                 if end_of_epoch(loop, epoch):
@@ -239,7 +244,9 @@ def setup_loop(cfgs, runs, resume, cache, progress, log, dist: Dist = SINGLE) ->
 
 def begin(loop: Loop, resume: bool) -> None:
     """The first writes: each run folder's metrics (cut back to its checkpoint when
-    resuming) and config, and one line saying what trains."""
+    resuming) and config, and one line saying what trains; the TensorBoard writers."""
+    if any(m.cfg.train.tensorboard for m in loop.members):
+        summary_writer_class()  # missing package: one line before anything is written
     for m in loop.members:
         if resume:
             m.run.reset_metrics(upto_epoch=m.p.epoch)
@@ -248,6 +255,8 @@ def begin(loop: Loop, resume: bool) -> None:
             m.run.path.mkdir(parents=True, exist_ok=True)
             m.run.reset_metrics()
         m.run.write_config(m.cfg)
+        if m.cfg.train.tensorboard and m.run.writer:
+            m.board = Board(m.run.path, m.p.epoch, m.cfg.train.tensorboard_images)
     cfg, n = loop.cfg, len(loop.members)
     n_params = sum(t.numel() for t in loop.members[0].model.parameters())
     loop.log(f"training {cfg.model.kind}/{cfg.model.arch} ({n_params:,} parameters"
@@ -314,6 +323,8 @@ def end_of_epoch(loop: Loop, epoch: int) -> bool:
         if t is not None and len(t) > 1:  # the objective's parts, test-set means
             record["test_terms"] = {k: v for k, v in t.items() if k != "loss"}
         m.run.append_metrics(record)
+        if m.board is not None:
+            m.board.epoch(record, epoch_lr(m.cfg, epoch), m.model, first_test(loop))
         log_epoch(loop, m, train_loss, test_loss)
         patience = cfg.train.early_stopping
         stop = q.stopped = bool(tested and patience and q.stale >= patience)
@@ -328,6 +339,12 @@ def end_of_epoch(loop: Loop, epoch: int) -> bool:
     if stop:  # only ever one member: fused runs do not stop early
         loop.log(f"early stopping: no better test loss for {loop.p.stale} epochs")
     return stop
+
+
+def first_test(loop: Loop, n: int = 8) -> tuple:
+    """The first ``n`` test images and their labels (for the reconstruction grids)."""
+    x, y = next(iter(loop.test_batches))
+    return x[:n], None if y is None else y[:n]
 
 
 def log_epoch(loop: Loop, m: Member, train_loss: float, test_loss: float | None) -> None:
