@@ -114,6 +114,10 @@ class ModelConfig:
     rae: ½‖z‖²; wae: the MMD to the prior"""
     k: int = 1
     """vae: importance samples in the training objective (1 = ELBO, k > 1 = IWAE bound)"""
+    top_widths: list[int] = field(default_factory=lambda: [100, 100])
+    """vae2: hidden widths between the two stochastic layers (z₁ -> z₂ never growing)"""
+    top_bottleneck: int = 50
+    """vae2: dimension of the top layer z₂ (``bottleneck`` is the bottom layer z₁'s)"""
     sigma: float = 0.1
     """vae, gaussian likelihood: the fixed σ (initial σ when learn_sigma)"""
     learn_sigma: bool = False
@@ -279,6 +283,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.channels": _POSITIVE_LIST,
     "model.bottleneck": _at_least(1),
     "model.k": _at_least(1),
+    "model.top_widths": _POSITIVE_LIST,
+    "model.top_bottleneck": _at_least(1),
     "model.sigma": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
     "model.beta": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
     "model.penalty_weight": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),

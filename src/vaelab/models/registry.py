@@ -19,7 +19,7 @@ from torch import nn
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.memory import check_memory
-from vaelab.models import ae, classifier, regularised, vae
+from vaelab.models import ae, classifier, hierarchical, regularised, vae
 
 SHARED = ("kind", "arch", "widths", "channels", "bottleneck", "activation", "image_shape",
           "classes")  # fmt: skip
@@ -110,4 +110,6 @@ register_family("vae", vae.build, check=vae.check, labels=lambda cfg: cfg.condit
 register_family("rae", regularised.build_rae, fusable=False,  # gp: autograd.grad inside
                 keys=("beta", "expost", "decoder_penalty", "penalty_weight"))  # fmt: skip
 register_family("wae", regularised.build_wae, keys=("beta", "expost"))
+register_family("vae2", hierarchical.build,
+                keys=("likelihood", "k", "top_widths", "top_bottleneck"))  # fmt: skip
 register_family("classifier", classifier.build, labels=lambda cfg: True)

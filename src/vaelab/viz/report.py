@@ -44,7 +44,10 @@ def write_report(run_dir: str | Path, out: str | Path, cache=None, samples: int 
         parts += [f"<h2>Samples</h2><p>{samples} draws of the model's prior (seed 0).</p>",
                   _samples(model, samples)]  # fmt: skip
     parts += ["<h2>Figures in the run folder</h2>", _figures(Path(run_dir))]
-    parts += ["<h2>Config</h2>", f"<pre>{html.escape(run.file('config.toml').read_text(), quote=False)}</pre>"]
+    parts += [
+        "<h2>Config</h2>",
+        f"<pre>{html.escape(run.file('config.toml').read_text(), quote=False)}</pre>",
+    ]
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vaelab report: '
             f"{_e(Path(run_dir).name)}</title><style>{STYLE}</style></head><body>"
             + "\n".join(parts) + "</body></html>\n")  # fmt: skip
