@@ -67,10 +67,27 @@ class ExPostConfig:
     """full or diag covariance per component"""
 
 
+@dataclass
+class CodePriorConfig:
+    kind: str = "transformer"
+    """the prior over a VQ-VAE's codes: transformer (causal, over the grid in raster order)"""
+    layers: int = 2
+    """transformer blocks"""
+    width: int = 64
+    """model width (divisible by heads)"""
+    heads: int = 4
+    """attention heads"""
+    freeze_after: int = 0
+    """from this many epochs on, the VQ-VAE is frozen and the prior alone learns, on its
+    fixed codes (0: never; before that the prior learns beside it, the codes' gradient
+    stopped)"""
+
+
 PARTS: dict[str, dict[str, type]] = {
     "prior": {"normal": PriorConfig},
     "posterior": {"gaussian": PosteriorConfig},
     "expost": {"gmm": ExPostConfig},
+    "code_prior": {"transformer": CodePriorConfig},
 }
 """model sub-tables ([model.prior], [model.posterior]) -> their kinds -> each kind's typed
 options (a dataclass whose ``kind`` defaults to that kind); see :func:`register_part`."""
@@ -130,6 +147,15 @@ class ModelConfig:
     """vae: [model.posterior], the approximate posterior q(z | x)"""
     expost: ExPostConfig = field(default_factory=ExPostConfig)
     """ae, rae: [model.expost], the density fitted to the training codes after training"""
+    codebook: int = 256
+    """vq_vae: codebook entries K"""
+    commitment: float = 0.25
+    """vq_vae: weight β of the commitment loss ‖z_e − sg(e)‖²"""
+    ema: bool = False
+    """vq_vae: update the codebook by exponential moving averages (decay 0.99) instead of
+    its loss ‖sg(z_e) − e‖²"""
+    code_prior: CodePriorConfig = field(default_factory=CodePriorConfig)
+    """vq_vae: [model.code_prior], the learned prior over the codes"""
     decoder_penalty: str = "l2"
     """rae: the decoder regulariser: l2 (its weights' Σθ²), gp (‖∂D/∂z‖²), none"""
     penalty_weight: float = 1e-7
@@ -285,6 +311,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.k": _at_least(1),
     "model.top_widths": _POSITIVE_LIST,
     "model.top_bottleneck": _at_least(1),
+    "model.codebook": _at_least(2),
+    "model.commitment": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
     "model.sigma": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
     "model.beta": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
     "model.penalty_weight": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),

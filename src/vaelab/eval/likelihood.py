@@ -161,9 +161,40 @@ def evaluate_classifier(
     return {"n_images": n, "accuracy": correct / n, "cross_entropy": nll / n}
 
 
+@torch.no_grad()
+def evaluate_codes(
+    model, batches: Batches, *, k=0, seed=0, progress=False, max_rows=None
+) -> dict[str, Any]:
+    """A model with discrete codes (a VQ-VAE): reconstruction MSE per pixel, how its
+    codebook is used — perplexity exp(H) of the entries' frequencies over the split, and
+    the fraction of entries used at all — the code prior's −log p(codes), and, for a
+    Bernoulli decoder (``train.loss = "bce_sum"``) on binarised images, the bound
+    −log p(x) ≤ reconstruction − log p(codes) in nats. The keyword arguments are unused."""
+    sums, counts = {"mse": 0.0, "rec": 0.0, "code_nll": 0.0}, None
+    with evaluating(model):
+        for x, y in batches:
+            t = model.terms(x, y)
+            sums["rec"] += float(t["reconstruction"].sum())
+            sums["code_nll"] += float(t["code_nll"].sum())
+            sums["mse"] += _sum_mse_per_pixel(model.reconstruct(x), x)
+            n_k = torch.bincount(
+                model.codes(x).flatten(), minlength=model.quantizer.codebook.shape[0]
+            )
+            counts = n_k if counts is None else counts + n_k
+    n = len(batches.data)
+    p = counts.double() / counts.sum()
+    entropy = -float((p[p > 0] * p[p > 0].log()).sum())
+    bound = model.loss == "bce_sum" and batches.binarize != "none"
+    return {"n_images": n, "recon_mse_per_pixel": sums["mse"] / n,
+            "codebook_perplexity": math.exp(entropy), "codebook_used": float((counts > 0).double().mean()),
+            "code_nll": sums["code_nll"] / n,
+            "nll_bound": (sums["rec"] + sums["code_nll"]) / n if bound else None}  # fmt: skip
+
+
 EVALUATIONS = (
     ("log_weights", evaluate_vae),
     ("read", evaluate_classifier),
+    ("codes", evaluate_codes),
     ("decode", evaluate_ae),
 )
 """What a model can do -> its evaluation, the first that applies, called as

@@ -26,7 +26,7 @@ from torch import nn
 from vaelab.errors import ConfigError
 from vaelab.models.conditions import condition_table, digit_code, digitwise
 
-VERBS = ("encode", "decode", "sample", "log_weights", "read")
+VERBS = ("encode", "decode", "sample", "log_weights", "read", "codes")
 """The verbs :meth:`Model.can` answers for."""
 
 

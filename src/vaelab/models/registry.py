@@ -19,7 +19,7 @@ from torch import nn
 from vaelab.config import ModelConfig
 from vaelab.errors import ConfigError
 from vaelab.memory import check_memory
-from vaelab.models import ae, classifier, hierarchical, regularised, vae
+from vaelab.models import ae, classifier, hierarchical, regularised, vae, vq
 
 SHARED = ("kind", "arch", "widths", "channels", "bottleneck", "activation", "image_shape",
           "classes")  # fmt: skip
@@ -112,4 +112,7 @@ register_family("rae", regularised.build_rae, fusable=False,  # gp: autograd.gra
 register_family("wae", regularised.build_wae, keys=("beta", "expost"))
 register_family("vae2", hierarchical.build,
                 keys=("likelihood", "k", "top_widths", "top_bottleneck"))  # fmt: skip
+register_family("vq_vae", vq.build, fusable=False,  # the codebook learns inside the step
+                labels=lambda cfg: cfg.conditional,
+                keys=("codebook", "commitment", "ema", "code_prior", "conditional"))  # fmt: skip
 register_family("classifier", classifier.build, labels=lambda cfg: True)

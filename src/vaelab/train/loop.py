@@ -270,6 +270,8 @@ def run_epoch(loop: Loop, epoch: int, interrupted: Callable[[], bool]) -> None:
     p, members, batches = loop.p, loop.members, loop.batches
     for m in members:
         m.model.train()
+        if hasattr(m.model, "begin_epoch"):  # a family whose training has phases (vq_vae)
+            m.model.begin_epoch(epoch, m.cfg.train.epochs)
         for group in m.optimizer.param_groups:
             group["lr"] = epoch_lr(m.cfg, epoch)
     # on several processes rank 0 carries the sum so far, the others their own batches only
