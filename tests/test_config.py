@@ -64,7 +64,7 @@ def test_bad_keys_and_types_are_named(override, message):
         ("train.seed=-1", r"train.seed must be an integer 0 <= seed < 2\*\*63, got -1"),
         (f"train.seed={2**63}", r"train.seed must be an integer 0 <= seed < 2\*\*63"),
         ("model.bottleneck=0", "model.bottleneck must be >= 1, got 0"),
-        ('train.precision="fp16"', "train.precision must be one of fp32, bf16, got 'fp16'"),
+        ('train.precision="fp16"', "train.precision must be one of auto, fp32, bf16, got 'fp16'"),
         ("model.k=0", "model.k must be >= 1, got 0"),
         ("model.sigma=0", "model.sigma must be a finite number > 0, got 0.0"),
         ("model.beta=-1", "model.beta must be a finite number >= 0, got -1.0"),

@@ -199,9 +199,11 @@ class TrainConfig:
     improve"""
     compile: bool = False
     """compile the objective with torch.compile (eager again, with a warning, where that fails)"""
-    precision: str = "fp32"
-    """fp32, or bf16: the forward pass's matmuls in bfloat16 (torch.autocast; weights,
-    optimizer and losses stay fp32); faster where the CPU or GPU has bf16 units"""
+    precision: str = "auto"
+    """auto, fp32 or bf16: bf16 runs the forward pass's matmuls in bfloat16 (torch.autocast;
+    weights, optimizer and losses stay fp32), faster only where the CPU (AVX512-BF16, AMX)
+    or GPU (bf16 tensor cores) has bf16 units; auto picks bf16 there and fp32 elsewhere,
+    when the run is created, and the run's config records the choice"""
     device: str = "cpu"
     """cpu, cuda, cuda:1, mps …"""
     threads: int = 0
@@ -296,7 +298,7 @@ def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
 SEED_LIMIT = 2**63
 """Seeds are 0 <= seed < 2**63, so that a seed plus an offset still fits torch's 64 bits."""
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 """train.precision values."""
 
 _POSITIVE_LIST = ((lambda v: all(w >= 1 for w in v)), "a list of positive integers")

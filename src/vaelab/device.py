@@ -50,3 +50,42 @@ def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
             yield
         finally:
             torch.mps.set_rng_state(state)
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (Linux /proc/cpuinfo) under which bfloat16 matmuls run natively."""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively: a CPU with AVX512-BF16 or AMX, a CUDA
+    GPU with bf16 tensor cores (compute capability 8.0 on); else False (emulated: slower)."""
+    if device.type == "cpu":
+        return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device, warn=None) -> str:
+    """train.precision for a new run on ``device``: "auto" becomes "bf16" where the device
+    runs it natively and "fp32" elsewhere; an explicit "bf16" where it is emulated is kept,
+    with one warning line through ``warn``."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and warn is not None and not native_bf16(device):
+        what = "CPU" if device.type == "cpu" else str(device)
+        warn(f"warning: bf16 is emulated on this {what}: expect several times slower than fp32 "
+             '(train.precision = "auto" chooses by capability)')  # fmt: skip
+    return precision

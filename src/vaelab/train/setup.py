@@ -3,6 +3,7 @@ only by name), the resident batches, the seeded model and its optimizer."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from vaelab.config import Config
 from vaelab.data.batches import Batches, derive_seed, load_split
 from vaelab.data.cache import split_rows
 from vaelab.data.dataset import ImageDataset
-from vaelab.device import resolve_device
+from vaelab.device import resolve_device, resolve_precision
 from vaelab.errors import ConfigError, DataError
 from vaelab.models.registry import build_model, reads_labels
 from vaelab.train.distributed import SINGLE, Dist
@@ -91,9 +92,17 @@ def setup_data(
         cfg.model.classes = _classes(cfg, train_set, test_set)
     for other in also:
         other.model.image_shape, other.model.classes = cfg.model.image_shape, cfg.model.classes
+    for c in (cfg, *also):  # "auto" becomes what this device runs natively, recorded in the run
+        c.train.precision = resolve_precision(
+            c.train.precision, device, _warn if dist.main else None
+        )
     batches = Batches(train_set, cfg.train.batch_size, True, cfg.train.seed, cfg.data.binarize,
                       device=device, shard=(dist.rank, dist.world_size))  # fmt: skip
     return batches, train_set, test_set
+
+
+def _warn(message: str) -> None:
+    print(f"vaelab: {message}", file=sys.stderr, flush=True)
 
 
 def setup_model(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
