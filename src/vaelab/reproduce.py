@@ -29,9 +29,10 @@ BOTTLENECKS = (2, 3)
 
 def thesis_config(optimizer: str, bottleneck: int, epochs: int, device: str = "cpu"):
     """The config of one of the four runs: the defaults of :class:`~vaelab.config.Config`
-    are the thesis's setting (see configs/mnist_ae.toml)."""
+    are the thesis's setting (see configs/mnist_ae.toml), in fp32 as the thesis computed."""
     return load_config(None, [f"train.optimizer={optimizer}", f"model.bottleneck={bottleneck}",
-                              f"train.epochs={epochs}", f"train.device={json.dumps(device)}"])  # fmt: skip
+                              f"train.epochs={epochs}", f"train.device={json.dumps(device)}",
+                              'train.precision="fp32"'])  # fmt: skip
 
 
 def projected_seconds(

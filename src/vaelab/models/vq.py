@@ -58,6 +58,10 @@ class Quantizer(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(straight-through quantised grid (B, D, H, W), indices (B, H, W), codebook loss
         (B,), commitment loss (B,))."""
+        with torch.autocast(z.device.type, enabled=False):  # distances and updates in fp32
+            return self._quantize(z.float())
+
+    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (B·H·W, D)
         idx = self.nearest(flat.detach())
