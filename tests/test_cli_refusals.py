@@ -414,3 +414,21 @@ def test_eval_on_a_chosen_split(ae_run, mnist_cache, capsys):
     assert records[0] != records[1]
     assert cli.main([*base, "--split", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_nproc_is_bounded_and_a_bad_command_line_starts_no_process(tmp_path, capsys, monkeypatch):
+    """Found by tests/test_fuzz.py: `--nproc 99999999999999999999 --resume 'a b'` started
+    torchrun's agent, which tried to spawn that many workers (15 GB in a minute)."""
+    import subprocess
+
+    def no_launch(*a, **k):
+        raise AssertionError("a process was started")
+
+    monkeypatch.setattr(subprocess, "Popen", no_launch)
+    config = "configs/mnist_ae.toml"
+    for argv, says in ((["--nproc", "99999999999999999999", "--resume", str(tmp_path / "a b")], "does not exist"),
+                       (["--nproc", "99999", config, "--out", str(tmp_path / "r")], "at most"),
+                       (["--nproc", "2", config, "--sweep", "train.lr=1,2"], "without --nproc")):  # fmt: skip
+        assert cli.main(["train", *argv]) == 1
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err

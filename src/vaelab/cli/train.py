@@ -51,8 +51,6 @@ def cmd_train(args: argparse.Namespace) -> int | None:
     from vaelab.train.loop import train
 
     d = distributed.from_env()
-    if args.nproc and not d.on:
-        return _launch(args)
     if args.continue_ and (args.resume or not args.config or not args.out):
         raise VaelabError("--continue goes with a CONFIG and --out DIR (not --resume)")
     if args.resume:
@@ -66,6 +64,10 @@ def cmd_train(args: argparse.Namespace) -> int | None:
         cfg = load_config(args.config, args.set)
     else:
         raise VaelabError("give a CONFIG file (e.g. configs/mnist_ae.toml) or --resume RUN_DIR")
+    if args.nproc and not d.on:  # the command line checked first: nothing starts for a bad one
+        if args.sweep:
+            raise VaelabError("--sweep trains its runs one after another: give it without --nproc")
+        return _launch(args)
     if args.sweep:
         if d.on:
             raise VaelabError(
@@ -111,11 +113,19 @@ def _continue_point(cfg, out: Path, d) -> Path | None:
     return out if broadcast_bytes(d, found) else None
 
 
+PROCESSES_PER_CPU = 4
+"""--nproc's bound: training processes per CPU of this machine (each holds torch and the data)."""
+
+
 def _launch(args: argparse.Namespace) -> int:
     """`vaelab train … --nproc N`: the same command on N processes of this machine, under
     torchrun's elastic agent (``python -m torch.distributed.run --standalone``)."""
     import subprocess
 
+    cpus = os.cpu_count() or 1
+    if args.nproc > PROCESSES_PER_CPU * cpus:
+        raise VaelabError(f"--nproc {args.nproc}: at most {PROCESSES_PER_CPU * cpus} processes on "
+                          f"this machine's {cpus} CPUs ({PROCESSES_PER_CPU} per CPU)")  # fmt: skip
     argv, rest = list(args.argv), []
     while argv:
         word = argv.pop(0)
