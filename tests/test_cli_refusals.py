@@ -432,3 +432,13 @@ def test_nproc_is_bounded_and_a_bad_command_line_starts_no_process(tmp_path, cap
         assert cli.main(["train", *argv]) == 1
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, err
+
+
+def test_interleaved_error_lines_of_two_ranks_are_relayed_as_one(capsys):
+    import io
+
+    from vaelab.cli.train import _relay
+
+    msg = "data set 'mnist' is not in the cache yet"
+    _relay(io.StringIO(f"vaelab: error: {msg}vaelab: error (rank 1): {msg}\n"))
+    assert capsys.readouterr().err.splitlines() == [f"vaelab: error: {msg}"]

@@ -97,7 +97,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         rank = os.environ.get("RANK", "0")  # under torchrun every rank may say it
-        print(f"vaelab: error{f' (rank {rank})' if rank != '0' else ''}: {e}", file=sys.stderr)
+        # one write of the whole line: ranks sharing a pipe never split each other's lines
+        sys.stderr.write(f"vaelab: error{f' (rank {rank})' if rank != '0' else ''}: {e}\n")
+        sys.stderr.flush()
         return 1
     except RuntimeError as e:  # torch's allocators: a setting to change, not a bug to trace
         if args.debug or not any(s in str(e) for s in OUT_OF_MEMORY):

@@ -161,7 +161,7 @@ def _relay(stream) -> None:
     block: list[str] = []
     others: dict[str, str] = {}  # other ranks' error lines, by message: shown if rank 0's differ
     said: set[str] = set()
-    for line in stream:
+    for line in _whole_lines(stream):
         if block or line.startswith("Traceback (most recent call last)"):
             block.append(line)
         elif m := RANK_ERROR.match(line):
@@ -175,6 +175,18 @@ def _relay(stream) -> None:
 
 
 RANK_ERROR = re.compile(r"vaelab: error \(rank \d+\): (.*\n?)")
+
+
+def _whole_lines(stream):
+    """The stream's lines, a line that holds another process's error line in its middle
+    (their writes interleaved) split in two."""
+    for line in stream:
+        at = line.find("vaelab: error", 1)
+        while at > 0:
+            yield line[:at] + "\n"
+            line = line[at:]
+            at = line.find("vaelab: error", 1)
+        yield line
 
 
 def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:
