@@ -7,6 +7,7 @@ import os
 import shutil
 import typing
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -117,7 +118,8 @@ def test_hostile_command_lines_never_end_in_a_traceback(argv, tmp_path_factory, 
     here = os.getcwd()
     os.chdir(work)  # relative paths among the arguments land in the scratch folder
     try:
-        code = cli.main([*argv, *cache] if _takes_cache(argv) else argv)
+        with mock.patch("vaelab.cli.explore.serve", _stop_at_once):
+            code = cli.main([*argv, *cache] if _takes_cache(argv) else argv)
     except SystemExit as e:  # argparse: usage error (2) or --help/--version (0)
         code = e.code
     finally:
@@ -127,6 +129,11 @@ def test_hostile_command_lines_never_end_in_a_traceback(argv, tmp_path_factory, 
     assert "Traceback" not in err, (argv, err)
     if code == 1:
         assert sum(line.startswith("vaelab: error") for line in err.splitlines()) == 1, err
+
+
+def _stop_at_once(server) -> None:
+    """`explore` serves until Ctrl-C: fuzzed, it goes as far as listening, then stops."""
+    server.server_close()
 
 
 def _takes_cache(argv: list[str]) -> bool:

@@ -10,12 +10,13 @@ import os
 import sys
 
 import vaelab
-from vaelab.cli import anomaly, data, evaluate, generate, plot, reproduce, train
+from vaelab.cli import anomaly, data, evaluate, explore, generate, plot, reproduce, train
 from vaelab.cli.args import Command
 from vaelab.errors import VaelabError
 
 COMMANDS: dict = {**data.COMMANDS, **train.COMMANDS, **plot.COMMANDS, **generate.COMMANDS,
-                  **evaluate.COMMANDS, **anomaly.COMMANDS, **reproduce.COMMANDS}  # fmt: skip
+                  **evaluate.COMMANDS, **anomaly.COMMANDS, **reproduce.COMMANDS,
+                  **explore.COMMANDS}  # fmt: skip
 """Every command: (words) -> (function, one-line help, builder of its arguments)."""
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
