@@ -308,6 +308,10 @@ def test_refusals_before_serving_are_one_line(run_dir, mnist_cache, tmp_path, ca
                        "--set", "model.channels=[2]", "--set", "model.widths=[8]")  # fmt: skip
     line = one_error_line(["explore", str(classifier), "--cache", str(mnist_cache)], capsys)
     assert "does not encode and decode" in line
+    vq = train("configs/mnist_vq.toml", tmp_path / "vq", mnist_cache, "--set", "model.codebook=8",
+               "--set", "model.code_prior.width=8", "--set", "model.code_prior.heads=2")  # fmt: skip
+    line = one_error_line(["explore", str(vq), "--cache", str(mnist_cache)], capsys)
+    assert "entries of a codebook" in line
     taken = socket.create_server(("127.0.0.1", 0))
     try:
         port = str(taken.getsockname()[1])

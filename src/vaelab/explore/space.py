@@ -146,6 +146,10 @@ def load_space(run: str | Path, cache: str | Path | None = None, limit: int = 0)
     if not (model.can("encode") and model.can("decode")):
         raise VaelabError(f"{run} holds a {cfg.model.kind}, which does not encode and decode "
                           "images: there is no latent space to explore")  # fmt: skip
+    if getattr(model, "discrete_codes", False):
+        raise VaelabError(f"{run} holds a {cfg.model.kind}, whose codes are entries of a codebook: "
+                          "there is no continuous space to explore (`vaelab sample RUN` draws "
+                          "from its code prior)")  # fmt: skip
     batches = load_test_batches(cfg, cache, limit)
     with torch.no_grad():
         codes = encode_dataset(model, batches)  # (N, Z)
