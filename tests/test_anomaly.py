@@ -69,13 +69,13 @@ def tiny(kind, *extra):
 
 
 def test_score_kinds_follow_what_the_model_can_do_and_match_direct_computations():
-    assert score_kinds(tiny("ae")) == ["mse", "bce"]  # no prior before its stage
+    assert score_kinds(tiny("ae")) == ["mse", "bce", "relative"]  # no prior before its stage
     vae = tiny("vae")
-    assert score_kinds(vae) == ["mse", "bce", "neg_elbo", "nll", "latent"]
+    assert score_kinds(vae) == ["mse", "bce", "relative", "neg_elbo", "nll", "latent"]
     x = (torch.rand(6, 1, 4, 4) > 0.5).to(torch.uint8) * 255
     data = ImageDataset(x, None, [], "t")
     batches = heldout_batches(data, "none", 4)
-    scores = score_images(vae, batches, ["mse", "latent", "neg_elbo", "nll"], k=50,
+    scores = score_images(vae, batches, ["mse", "latent", "neg_elbo", "nll", "relative"], k=50,
                           progress=False)  # fmt: skip
     xf = x.float() / 255
     with torch.no_grad():
@@ -83,6 +83,8 @@ def test_score_kinds_follow_what_the_model_can_do_and_match_direct_computations(
         mse = (vae.decode(z).clamp(1e-6, 1 - 1e-6) - xf).square().flatten(1).mean(1)
         latent = -vae.prior.log_prob(z)
     np.testing.assert_allclose(scores["mse"], mse.double().numpy(), rtol=1e-6)
+    relative = mse / xf.square().flatten(1).mean(1).clamp_min(1e-12)  # the means' ratio: sums'
+    np.testing.assert_allclose(scores["relative"], relative.double().numpy(), rtol=1e-5)
     np.testing.assert_allclose(scores["latent"], latent.double().numpy(), rtol=1e-6)
     assert (scores["nll"] <= scores["neg_elbo"] + 5).all()  # a bound, up to one draw's noise
     with pytest.raises(VaelabError, match="score kind 'nll' needs what this model lacks"):
@@ -269,7 +271,7 @@ def test_reproduce_anomaly_tiny_end_to_end_and_again_from_its_files(mnist_cache,
     for digit in ("1", "7"):
         test = read_tensors(out / f"digit-{digit}" / "stage-scores-test.safetensors")[0]
         assert int(test["images"]) == 300
-        for kind in ("mse", "bce", "neg_elbo", "nll", "latent"):
+        for kind in ("mse", "bce", "relative", "neg_elbo", "nll", "latent"):
             s, normal = test[kind].numpy(), truth == int(digit)
             assert results[digit]["test"][kind] == pytest.approx(auroc(s[normal], s[~normal]))
         chosen = results[digit]["chosen"]

@@ -87,6 +87,6 @@ def test_trains_resumes_bit_for_bit_and_every_verb_runs(mnist_cache, tmp_path, c
     assert cli.main(["anomaly", "score", str(run), "mnist:test", "--limit", "50", "--k", "5",
                      "--no-progress", *opts]) == 0  # fmt: skip
     header = (run / "scores.csv").read_text().splitlines()[0]
-    assert header.startswith("index,label,mse,bce,neg_elbo,nll,latent")
+    assert header.startswith("index,label,mse,bce,relative,neg_elbo,nll,latent")
     err = capsys.readouterr().err
     assert err.count("vaelab: error") == 1 and "Traceback" not in err

@@ -18,7 +18,7 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", metavar="IMAGES",
                    help="DATASET:SPLIT (e.g. mnist:test), an image folder, or an .npz")  # fmt: skip
     p.add_argument("--kinds", help="comma-separated score kinds (default: all the model has: "
-                   "mse, bce, neg_elbo, nll, latent)")  # fmt: skip
+                   "mse, bce, relative, neg_elbo, nll, latent)")  # fmt: skip
     p.add_argument("--out", metavar="FILE.csv", help="CSV to write (default RUN_DIR/scores.csv); "
                    "the PNG of the extremes goes beside it")  # fmt: skip
     p.add_argument("--calibrated", action="store_true",

@@ -5,6 +5,9 @@ Score kinds (:data:`SCORES`), each where the model can:
 
 - ``mse``: reconstruction error, mean squared per pixel (models that encode and decode);
 - ``bce``: reconstruction cross-entropy summed over pixels, in nats (the same);
+- ``relative``: the reconstruction error relative to the image's energy, ‖x̂ − x‖² / ‖x‖²
+  (the same): a faint, simple image (a thin 1) no longer scores as normal merely because it
+  has few pixels to get wrong;
 - ``neg_elbo``: −ELBO with one sample, in nats (models with a likelihood);
 - ``nll``: importance-sampled −log p(x) with k samples (the evaluator's estimate);
 - ``latent``: −log p(z) of the image's code under the model's prior (or the density fitted
@@ -58,6 +61,14 @@ SCORES: dict[str, Score] = {
             F.binary_cross_entropy(_recon(m, x, c, memo), x, reduction="none").flatten(1).sum(1)
         ),
         "nats",
+    ),
+    "relative": Score(
+        ("encode", "decode"),
+        lambda m, x, c, k, memo: (
+            (_recon(m, x, c, memo) - x).square().flatten(1).sum(1)
+            / x.square().flatten(1).sum(1).clamp_min(1e-12)
+        ),
+        "ratio",
     ),
     "neg_elbo": Score(("log_weights",), lambda m, x, c, k, memo: -m.elbo(x, c=c), "nats"),
     "nll": Score(("log_weights",), lambda m, x, c, k, memo: -log_likelihood(m, x, k, c), "nats"),
