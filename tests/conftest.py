@@ -19,6 +19,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # at an empty folder of this test run.
 os.environ["VAELAB_CACHE"] = tempfile.mkdtemp(prefix="vaelab-test-default-cache-")
 atexit.register(shutil.rmtree, os.environ["VAELAB_CACHE"], ignore_errors=True)
+# train.precision = "auto" would pick bf16 on CPUs with AVX512-BF16 and fp32 elsewhere; the
+# suite's exact comparisons (DDP against one process, fused against one by one) are made in
+# fp32 on every machine (tests/test_precision.py checks the choice itself, flags mocked).
+os.environ["VAELAB_AUTO_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")

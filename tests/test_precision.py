@@ -12,6 +12,21 @@ from vaelab.device import resolve_precision
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def _by_capability(monkeypatch):
+    """conftest.py makes "auto" mean fp32 for the rest of the suite; here it decides."""
+    monkeypatch.delenv("VAELAB_AUTO_PRECISION", raising=False)
+
+
+def test_the_environment_can_force_what_auto_chooses(monkeypatch):
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv("VAELAB_AUTO_PRECISION", "fp32")
+    assert resolve_precision("auto", CPU) == "fp32"
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: set())
+    monkeypatch.setenv("VAELAB_AUTO_PRECISION", "bf16")
+    assert resolve_precision("auto", CPU) == "bf16"
+
+
 @pytest.mark.parametrize(("flags", "chosen"), [({"avx512f", "avx2"}, "fp32"),
                                                ({"avx512f", "avx512_bf16"}, "bf16"),
                                                ({"amx_bf16", "amx_tile"}, "bf16"), (set(), "fp32")])  # fmt: skip

@@ -4,6 +4,7 @@ caller's RNG states back, and the widest float a device sums in."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -78,11 +79,20 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+AUTO_PRECISION_ENV = "VAELAB_AUTO_PRECISION"
+"""An environment variable: "fp32" or "bf16" makes train.precision = "auto" choose that on
+any machine (the test suite sets fp32, so that its exact comparisons do not depend on the
+CPU it runs on)."""
+
+
 def resolve_precision(precision: str, device: torch.device, warn=None) -> str:
     """train.precision for a new run on ``device``: "auto" becomes "bf16" where the device
     runs it natively and "fp32" elsewhere; an explicit "bf16" where it is emulated is kept,
     with one warning line through ``warn``."""
     if precision == "auto":
+        forced = os.environ.get(AUTO_PRECISION_ENV, "")
+        if forced in ("fp32", "bf16"):
+            return forced
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and warn is not None and not native_bf16(device):
         what = "CPU" if device.type == "cpu" else str(device)
