@@ -109,7 +109,7 @@ def test_beta_with_the_iwae_bound_is_refused(mnist_cache, tmp_path):
 @pytest.mark.parametrize(
     ("kind", "setting", "message"),
     [
-        ("ae", {"k": 5}, "model.k needs model.kind = 'vae' (it is 'ae')"),
+        ("ae", {"k": 5}, "model.k needs model.kind = 'vae' or 'vae2' (it is 'ae')"),
         ("classifier", {"likelihood": "gaussian"}, "model.likelihood needs model.kind = 'vae'"),
         ("ae", {"conditional": True}, "model.conditional needs model.kind = 'vae'"),
         ("vae", {"learn_sigma": True}, "model.learn_sigma applies to the likelihoods gaussian,"),
