@@ -90,3 +90,58 @@ def test_trains_resumes_bit_for_bit_and_every_verb_runs(mnist_cache, tmp_path, c
     assert header.startswith("index,label,mse,bce,relative,neg_elbo,nll,latent")
     err = capsys.readouterr().err
     assert err.count("vaelab: error") == 1 and "Traceback" not in err
+
+
+def test_the_precision_weighted_gaussian_is_the_normalised_product():
+    from vaelab.models.hierarchical import precision_weighted
+    from vaelab.models.posteriors import DiagonalGaussian
+
+    torch.manual_seed(0)
+    a = DiagonalGaussian(
+        torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    )
+    b = DiagonalGaussian(
+        torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    )
+    q, z = precision_weighted(a, b), torch.randn(4, 3, dtype=torch.float64)
+    normal = lambda g, v: D.Normal(g.mu, (0.5 * g.logvar).exp()).log_prob(v)  # noqa: E731
+    # N(z; a) N(z; b) = N(μ_a; μ_b, σ_a² + σ_b²) · N(z; q)
+    joint = D.Normal(b.mu, (a.logvar.exp() + b.logvar.exp()).sqrt()).log_prob(a.mu)
+    torch.testing.assert_close(normal(a, z) + normal(b, z), joint + normal(q, z))
+
+
+def test_ladder_log_weights_against_torch_distributions_with_the_same_draws():
+    model = small("model.ladder=true")
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.3, dtype=torch.float64))
+    k = 3
+    torch.manual_seed(1)
+    got = model.log_weights(x, k)
+    torch.manual_seed(1)  # z₂ first: ε₂ (B, k, Z₂), then ε₁ (B·k, 1, Z₁)
+    eps2 = torch.randn(5, k, 4, dtype=torch.float64)
+    eps1 = torch.randn(5 * k, 1, 8, dtype=torch.float64).squeeze(1)
+    mu1, lv1 = model.q1(x.flatten(1)).chunk(2, -1)  # bottom-up
+    mu2, lv2 = model.q2(mu1).chunk(2, -1)
+    q2 = D.Normal(mu2.unsqueeze(1), (0.5 * lv2).exp().unsqueeze(1))
+    z2 = q2.loc + q2.scale * eps2  # (B, k, Z₂)
+    pm, plv = model.p1(z2.reshape(-1, 4)).chunk(2, -1)
+    up_prec, p_prec = (-lv1).exp().repeat_interleave(k, 0), (-plv).exp()
+    var = 1 / (up_prec + p_prec)
+    q1 = D.Normal(var * (mu1.repeat_interleave(k, 0) * up_prec + pm * p_prec), var.sqrt())
+    z1 = q1.loc + q1.scale * eps1  # (B·k, Z₁)
+    px = D.Bernoulli(logits=model.px(z1))
+    expected = (px.log_prob(x.flatten(1).repeat_interleave(k, 0)).sum(-1)
+                + D.Normal(pm, (0.5 * plv).exp()).log_prob(z1).sum(-1)
+                + D.Normal(0.0, 1.0).log_prob(z2.reshape(-1, 4)).sum(-1)
+                - q1.log_prob(z1).sum(-1)).reshape(5, k) - q2.log_prob(z2).sum(-1)  # fmt: skip
+    torch.testing.assert_close(got, expected)
+    torch.manual_seed(0)
+    xs = torch.bernoulli(torch.full((64, 1, 6, 6), 0.3, dtype=torch.float64))
+    elbo, nll = model.elbo(xs).mean(), -log_likelihood(model, xs, 500).mean()
+    assert elbo < -nll
+
+
+def test_the_ladder_trains_and_resumes_bit_for_bit(mnist_cache, tmp_path):
+    sets = ["data.limit=300", "data.test_limit=100", "model.widths=[64]", "model.bottleneck=16",
+            "model.top_widths=[16]", "model.top_bottleneck=4", "model.ladder=true"]  # fmt: skip
+    run = trained_resumed_alike(CONFIG, sets, tmp_path, mnist_cache)
+    assert "ladder = true" in (run / "config.toml").read_text()

@@ -85,6 +85,9 @@ class ModelConfig:
     """vae2: hidden widths between the two stochastic layers (z₁ -> z₂ never growing)"""
     top_bottleneck: int = 50
     """vae2: dimension of the top layer z₂ (``bottleneck`` is the bottom layer z₁'s)"""
+    ladder: bool = False
+    """vae2: top-down (ladder) inference, Sønderby et al. 2016: q(z₁ | z₂, x) combines the
+    bottom-up Gaussian with p(z₁ | z₂) by precision"""
     sigma: float = 0.1
     """vae, gaussian likelihood: the fixed σ (initial σ when learn_sigma)"""
     learn_sigma: bool = False

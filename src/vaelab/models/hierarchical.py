@@ -15,7 +15,9 @@ plots and the explorer see the top layer; ``sample`` draws z₁ ancestrally.
 
 Keys: ``widths``/``bottleneck`` are the bottom layer's (200, 200 → z₁ = 100),
 ``top_widths``/``top_bottleneck`` the top layer's (100, 100 → z₂ = 50); ``k``;
-``likelihood``.
+``likelihood``; ``ladder`` (top-down inference, Sønderby et al. 2016: q(z₂ | x) from the
+bottom-up pass, then q(z₁ | z₂, x), the precision-weighted product of the bottom-up
+Gaussian and p(z₁ | z₂)).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class TwoLayerVAE(LatentModel):
     """Two stochastic layers z₁ (bottom) and z₂ (top); see the module docstring."""
 
     def __init__(self, image_shape, widths, z1: int, top_widths, z2: int, activation: str,
-                 likelihood_name: str = "bernoulli", k: int = 1):  # fmt: skip
+                 likelihood_name: str = "bernoulli", k: int = 1, ladder: bool = False):  # fmt: skip
         super().__init__()
         c, h, w = image_shape
         d = c * h * w
@@ -57,6 +59,7 @@ class TwoLayerVAE(LatentModel):
         if k < 1:
             raise ConfigError(f"the number of importance samples k must be >= 1, got {k}")
         self.image_shape, self.k, self.likelihood = tuple(image_shape), k, likelihood_name
+        self.ladder = ladder
         self.latent_dim, self.z1 = z2, z1
         self.prior = NormalPrior(z2)
         self.register_buffer("log_sigma", torch.tensor(math.log(0.1)))
@@ -72,7 +75,8 @@ class TwoLayerVAE(LatentModel):
         return _gaussian(widened(self.q1(x.flatten(1))))  # (B, D) -> (B, 2·Z₁)
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        """The top layer's code: the mean of q(z₂ | z₁ = the mean of q(z₁ | x)), (B, Z₂)."""
+        """The top layer's code: the mean of q(z₂ | z₁ = the mean of q(z₁ | x)) (with the
+        ladder: of q(z₂ | x), the same network on the bottom-up mean), (B, Z₂)."""
         return _gaussian(widened(self.q2(self.posterior(x).mu))).mu
 
     def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
@@ -102,7 +106,9 @@ class TwoLayerVAE(LatentModel):
 
     def _log_parts(self, x: Tensor, k: int, posterior=None) -> tuple[Tensor, Tensor]:
         """(log p(x | z₁), log p(z₁ | z₂) + log p(z₂) − log q(z₁ | x) − log q(z₂ | z₁)) for
-        k draws per image, each (B, k)."""
+        k draws per image, each (B, k) (with the ladder: − log q(z₂ | x) − log q(z₁ | z₂, x))."""
+        if self.ladder:
+            return self._ladder_parts(x, k, posterior)
         q1 = self.posterior(x) if posterior is None else posterior
         z1, log_q1 = q1.rsample_k(k)  # (B, k, Z₁), (B, k)
         b = z1.shape[0]
@@ -115,6 +121,26 @@ class TwoLayerVAE(LatentModel):
         xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
         log_px = likelihood(self.likelihood).log_prob(logits, xk, self.log_sigma)  # (B·k,)
         log_latent = (log_p - log_q2.squeeze(1)).reshape(b, k) - log_q1
+        return log_px.reshape(b, k), log_latent
+
+    def _ladder_parts(self, x: Tensor, k: int, posterior=None) -> tuple[Tensor, Tensor]:
+        """Top-down inference (Sønderby et al. 2016): the bottom-up pass gives (μ̂₁, σ̂₁²) and,
+        from μ̂₁, q(z₂ | x); z₂ is drawn first, then z₁ from q(z₁ | z₂, x), the precision-weighted
+        combination of the bottom-up Gaussian with the generative p(z₁ | z₂)."""
+        up = self.posterior(x) if posterior is None else posterior  # (B, Z₁) each
+        b = up.mu.shape[0]
+        z2, log_q2 = _gaussian(widened(self.q2(up.mu))).rsample_k(k)  # (B, k, Z₂), (B, k)
+        flat2 = z2.reshape(b * k, -1)  # (B·k, Z₂)
+        p1 = _gaussian(widened(self.p1(flat2)))  # p(z₁ | z₂), (B·k, Z₁) each
+        rep = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731  (B, Z₁) -> (B·k, Z₁)
+        q1 = precision_weighted(DiagonalGaussian(rep(up.mu), rep(up.logvar)), p1)
+        z1, log_q1 = q1.rsample_k(1)  # (B·k, 1, Z₁), (B·k, 1)
+        flat1 = z1.squeeze(1)
+        log_p = normal_log_prob(flat1, p1.mu, p1.logvar) + self.prior.log_prob(flat2)  # (B·k,)
+        logits = widened(self.px(flat1)).reshape(b * k, *self.image_shape)
+        xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
+        log_px = likelihood(self.likelihood).log_prob(logits, xk, self.log_sigma)  # (B·k,)
+        log_latent = (log_p - log_q1.squeeze(1)).reshape(b, k) - log_q2
         return log_px.reshape(b, k), log_latent
 
     def elbo(self, x: Tensor, beta: float = 1.0, c: Tensor | None = None) -> Tensor:
@@ -133,7 +159,15 @@ class TwoLayerVAE(LatentModel):
         return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
 
 
+def precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> DiagonalGaussian:
+    """The Gaussian proportional to the product of two diagonal Gaussians: precisions add,
+    σ² = 1 / (σ_a⁻² + σ_b⁻²), μ = σ²·(μ_a σ_a⁻² + μ_b σ_b⁻²)."""
+    pa, pb = torch.exp(-a.logvar), torch.exp(-b.logvar)  # precisions
+    var = 1 / (pa + pb)
+    return DiagonalGaussian(var * (a.mu * pa + b.mu * pb), torch.log(var))
+
+
 def build(cfg, loss: str) -> TwoLayerVAE:
     """The two-layer VAE ``cfg`` describes (``loss`` is unused: the objective is the bound)."""
     return TwoLayerVAE(cfg.image_shape, cfg.widths, cfg.bottleneck, cfg.top_widths,
-                       cfg.top_bottleneck, cfg.activation, cfg.likelihood, cfg.k)  # fmt: skip
+                       cfg.top_bottleneck, cfg.activation, cfg.likelihood, cfg.k, cfg.ladder)  # fmt: skip
