@@ -285,6 +285,11 @@ def test_reproduce_anomaly_tiny_end_to_end_and_again_from_its_files(mnist_cache,
     assert again.split("| normal digit")[1:] == table.split("| normal digit")[1:]
     printed = capsys.readouterr().out
     assert "already trained" in printed and "training vae" not in printed
+    stage = out / "digit-7" / "stage-scores-test.safetensors"
+    stage.write_bytes(stage.read_bytes()[:-8] + bytes(8))  # a damaged cache is scored anew
+    third = reproduce_anomaly(out, "tiny", **kwargs).read_text()
+    assert "scoring test again" in capsys.readouterr().err
+    assert third.split("| normal digit")[1] == table.split("| normal digit")[1]  # same AUROCs
 
 
 def test_reproduce_anomaly_cli_refusals(capsys):

@@ -108,6 +108,8 @@ def test_the_precision_weighted_gaussian_is_the_normalised_product():
     # N(z; a) N(z; b) = N(μ_a; μ_b, σ_a² + σ_b²) · N(z; q)
     joint = D.Normal(b.mu, (a.logvar.exp() + b.logvar.exp()).sqrt()).log_prob(a.mu)
     torch.testing.assert_close(normal(a, z) + normal(b, z), joint + normal(q, z))
+    tiny = precision_weighted(DiagonalGaussian(a.mu.float(), torch.full((4, 3), -200.0)), b)
+    assert torch.isfinite(tiny.mu).all() and torch.isfinite(tiny.logvar).all()  # no overflow
 
 
 def test_ladder_log_weights_against_torch_distributions_with_the_same_draws():

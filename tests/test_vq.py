@@ -120,3 +120,31 @@ def test_after_freeze_after_only_the_prior_learns():
         assert (model.encoder[0].weight.grad is None) == frozen
         assert (model.quantizer.codebook.grad is None) == frozen
         assert model.code_prior.head.weight.grad is not None
+
+
+def test_the_prior_of_a_conditional_model_is_the_marginal_over_its_labels():
+    import math
+
+    torch.manual_seed(0)
+    model = VQVAE([1, 8, 8], [4], 3, 16, 0.25, False, "mse", CodePriorConfig(layers=1, width=8, heads=2),
+                  ["a", "b", "c"]).eval()  # fmt: skip
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        codes = model.codes(x)
+        each = torch.stack(
+            [model.code_prior.log_prob(codes, torch.full((5,), y)) for y in range(3)]
+        )
+        expected = torch.logsumexp(each, 0) - math.log(3)
+        torch.testing.assert_close(model.prior.log_prob(model.encode(x)), expected)
+    with pytest.raises(Exception, match="2 labels for 3 samples"):
+        model.sample(3, ["a", "b"])
+
+
+def test_a_vq_vae_is_refused_on_several_processes():
+    from vaelab.config import load_config
+    from vaelab.errors import ConfigError
+    from vaelab.train.distributed import check_processes
+
+    cfg = load_config("configs/mnist_vq.toml", [])
+    with pytest.raises(ConfigError, match="cannot train on several processes"):
+        check_processes(None, cfg, None, None, 1)

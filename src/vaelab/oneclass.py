@@ -13,6 +13,7 @@ where it stopped and a retrained model is scored anew.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from vaelab.config import load_config
 from vaelab.data.batches import heldout_batches, load_split
 from vaelab.data.cache import fetch
+from vaelab.errors import CheckpointError
 from vaelab.eval.anomaly import SCORES, auroc, score_images, score_kinds
 from vaelab.files import atomic_write
 from vaelab.runs.folder import RunFolder
@@ -120,7 +122,11 @@ def _scores(run: Path, split: str, limit: int, k: int, cache, progress: bool) ->
     run's stage file ``scores-SPLIT`` and read back from it when present."""
     folder = RunFolder(run)
     stage = f"scores-{split}"
-    kept = folder.load_stage(stage, folder.read_state())
+    try:
+        kept = folder.load_stage(stage, folder.read_state())
+    except CheckpointError as e:  # a cache only: a missing or altered file is scored anew
+        print(f"vaelab: {e.args[0].split(' (')[0]}: scoring {split} again", file=sys.stderr)
+        kept = None
     cfg, data = _split(run, split, limit, cache)
     if kept is None or int(kept["k"]) != k or int(kept["images"]) != len(data):
         kept = {"k": torch.tensor(k), "images": torch.tensor(len(data))}

@@ -184,7 +184,8 @@ def evaluate_codes(
     n = len(batches.data)
     p = counts.double() / counts.sum()
     entropy = -float((p[p > 0] * p[p > 0].log()).sum())
-    bound = model.loss == "bce_sum" and batches.binarize != "none"
+    # a conditional prior gives −log p(codes | y): its sum bounds −log p(x | y), not −log p(x)
+    bound = model.loss == "bce_sum" and batches.binarize != "none" and not model.conditional
     return {"n_images": n, "recon_mse_per_pixel": sums["mse"] / n,
             "codebook_perplexity": math.exp(entropy), "codebook_used": float((counts > 0).double().mean()),
             "code_nll": sums["code_nll"] / n,

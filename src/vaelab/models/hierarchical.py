@@ -95,7 +95,9 @@ class TwoLayerVAE(LatentModel):
             raise ConfigError("a two-layer VAE is not conditional: it cannot generate by label")
         z2 = self.prior.sample(n, generator, temperature)  # (n, Z₂)
         p = _gaussian(self.p1(z2))
-        eps = torch.randn(p.mu.shape, generator=generator, device=p.mu.device) * temperature
+        eps = (
+            torch.randn(p.mu.shape, generator=generator).to(p.mu.device) * temperature
+        )  # CPU draws
         return self._mean_x(p.mu + torch.exp(0.5 * p.logvar) * eps)
 
     # ---- the objectives, per example in nats
@@ -162,9 +164,10 @@ class TwoLayerVAE(LatentModel):
 def precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> DiagonalGaussian:
     """The Gaussian proportional to the product of two diagonal Gaussians: precisions add,
     σ² = 1 / (σ_a⁻² + σ_b⁻²), μ = σ²·(μ_a σ_a⁻² + μ_b σ_b⁻²)."""
-    pa, pb = torch.exp(-a.logvar), torch.exp(-b.logvar)  # precisions
-    var = 1 / (pa + pb)
-    return DiagonalGaussian(var * (a.mu * pa + b.mu * pb), torch.log(var))
+    la, lb = a.logvar, b.logvar  # in logs: no precision overflows for tiny variances
+    logvar = -torch.logaddexp(-la, -lb)  # log σ² = −log(σ_a⁻² + σ_b⁻²)
+    mu = a.mu * torch.sigmoid(lb - la) + b.mu * torch.sigmoid(la - lb)  # weights σ²/σ_a², σ²/σ_b²
+    return DiagonalGaussian(mu, logvar)
 
 
 def build(cfg, loss: str) -> TwoLayerVAE:

@@ -38,6 +38,9 @@ class Family:
     """whether it trains on labels (then model.classes is filled in from the data)"""
     fusable: bool = True
     """whether runs of it may train in one fused, vmapped step"""
+    distributable: bool = True
+    """whether it may train on several processes (DDP): not when it learns outside the
+    gradient (an EMA codebook) or leaves parameters without one in some epochs"""
     check: Callable[[ModelConfig], None] | None = None
     """its own rules on its keys, raising ConfigError (run before anything trains)"""
 
@@ -112,7 +115,7 @@ register_family("rae", regularised.build_rae, fusable=False,  # gp: autograd.gra
 register_family("wae", regularised.build_wae, keys=("beta", "expost"))
 register_family("vae2", hierarchical.build,
                 keys=("likelihood", "k", "top_widths", "top_bottleneck", "ladder"))  # fmt: skip
-register_family("vq_vae", vq.build, fusable=False,  # the codebook learns inside the step
+register_family("vq_vae", vq.build, fusable=False, distributable=False,  # codebook: see vq.py
                 labels=lambda cfg: cfg.conditional,
                 keys=("codebook", "commitment", "ema", "code_prior", "conditional"))  # fmt: skip
 register_family("classifier", classifier.build, labels=lambda cfg: True)

@@ -20,6 +20,8 @@ upper bound on −log p(x) (the codes are a deterministic function of x).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -178,6 +180,8 @@ class VQVAE(LatentModel):
                 self.classes[i] for i in torch.randint(len(self.classes), (n,), generator=generator)
             ]
             names = names * n if len(names) == 1 else names
+            if len(names) != n:
+                raise ConfigError(f"{len(names)} labels for {n} samples")
             if unknown := [m for m in names if m not in self.classes]:
                 raise ConfigError(
                     f"unknown label {unknown[0]!r} (labels: {', '.join(self.classes)})"
@@ -206,8 +210,8 @@ class VQVAE(LatentModel):
 
 class _CodesPrior:
     """The code prior seen as a prior over the flattened quantised grids (what ``encode``
-    returns): ``log_prob`` of a grid is that of its codes (the unconditional start token
-    for a conditional model)."""
+    returns): ``log_prob`` of a grid is that of its codes; for a conditional model the
+    marginal log (1/C) Σ_y p(codes | y) over its C labels."""
 
     def __init__(self, model: VQVAE):
         self._model = [model]  # not a submodule: the model owns the prior's weights
@@ -216,8 +220,11 @@ class _CodesPrior:
         m = self._model[0]
         flat = z.reshape(len(z), m.dim, -1).transpose(1, 2).reshape(-1, m.dim)  # (B·T, D)
         codes = m.quantizer.nearest(flat).reshape(len(z), -1)  # (B, T)
-        labels = torch.zeros(len(z), dtype=torch.long, device=z.device) if m.conditional else None
-        return m.code_prior.log_prob(codes, labels)
+        if not m.conditional:
+            return m.code_prior.log_prob(codes)
+        each = [m.code_prior.log_prob(codes, torch.full((len(z),), y, device=z.device))
+                for y in range(len(m.classes))]  # fmt: skip
+        return torch.logsumexp(torch.stack(each), dim=0) - math.log(len(m.classes))
 
 
 def build(cfg, loss: str) -> VQVAE:

@@ -225,6 +225,11 @@ def check_processes(
     """Refusals before anything trains on several processes, the same on every rank."""
     if models > 1:
         raise ConfigError("fused runs cannot train on several processes: train them one by one")
+    from vaelab.models.registry import family
+
+    if not family(cfg.model).distributable:
+        raise ConfigError(f"model.kind = {cfg.model.kind!r} cannot train on several processes "
+                          "(its codebook learns outside the gradients): train it on one")  # fmt: skip
     if cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"train.batch_size = {cfg.train.batch_size} (the global batch) is not "
                           f"divisible by the {dist.world_size} processes")  # fmt: skip

@@ -9,6 +9,7 @@ import base64
 import html
 import io
 import json
+import stat
 import tempfile
 from pathlib import Path
 
@@ -173,8 +174,21 @@ def _figures(run_dir: Path) -> str:
         return "<p>None yet: <code>vaelab plot RUN …</code> writes them here.</p>"
     out = []
     for path in found:
-        size = path.stat().st_size
-        body = (_img(path.read_bytes(), path.name) if size <= MAX_FIGURE_BYTES
-                else f"<p>({size:,} bytes: too large to inline)</p>")  # fmt: skip
+        body = _figure(path)
         out.append(f"<figure>{body}<figcaption>{_e(path.name)}</figcaption></figure>")
     return "".join(out)
+
+
+def _figure(path: Path) -> str:
+    """A PNG of the run folder inlined: only a regular file (never a link, a device or a
+    FIFO: a shared folder must not smuggle other files into a report), at most
+    MAX_FIGURE_BYTES read, and only if it is a PNG."""
+    if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
+        return "<p>(not a regular file: left out)</p>"
+    with open(path, "rb") as f:
+        data = f.read(MAX_FIGURE_BYTES + 1)
+    if len(data) > MAX_FIGURE_BYTES:
+        return f"<p>(over {MAX_FIGURE_BYTES:,} bytes: too large to inline)</p>"
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "<p>(not a PNG: left out)</p>"
+    return _img(data, path.name)
