@@ -90,15 +90,16 @@ def reproduce_anomaly(out: Path, preset: str = "cpu", epochs: int | None = None,
         run = out / f"digit-{digit}"
         print(f"--- normal digit {digit}: {run}")
         train_group([digit_config(digit, epochs, settings)], [run], cache, progress, "off")
-        valid = _scores(run, "valid", p.valid_images, p.k, cache, progress)
+        trained = load_run(run)  # (cfg, model), for both splits
+        valid = _scores(run, trained, "valid", p.valid_images, p.k, cache, progress)
         chosen = max(valid["auroc"], key=valid["auroc"].get)  # chosen before test is scored
-        test = tests[digit] = _scores(run, "test", test_images, p.k, cache, progress)
-        trained = RunFolder(run, writer=False).read_metrics()[-1]["seconds"]
+        test = tests[digit] = _scores(run, trained, "test", test_images, p.k, cache, progress)
+        training = RunFolder(run, writer=False).read_metrics()[-1]["seconds"]
         scoring = sum(valid["seconds"].values()) + sum(test["seconds"].values())
         rows[digit] = {"chosen": chosen, "valid": valid["auroc"], "test": test["auroc"],
                        "seconds": test["seconds"], "images": test["images"],
-                       "compute": {"training": trained, "scoring": scoring}}  # fmt: skip
-        _extremes(run, test, chosen, cache)
+                       "compute": {"training": training, "scoring": scoring}}  # fmt: skip
+        _extremes(run, test, chosen)
         print(f"digit {digit}: chose {chosen} on valid ({100 * valid['auroc'][chosen]:.2f}); "
               f"test AUROC {100 * test['auroc'][chosen]:.2f}")  # fmt: skip
     elapsed = time.perf_counter() - start
@@ -110,16 +111,13 @@ def reproduce_anomaly(out: Path, preset: str = "cpu", epochs: int | None = None,
     return report
 
 
-def _split(run: Path, split: str, limit: int, cache):
-    cfg = RunFolder(run, writer=False).read_config()
-    data = load_split(cfg.data.name, split, cache, limit, cfg.model.image_shape)
-    return cfg, data
-
-
-def _scores(run: Path, split: str, limit: int, k: int, cache, progress: bool) -> dict:
-    """Every kind's scores of ``split`` (its first ``limit`` images) by the run's model, with
-    the AUROC of each (the run's digit normal) and the seconds each kind took; kept as the
-    run's stage file ``scores-SPLIT`` and read back from it when present."""
+def _scores(run: Path, trained: tuple, split: str, limit: int, k: int, cache,
+            progress: bool) -> dict:  # fmt: skip
+    """Every kind's scores of ``split`` (its first ``limit`` images) by the run's model
+    (``trained`` = (cfg, model) of :func:`load_run`), with the images, the AUROC of each kind
+    (the run's digit normal) and the seconds each took; kept as the run's stage file
+    ``scores-SPLIT`` and read back from it when present."""
+    cfg, model = trained
     folder = RunFolder(run)
     stage = f"scores-{split}"
     try:
@@ -127,10 +125,9 @@ def _scores(run: Path, split: str, limit: int, k: int, cache, progress: bool) ->
     except CheckpointError as e:  # a cache only: a missing or altered file is scored anew
         print(f"vaelab: {e.args[0].split(' (')[0]}: scoring {split} again", file=sys.stderr)
         kept = None
-    cfg, data = _split(run, split, limit, cache)
+    data = load_split(cfg.data.name, split, cache, limit, cfg.model.image_shape)
     if kept is None or int(kept["k"]) != k or int(kept["images"]) != len(data):
         kept = {"k": torch.tensor(k), "images": torch.tensor(len(data))}
-    cfg, model = load_run(run)
     if missing := [kind for kind in score_kinds(model) if kind not in kept]:  # new kinds too
         batches = heldout_batches(data, cfg.data.binarize, 500)
         for kind in missing:  # one kind at a time, so that each is timed on its own
@@ -143,16 +140,15 @@ def _scores(run: Path, split: str, limit: int, k: int, cache, progress: bool) ->
     normal = data.labels.numpy() == data.classes.index(cfg.data.only_classes[0])
     kinds = [kind for kind in SCORES if kind in kept]  # SCORES order, however the file lists them
     scores = {kind: kept[kind].numpy() for kind in kinds}
-    return {"scores": scores, "normal": normal, "images": len(data),
+    return {"scores": scores, "normal": normal, "images": len(data), "data": data,
             "auroc": {kind: auroc(s[normal], s[~normal]) for kind, s in scores.items()},
             "seconds": {kind: float(kept[f"seconds.{kind}"]) for kind in kinds}}  # fmt: skip
 
 
-def _extremes(run: Path, test: dict, kind: str, cache) -> None:
+def _extremes(run: Path, test: dict, kind: str) -> None:
     from vaelab.viz.anomaly import extremes_figure
 
-    _, data = _split(run, "test", test["images"], cache)
-    extremes_figure(run / "extremes.png", data.images, test["scores"][kind],
+    extremes_figure(run / "extremes.png", test["data"].images, test["scores"][kind],
                     f"{run.name}, test, by {kind}")  # fmt: skip
 
 

@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int | None:
                 "--sweep trains its runs one after another: start it without torchrun"
             )
         return _sweep(args)
-    _apply_compile_flag(args, cfg)
+    _apply_flags(args, cfg)
     if args.fuse != "auto":
         raise VaelabError("--fuse applies to --sweep only")
     args.hard_exit = d.on  # see vaelab.cli._leave
@@ -189,7 +189,7 @@ def _whole_lines(stream):
         yield line
 
 
-def _apply_compile_flag(args: argparse.Namespace, cfg) -> None:
+def _apply_flags(args: argparse.Namespace, cfg) -> None:
     """--compile / --no-compile override train.compile (neither leaves the config's);
     --tensorboard turns train.tensorboard on."""
     if args.compile is not None:
@@ -212,7 +212,7 @@ def _sweep(args: argparse.Namespace) -> None:
     names, cfgs = [], []
     for name, overrides in sweep_overrides(args.sweep):
         cfg = load_config(args.config, [*args.set, *overrides])
-        _apply_compile_flag(args, cfg)
+        _apply_flags(args, cfg)
         names.append(name)
         cfgs.append(cfg)
     from vaelab.train.loop import TrainingInterrupted

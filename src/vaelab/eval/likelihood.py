@@ -176,10 +176,9 @@ def evaluate_codes(
             t = model.terms(x, y)
             sums["rec"] += float(t["reconstruction"].sum())
             sums["code_nll"] += float(t["code_nll"].sum())
-            sums["mse"] += _sum_mse_per_pixel(model.reconstruct(x), x)
-            n_k = torch.bincount(
-                model.codes(x).flatten(), minlength=model.quantizer.codebook.shape[0]
-            )
+            codes = model.codes(x)  # (B, T), once: the reconstruction is decoded from them
+            sums["mse"] += _sum_mse_per_pixel(model.decode_codes(codes), x)
+            n_k = torch.bincount(codes.flatten(), minlength=model.quantizer.codebook.shape[0])
             counts = n_k if counts is None else counts + n_k
     n = len(batches.data)
     p = counts.double() / counts.sum()

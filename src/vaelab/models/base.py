@@ -153,18 +153,24 @@ class LatentModel(Model):
         (z ~ N(0, T² I) for the normal prior), trading variety for typical images."""
         if getattr(self, "prior", None) is None:
             raise ConfigError("this model samples only once its prior is fitted (its stage)")
-        c = None
-        if self.conditional:
-            if labels is None:
-                pick = torch.randint(len(self.classes), (n,), generator=generator)
-                labels = [self.classes[i] for i in pick]
-            labels = labels * n if len(labels) == 1 else labels
-            if len(labels) != n:
-                raise ConfigError(f"{len(labels)} labels for {n} samples")
-            c = self.condition_of(labels)
-        elif labels is not None:
-            raise ConfigError(
-                "labels need a conditional model (train with model.conditional = true)"
-            )
+        labels = self.sample_labels(n, labels, generator)
+        c = None if labels is None else self.condition_of(labels)
         z = self.prior.sample(n, generator, temperature)  # (n, Z)
         return self.decode(z, c)
+
+    def sample_labels(self, n: int, labels: list[str] | None, generator=None) -> list[str] | None:
+        """The n label names samples are drawn for: ``labels`` (one name, or n), or drawn
+        uniformly from the classes; None for an unconditional model (which takes none)."""
+        if not self.conditional:
+            if labels is not None:
+                raise ConfigError(
+                    "labels need a conditional model (train with model.conditional = true)"
+                )
+            return None
+        if labels is None:
+            pick = torch.randint(len(self.classes), (n,), generator=generator)
+            labels = [self.classes[i] for i in pick]
+        labels = labels * n if len(labels) == 1 else labels
+        if len(labels) != n:
+            raise ConfigError(f"{len(labels)} labels for {n} samples")
+        return labels

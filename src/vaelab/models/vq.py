@@ -174,24 +174,14 @@ class VQVAE(LatentModel):
     @torch.no_grad()
     def sample(self, n, labels=None, generator=None, temperature: float = 1.0) -> Tensor:
         """Codes drawn from the prior (by label for a conditional prior), decoded."""
-        y = None
-        if self.conditional:
-            names = labels or [
-                self.classes[i] for i in torch.randint(len(self.classes), (n,), generator=generator)
-            ]
-            names = names * n if len(names) == 1 else names
-            if len(names) != n:
-                raise ConfigError(f"{len(names)} labels for {n} samples")
+        y, names = None, self.sample_labels(n, labels, generator)
+        if names is not None:
             if unknown := [m for m in names if m not in self.classes]:
                 raise ConfigError(
                     f"unknown label {unknown[0]!r} (labels: {', '.join(self.classes)})"
                 )
             y = torch.tensor(
                 [self.classes.index(m) for m in names], device=self.decoder[0].weight.device
-            )
-        elif labels is not None:
-            raise ConfigError(
-                "labels need a conditional model (train with model.conditional = true)"
             )
         return self.decode_codes(self.code_prior.sample(n, y, generator, temperature))
 

@@ -6,6 +6,7 @@ or without them; a resumed run drops the events after its checkpoint's epoch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,9 +34,10 @@ class Board:
         self.writer = summary_writer_class()(str(run / FOLDER), purge_step=epoch + 1)
         self.images_every = images_every
 
-    def epoch(self, record: dict, lr: float, model, test: tuple | None) -> None:
+    def epoch(self, record: dict, lr: float, model, test: Callable[[], tuple]) -> None:
         """Scalars of one epoch's metrics ``record`` and, when due, image grids of ``model``
-        (samples, and reconstructions of the test batch ``test`` = (x (B, C, H, W), labels))."""
+        (samples, and reconstructions of the test batch ``test()`` = (x (B, C, H, W), labels),
+        fetched only then)."""
         step = record["epoch"]
         self.writer.add_scalar("loss/train", record["train_loss"], step)
         if record.get("test_loss") is not None:
@@ -45,7 +47,7 @@ class Board:
         self.writer.add_scalar("lr", lr, step)
         self.writer.add_scalar("seconds", record["seconds"], step)
         if self.images_every and step % self.images_every == 0:
-            self._images(model, test, step)
+            self._images(model, test(), step)
         self.writer.flush()
 
     @torch.no_grad()
@@ -63,7 +65,7 @@ class Board:
             if test is not None and model.can("encode") and model.can("decode"):
                 x, y = test
                 c = model.condition(y)
-                both = torch.cat([x, model.decode(model.encode(x, c), c)])  # (2B, C, H, W)
+                both = torch.cat([x, model.reconstruct(x, c)])  # (2B, C, H, W)
                 self.writer.add_image("reconstructions", make_grid(both.cpu(), len(x), 1), step,
                                       dataformats="HWC")  # fmt: skip
         finally:

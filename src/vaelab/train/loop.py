@@ -326,7 +326,7 @@ def end_of_epoch(loop: Loop, epoch: int) -> bool:
             record["test_terms"] = {k: v for k, v in t.items() if k != "loss"}
         m.run.append_metrics(record)
         if m.board is not None:
-            m.board.epoch(record, epoch_lr(m.cfg, epoch), m.model, first_test(loop))
+            m.board.epoch(record, epoch_lr(m.cfg, epoch), m.model, lambda: first_test(loop))
         log_epoch(loop, m, train_loss, test_loss)
         patience = cfg.train.early_stopping
         stop = q.stopped = bool(tested and patience and q.stale >= patience)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from vaelab.eval.anomaly import roc_curve
-from vaelab.viz.figures import _save, plt
+from vaelab.viz.figures import _save, _show, plt
 
 
 def extremes_figure(out: str | Path, images: torch.Tensor, scores: np.ndarray, title: str,
@@ -21,10 +21,7 @@ def extremes_figure(out: str | Path, images: torch.Tensor, scores: np.ndarray, t
     fig, axes = plt.subplots(2, n, figsize=(1.05 * n, 2.9), squeeze=False)
     for row, picks, what in ((0, order[:n], "least"), (1, order[::-1][:n], "most")):
         for ax, i in zip(axes[row], picks, strict=True):
-            picture = images[int(i)].permute(1, 2, 0).numpy()
-            grey = picture.shape[2] == 1
-            ax.imshow(picture[..., 0] if grey else picture[..., :3], cmap="gray" if grey else None,
-                      vmin=0, vmax=255)  # fmt: skip
+            _show(ax, images[int(i)].permute(1, 2, 0).numpy())  # (H, W, C) uint8
             ax.set_title(f"{scores[i]:.4g}", fontsize=7)
             ax.set_axis_off()
         axes[row][0].text(-0.15, 0.5, what, transform=axes[row][0].transAxes, rotation=90,

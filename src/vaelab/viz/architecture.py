@@ -67,6 +67,16 @@ def architecture_figure(
     model: nn.Module, image_shape: list[int], title: str, out: Path
 ) -> list[Path]:
     """Draw the model's layers; writes ``out`` (PNG) and the same name .svg; returns both."""
+    fig = draw_architecture(model, image_shape, title)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="svg")
+    svg = atomic_write(Path(out).with_suffix(".svg"), lambda f: f.write(buf.getvalue()))
+    return [_save(fig, out), svg]
+
+
+def draw_architecture(model: nn.Module, image_shape: list[int], title: str):
+    """The matplotlib figure of the model's layers (see the module docstring)."""
     layers = trace_layers(model, image_shape)
     bottleneck = max((i for i, la in enumerate(layers) if la.part == "encoder"), default=0)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(layers)), 4.6))
@@ -86,11 +96,7 @@ def architecture_figure(
     ax.set_ylim(-5.6, 5.2)
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg")
-    svg = atomic_write(Path(out).with_suffix(".svg"), lambda f: f.write(buf.getvalue()))
-    return [_save(fig, out), svg]
+    return fig
 
 
 def _column(ax, x: float, layer: Layer, bottleneck: bool) -> list[float]:

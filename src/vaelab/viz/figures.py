@@ -168,13 +168,19 @@ def loss_figure(panels: Panels, out: str | Path, cache=None) -> Path:
     return _save(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``out`` (exactly that name), atomically, and close it."""
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """``fig`` laid out and rendered as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    return atomic_write(Path(out), lambda f: f.write(buf.getvalue()))
+    return buf.getvalue()
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``out`` (exactly that name), atomically, and close it."""
+    data = png_bytes(fig)
+    return atomic_write(Path(out), lambda f: f.write(data))
 
 
 FIGURES = {"latent": latent_figure, "recon": reconstruction_figure, "loss": loss_figure}

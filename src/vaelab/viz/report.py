@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import stat
-import tempfile
 from pathlib import Path
 
 import torch
 
 from vaelab.files import atomic_write
 from vaelab.runs.folder import RunFolder
-from vaelab.viz.figures import plt
+from vaelab.viz.figures import plt, png_bytes
 
 MAX_FIGURE_BYTES = 4 << 20
 """A figure of the run folder larger than this is named, not inlined."""
@@ -109,15 +107,7 @@ def _curves(records: list[dict]) -> str:
     if terms:
         axes[0][1].set_xlabel("epoch"), axes[0][1].set_title("test terms", fontsize=9)
         axes[0][1].legend(fontsize=8), axes[0][1].grid(alpha=0.3)
-    return _img(_png(fig), "training curves")
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return _img(png_bytes(fig, dpi=100), "training curves")
 
 
 def _evaluations(path: Path) -> str:
@@ -148,12 +138,10 @@ def _evaluations(path: Path) -> str:
 
 
 def _network(model, cfg) -> str:
-    from vaelab.viz.architecture import architecture_figure
+    from vaelab.viz.architecture import draw_architecture
 
-    with tempfile.TemporaryDirectory() as tmp:
-        png, _ = architecture_figure(model, cfg.model.image_shape, f"{cfg.model.kind}/{cfg.model.arch}",
-                                     Path(tmp) / "net.png")  # fmt: skip
-        return _img(png.read_bytes(), "network")
+    fig = draw_architecture(model, cfg.model.image_shape, f"{cfg.model.kind}/{cfg.model.arch}")
+    return _img(png_bytes(fig), "network")
 
 
 @torch.no_grad()
@@ -165,7 +153,7 @@ def _samples(model, n: int) -> str:
     fig, ax = plt.subplots(figsize=(8, 8 * grid.shape[0] / grid.shape[1] + 0.2))
     ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=255)
     ax.set_axis_off()
-    return _img(_png(fig), "samples")
+    return _img(png_bytes(fig, dpi=100), "samples")
 
 
 def _figures(run_dir: Path) -> str:
