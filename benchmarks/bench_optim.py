@@ -1,7 +1,7 @@
-"""Time one optimizer step of ``vaelab.thesis.optim.Adam`` against ``torch.optim.Adam(foreach=True)``.
+"""Time one Adam step: vaelab's (fused kernel and thesis reference) against torch's.
 
 The parameters have the shapes of the reference VAE MLP: encoder 784-400-(20, 20) (mean and
-log-variance heads) and decoder 20-400-784, 652 824 parameters in 10 tensors. Both
+log-variance heads) and decoder 20-400-784, 652 824 parameters in 10 tensors. All
 optimizers get the same fixed gradients; steps are timed interleaved (A, B, A, B, …) so
 drift in machine load hits both alike, and the medians are compared.
 """
@@ -14,6 +14,7 @@ import time
 import torch
 
 from vaelab.thesis.optim import Adam
+from vaelab.train.optimizers import make_optimizer
 
 # (out, in) weights and biases of the reference VAE MLP.
 REFERENCE_SHAPES: list[tuple[int, ...]] = [
@@ -38,7 +39,7 @@ def _params(seed: int) -> list[torch.Tensor]:
 def run(
     reps: int = 400, warmup: int = 20, seed: int = 0, threads: int | None = None
 ) -> dict[str, float]:
-    """Median µs per step of both optimizers and their ratio (vaelab / torch).
+    """Median µs per step of each of :data:`OPTIMIZERS`.
 
     ``threads`` sets ``torch.set_num_threads`` for the measurement (default: leave as is);
     one thread gives steadier numbers on a busy machine.
@@ -52,38 +53,42 @@ def run(
         torch.set_num_threads(previous)
 
 
+OPTIMIZERS = {
+    "vaelab adam (kernel)": lambda p: make_optimizer("adam", p, lr=1e-3),
+    "vaelab adam (reference, foreach)": lambda p: Adam(p, lr=1e-3),
+    "torch Adam(foreach=True)": lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
+    "torch Adam(fused=True)": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
+}
+"""What is timed: ``train.optimizer = "adam"`` as training builds it (torch's fused kernel
+where it runs), the thesis's readable reference, and torch's two fast Adams."""
+
+
 def _measure(reps: int, warmup: int, seed: int) -> dict[str, float]:
-    ours = Adam(_params(seed), lr=1e-3)
-    theirs = torch.optim.Adam(_params(seed), lr=1e-3, foreach=True)
+    opts = {}
+    for name, make in OPTIMIZERS.items():
+        try:
+            opts[name] = make(_params(seed))
+        except (RuntimeError, ValueError):  # e.g. no fused kernel on this device in this torch
+            continue
     for _ in range(warmup):
-        ours.step()
-        theirs.step()
-    t_ours, t_theirs = [], []
+        for opt in opts.values():
+            opt.step()
+    times: dict[str, list[int]] = {name: [] for name in opts}
     clock = time.perf_counter_ns
-    for i in range(2 * reps):
-        opt, out = (ours, t_ours) if i % 2 == 0 else (theirs, t_theirs)
-        start = clock()
-        opt.step()
-        out.append(clock() - start)
-    ours_us = statistics.median(t_ours) / 1e3
-    torch_us = statistics.median(t_theirs) / 1e3
-    return {
-        "vaelab_adam_us": ours_us,
-        "torch_adam_us": torch_us,
-        "ratio": ours_us / torch_us,
-        "n_params": float(sum(p.numel() for p in ours.param_groups[0]["params"])),
-        "reps": float(reps),
-        "threads": float(torch.get_num_threads()),
-    }
+    for _ in range(reps):
+        for name, opt in opts.items():  # interleaved
+            start = clock()
+            opt.step()
+            times[name].append(clock() - start)
+    us = {name: statistics.median(t) / 1e3 for name, t in times.items()}
+    n = sum(p.numel() for p in next(iter(opts.values())).param_groups[0]["params"])
+    return {"us": us, "n_params": n, "reps": reps, "threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":
     import sys
 
     r = run(threads=int(sys.argv[1]) if len(sys.argv) > 1 else None)
-    print(
-        f"vaelab.thesis.optim.Adam {r['vaelab_adam_us']:.1f} µs/step, "
-        f"torch.optim.Adam(foreach=True) {r['torch_adam_us']:.1f} µs/step, "
-        f"ratio {r['ratio']:.3f} ({int(r['n_params'])} params, {int(r['reps'])} reps, "
-        f"{int(r['threads'])} threads)"
-    )
+    for name, t in r["us"].items():
+        print(f"{name:34s} {t:8.1f} µs/step")
+    print(f"({r['n_params']} params, {r['reps']} reps, {r['threads']} threads)")

@@ -7,11 +7,11 @@
 set -euo pipefail
 V=${VAELAB:-.venv/bin/vaelab}
 OUT=${OUT:-runs/gen}
-AE=(--set model.conditional=false --set model.kind=ae --set train.loss=bce_sum)
+AE=(--set model.conditional=false --set model.kind=ae --set model.beta=1.0 --set train.loss=bce_sum)
 train() { local name=$1; shift; $V train "$@" --out "$OUT/$name" --continue --no-progress; }
 train ae configs/mnist_cvae.toml "${AE[@]}"
 train ae-gmm10 configs/mnist_cvae.toml "${AE[@]}" --set model.expost.components=10
-train vae configs/mnist_cvae.toml --set model.conditional=false
+train vae configs/mnist_cvae.toml --set model.conditional=false --set model.beta=1.0
 train rae configs/mnist_rae.toml
 train wae configs/mnist_wae.toml
 train wae-gmm10 configs/mnist_wae.toml --set model.expost.components=10

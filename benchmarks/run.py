@@ -4,7 +4,8 @@ Every comparison runs both sides in this one process, interleaved (A, B, A, B, �
 reports medians, so noise from the shared machine hits both alike. Writes the section
 between the perf markers of benchmarks/RESULTS.md (the rest of the file is kept).
 
-    python benchmarks/run.py [--quick] [--device cpu|cuda] [--no-eval]
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--no-eval] [--no-peer]
+    make bench ARGS=--quick
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from vaelab.data.batches import Batches  # noqa: E402
 from vaelab.data.cache import fetch, load_dataset  # noqa: E402
 from vaelab.eval.likelihood import log_likelihood  # noqa: E402
 from vaelab.models.registry import build_model  # noqa: E402
-from vaelab.thesis.optim import Adam  # noqa: E402
+from vaelab.train.optimizers import make_optimizer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
@@ -129,12 +130,13 @@ def examples_config() -> ModelConfig:
 def vaelab_steps(train, batch: int, steps: int, compile: bool = False, device="cpu",
                  precision: str = "fp32"):  # fmt: skip
     """The same model and hyper-parameters the vaelab way: resident batches, fused BCE
-    from logits, vaelab's Adam; optionally under torch.compile and in bf16 autocast."""
+    from logits, vaelab's Adam (as ``train.optimizer = "adam"`` builds it: one fused kernel
+    where torch has it); optionally under torch.compile and in bf16 autocast."""
     from vaelab.train.step import autocast
 
     torch.manual_seed(0)
     model = build_model(examples_config(), "mse").to(device)
-    opt = Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
     batches = Batches(train, batch, device=device)
     objective = model.objective
     if compile:
@@ -359,12 +361,49 @@ def peak_memory_mib(epochs: int = 1) -> float:
     return int(out.stdout.split()[-1]) / 1024  # KiB -> MiB (Linux)
 
 
+def peer_section(train, test, quick: bool) -> list[str]:
+    """The rows of vaelab against pythae 0.1.2 per epoch (benchmarks/peer.py)."""
+    import peer
+
+    head = [
+        "### Against pythae 0.1.2, per epoch",
+        "",
+        peer.__doc__.split("\n\n")[1].replace("\n", " "),
+        "",
+    ]
+    try:
+        pe = peer.peer_benchmark(train, test, epochs=3 if quick else 4, reps=2 if quick else 3)
+    except (RuntimeError, OSError) as e:
+        return [*head, f"Not measured: {e}", ""]
+    rows = [
+        f"| {name} | {sec:.2f} s | {pe['ratio'][name]:.2f}x |"
+        for name, sec in pe["seconds"].items()
+    ]
+    return [*head, f"{pe['reps']} alternating runs of {pe['epochs']} epochs each, medians of the "
+            f"epochs after the first; `auto` precision resolves to {pe['auto']} on this CPU.", "",
+            "| library | seconds per epoch | speed vs pythae |", "|---|---|---|", *rows, ""]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")  # fmt: skip
+    from vaelab.device import cpu_flags
+
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
+    return (f"{cpu_model()} ({platform.machine()}, flags {' '.join(flags) or 'none of avx/amx'}), "
+            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
 
 
 def main() -> None:
@@ -372,6 +411,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repetitions")
     parser.add_argument("--no-eval", action="store_true", help="skip the k = 5000 evaluation")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the pythae 0.1.2 row (it makes its own virtual environment)")  # fmt: skip
     parser.add_argument("--device", default="cpu",
                         help="device of the training, matmul and fused rows (cpu; cuda is untested)")  # fmt: skip
     args = parser.parse_args()
@@ -423,13 +464,20 @@ def main() -> None:
               "|---|---|---|---|---|---|",
               *rows, ""]  # fmt: skip
 
+    # 2b: the peer library, per epoch
+    if not args.no_peer:
+        lines += peer_section(train, test, args.quick)
+
     # 3: optimizer step
     import bench_optim
 
     opt = bench_optim.run()
+    ref = opt["us"]["vaelab adam (reference, foreach)"]
     lines += ["### Optimizer step (reference VAE parameters)", "",
-              "| vaelab Adam | torch.optim.Adam(foreach=True) | ratio |", "|---|---|---|",
-              f"| {opt['vaelab_adam_us']:.0f} µs | {opt['torch_adam_us']:.0f} µs | {opt['ratio']:.3f} |", ""]  # fmt: skip
+              f"One Adam step over the {opt['n_params']:,} parameters of the examples VAE, random "
+              f"gradients, median of {opt['reps']} interleaved steps.", "",
+              "| optimizer | µs per step | vs the thesis's reference |", "|---|---|---|",
+              *[f"| {name} | {us:.0f} | {ref / us:.2f}x |" for name, us in opt["us"].items()], ""]  # fmt: skip
 
     # 3b: many models at once
     fz = fused_benchmark(train, steps // 2, reps, args.device)

@@ -295,7 +295,7 @@ def test_reproduce_anomaly_tiny_end_to_end_and_again_from_its_files(mnist_cache,
 def test_reproduce_anomaly_cli_refusals(capsys):
     for argv, says in ((["reproduce", "anomaly", "--preset", "demo"], "does not apply"),
                        (["reproduce", "anomaly", "--full"], "does not apply"),
-                       (["reproduce", "thesis", "--digits", "3"], "apply to reproduce anomaly"),
+                       (["reproduce", "thesis", "--digits", "3"], "is an option of reproduce anomaly"),
                        (["reproduce", "anomaly", "--digits", "12"], "not a digit")):  # fmt: skip
         assert cli.main(argv) == 1
         err = capsys.readouterr().err

@@ -69,7 +69,14 @@ def test_an_old_run_evaluates_to_the_same_numbers(old, name):
     assert cli.main([*args, "--no-progress"]) == 0
     record = json.loads((runs / name / "eval.json").read_text())[-1]
     record.pop("seconds")
-    assert record == expected
+    # to float rounding: the likelihood's arithmetic may be reordered for speed (the binary
+    # Bernoulli term as one log-sigmoid pass moved the NLL by 1e-10 relative); a model loaded
+    # wrongly moves it by far more
+    numbers = {k for k, v in expected.items() if isinstance(v, float)}
+    assert {k: v for k, v in record.items() if k not in numbers} == {
+        k: v for k, v in expected.items() if k not in numbers}  # fmt: skip
+    for k in numbers:
+        assert record[k] == pytest.approx(expected[k], rel=1e-7, abs=1e-9), k
 
 
 @pytest.mark.parametrize("name", ["vae_tiny", "ae_tiny"])

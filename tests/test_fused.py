@@ -406,9 +406,9 @@ def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monke
     import os
     import signal
 
-    from vaelab.thesis.optim import Adam
+    from vaelab.train.optimizers import KernelAdam  # what train.optimizer = "adam" builds
 
-    real_step, steps = Adam.step, {"n": 0}
+    real_step, steps = KernelAdam.step, {"n": 0}
 
     def step_then_ctrl_c(self, *args, **kwargs):
         steps["n"] += 1
@@ -416,7 +416,7 @@ def test_ctrl_c_in_a_group_advises_the_same_command(mnist_cache, tmp_path, monke
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
+    monkeypatch.setattr(KernelAdam, "step", step_then_ctrl_c)
     cfgs = [cfg("train.epochs=1", o) for o in ("train.lr=1e-3", "train.lr=3e-4")]
     with pytest.raises(train_loop.TrainingInterrupted, match="run the same command again") as e:
         train_groups.train_group(

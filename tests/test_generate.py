@@ -227,6 +227,8 @@ def test_judge_names_of_different_lengths():
     feats = torch.randn(8, 1, dtype=torch.float64)
     row = judge(clf, images, ["cat", "bird", "dog", "cat"], feats, images.float() / 255)
     assert row["label_accuracy"] == pytest.approx(3 / 4) and "digit_accuracy" not in row
+    # by label: cat 2/2, bird 1/1, dog 0/1 (the bright image is read as bird)
+    assert row["worst_label_accuracy"] == 0.0
 
 
 def test_generate_and_import_npz_cli(cvae, tmp_path, mnist_cache, capsys):

@@ -143,3 +143,19 @@ def test_compose_rejects_bad_parts():
         compose()
     with pytest.raises(ValueError, match="int"):
         compose(MLP([2, 2]), 3)
+
+
+def test_tanh_without_autograd_is_torch_tanh():
+    """The 2σ(2t) − 1 form used without autograd against torch.tanh, over the whole range
+    (saturated tails, the origin); with autograd it is torch.tanh exactly, gradient included."""
+    from vaelab.thesis.nn import activation
+
+    phi = activation("tanh")
+    t = torch.cat([torch.linspace(-30, 30, 100001), torch.tensor([0.0, 1e-30, -1e-8])])
+    with torch.no_grad():
+        torch.testing.assert_close(phi(t), torch.tanh(t), atol=2.4e-7, rtol=0)
+    leaf = t.clone().requires_grad_()
+    out = phi(leaf)
+    assert torch.equal(out, torch.tanh(t))
+    out.sum().backward()
+    torch.testing.assert_close(leaf.grad, 1 - torch.tanh(t) ** 2)

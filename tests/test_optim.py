@@ -13,7 +13,13 @@ import vaelab.runs.folder as runs_folder
 from vaelab.thesis.adaptive import GenericAdaptive, adam_moments, sgd_moments
 from vaelab.thesis.nn import MLP
 from vaelab.thesis.optim import GD, SGD, Adam, AMSGrad, regret
-from vaelab.train.optimizers import OPTIMIZERS, make_optimizer
+from vaelab.train.optimizers import (
+    OPTIMIZERS,
+    KernelAdam,
+    KernelAMSGrad,
+    kernel_available,
+    make_optimizer,
+)
 
 
 def _problem(seed: int = 0, dtype=torch.float32):
@@ -78,6 +84,89 @@ def test_amsgrad_with_bias_correction_follows_torch_amsgrad():
         steps=200,
         atol=1e-6,
     )
+
+
+needs_kernel = pytest.mark.skipif(
+    not kernel_available(torch.device("cpu"), torch.float32),
+    reason="this torch has no fused Adam kernel on the CPU",
+)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "kernel, reference",
+    [
+        (KernelAdam, Adam),
+        (KernelAMSGrad, AMSGrad),  # Reddi's form: no bias correction
+        (lambda p, **kw: KernelAMSGrad(p, bias_correction=True, **kw),
+         lambda p, **kw: AMSGrad(p, bias_correction=True, **kw)),
+        (lambda p, **kw: KernelAdam(p, bias_correction=False, **kw),
+         lambda p, **kw: Adam(p, bias_correction=False, **kw)),
+    ],
+)  # fmt: skip
+def test_kernel_step_equals_the_thesis_step(kernel, reference):
+    """The fused kernel computes the thesis's update: both paths to 1e-6 over 200 steps in
+    float32, and to 1e-12 in float64 (where rounding cannot hide a wrong formula)."""
+    opts = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-7}
+    net = _trajectories_match(lambda p: kernel(p, **opts), lambda p: reference(p, **opts),
+                              steps=200, atol=1e-12, dtype=torch.float64)  # fmt: skip
+    assert not torch.equal(next(net.parameters()), _problem(dtype=torch.float64)[0][0].weight)
+    _trajectories_match(lambda p: kernel(p, **opts), lambda p: reference(p, **opts),
+                        steps=50, atol=1e-6)  # fmt: skip
+
+
+@needs_kernel
+def test_kernel_runs_only_where_it_computes_the_same_step(monkeypatch):
+    """Options the kernel lacks (β1 schedule, α/√t, a box, ε = 0) and kernel=False take the
+    reference path; the plain options take the kernel. Counted by wrapping the kernel."""
+    calls = []
+    real = torch._fused_adam_
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net, x, y = _problem()
+    for kw, used in [({}, True), ({"beta1_decay": 0.9}, False), ({"lr_schedule": "inv_sqrt"}, False),
+                     ({"bounds": (-1, 1)}, False), ({"eps": 0.0}, False), ({"kernel": False}, False)]:  # fmt: skip
+        calls.clear()
+        _step(net, KernelAMSGrad(net.parameters(), lr=1e-2, **kw), x, y, 0)
+        assert bool(calls) is used, kw
+
+
+@needs_kernel
+def test_a_checkpoint_without_the_kernel_entry_resumes_on_the_reference_path():
+    """Optimizer state written before the kernel existed (no ``kernel`` in its groups)
+    continues exactly as the thesis's Adam would: bit for bit."""
+    net_a, x, y = _problem()
+    net_b = copy.deepcopy(net_a)
+    opt_a, opt_b = Adam(net_a.parameters(), lr=1e-2), KernelAdam(net_b.parameters(), lr=1e-2)
+    for t in range(5):
+        _step(net_a, opt_a, x, y, t)
+    old = copy.deepcopy(opt_a.state_dict())
+    assert "kernel" not in old["param_groups"][0]
+    net_b.load_state_dict(net_a.state_dict())
+    opt_b.load_state_dict(old)
+    for t in range(5, 30):
+        _step(net_a, opt_a, x, y, t)
+        _step(net_b, opt_b, x, y, t)
+    for pa, pb in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+@needs_kernel
+def test_kernel_state_resumes_on_the_reference_path():
+    """Same state, same names: a checkpoint of one path continues on the other."""
+    net_a, x, y = _problem()
+    net_b = copy.deepcopy(net_a)
+    opt_a, opt_b = KernelAdam(net_a.parameters(), lr=1e-2), KernelAdam(net_b.parameters(), lr=1e-2)
+    for t in range(5):
+        _step(net_a, opt_a, x, y, t)
+    net_b.load_state_dict(net_a.state_dict())
+    state = copy.deepcopy(opt_a.state_dict())  # not sharing opt_a's tensors
+    state["param_groups"][0]["kernel"] = False  # as on a device the kernel does not run on
+    opt_b.load_state_dict(state)
+    for t in range(5, 30):
+        _step(net_a, opt_a, x, y, t)
+        _step(net_b, opt_b, x, y, t)
+    for pa, pb in zip(net_a.parameters(), net_b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("cls", [GD, SGD])
@@ -251,6 +340,7 @@ def test_bounds_clamp_to_the_box(cls):
     "make",
     [
         lambda p: Adam(p, lr=1e-2),
+        lambda p: KernelAdam(p, lr=1e-2),
         lambda p: AMSGrad(p, lr=1e-2, beta1_decay=0.9, lr_schedule="inv_sqrt", bounds=(-1, 1)),
         lambda p: GenericAdaptive(p, lr=1e-2),
         lambda p: GenericAdaptive(p, *sgd_moments(), lr=1e-2),
@@ -313,8 +403,8 @@ def test_regret_rejects_bad_input():
 def test_make_optimizer_prefers_ours_then_torch():
     params = [torch.zeros(2, requires_grad=True)]
     assert set(OPTIMIZERS) == {"gd", "sgd", "adam", "amsgrad"}
-    assert type(make_optimizer("adam", params, lr=1e-3)) is Adam
-    assert type(make_optimizer("AMSGrad", params, lr=1e-3)) is AMSGrad
+    assert type(make_optimizer("adam", params, lr=1e-3)) is KernelAdam
+    assert type(make_optimizer("AMSGrad", params, lr=1e-3)) is KernelAMSGrad
     assert type(make_optimizer("AdamW", params, lr=1e-3)) is torch.optim.AdamW
     assert type(make_optimizer("torch.Adam", params, lr=1e-3)) is torch.optim.Adam
     assert type(make_optimizer("torch.optim.SGD", params, lr=1e-3)) is torch.optim.SGD

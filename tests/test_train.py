@@ -26,7 +26,7 @@ from vaelab import cli
 from vaelab.config import load_config
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import CheckpointError, ConfigError, DataError, VaelabError
-from vaelab.thesis.optim import Adam
+from vaelab.train.optimizers import KernelAdam  # what train.optimizer = "adam" builds
 
 TINY = ["data.limit=1000", "data.test_limit=200", "model.widths=[64,32]", "train.batch_size=100"]
 VAE = ["model.kind=vae", "data.binarize=dynamic", "model.activation=tanh"]
@@ -97,7 +97,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
     straight = (
         straight_ae if kind == "ae" else quiet(tiny(*extra), tmp_path / "a", cache=mnist_cache)
     )
-    real_step, steps = Adam.step, {"n": 0}
+    real_step, steps = KernelAdam.step, {"n": 0}
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
 
     def step_then_ctrl_c(self, *args, **kwargs):
@@ -109,13 +109,13 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(
             os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the step
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
+    monkeypatch.setattr(KernelAdam, "step", step_then_ctrl_c)
     with pytest.raises(train_loop.TrainingInterrupted, match="--resume"):
         quiet(tiny(*extra), tmp_path / "b", cache=mnist_cache)
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
     state = runs_folder.RunFolder(tmp_path / "b").read_state()
     assert (state["epoch"], state["batch"], state["step"]) == (1, 3, 13)  # the step finished
-    monkeypatch.setattr(Adam, "step", real_step)
+    monkeypatch.setattr(KernelAdam, "step", real_step)
     quiet(tiny(*extra), resume=tmp_path / "b", cache=mnist_cache)
     assert_same_weights(straight, tmp_path / "b")
     a, b = (
@@ -131,7 +131,7 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
     """A signal during the last batch of an epoch stops the run at the epoch's end (a
     checkpoint at batch 10 of 10 resumed with zero epochs done and divided by it); an old
     checkpoint written there still resumes."""
-    real_step, steps = Adam.step, {"n": 0}
+    real_step, steps = KernelAdam.step, {"n": 0}
 
     def step_then_ctrl_c(self, *args, **kwargs):
         steps["n"] += 1
@@ -139,13 +139,13 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
+    monkeypatch.setattr(KernelAdam, "step", step_then_ctrl_c)
     with pytest.raises(train_loop.TrainingInterrupted, match="epoch 2, step 10"):
         quiet(tiny("train.epochs=2"), tmp_path / "b", cache=mnist_cache)
     state = runs_folder.RunFolder(tmp_path / "b").read_state()
     assert (state["epoch"], state["batch"], state["step"]) == (1, 0, 10)
     assert [m["epoch"] for m in runs_folder.RunFolder(tmp_path / "b").read_metrics()] == [1]
-    monkeypatch.setattr(Adam, "step", real_step)
+    monkeypatch.setattr(KernelAdam, "step", real_step)
     logged = []
     train_loop.train(tiny("train.epochs=2"), resume=tmp_path / "b", cache=mnist_cache,
                 progress=False, log=logged.append)  # fmt: skip
@@ -164,7 +164,7 @@ def test_ctrl_c_in_an_epochs_last_batch_stops_after_the_epoch(
     assert [m["epoch"] for m in runs_folder.RunFolder(tmp_path / "b").read_metrics()] == [1, 2]
     # in the last batch of the last epoch: the run ends, and says it is finished
     steps["n"] = 0
-    monkeypatch.setattr(Adam, "step", step_then_ctrl_c)
+    monkeypatch.setattr(KernelAdam, "step", step_then_ctrl_c)
     with pytest.raises(
         train_loop.TrainingInterrupted, match="as training ended .*the run is finished"
     ):
@@ -500,13 +500,13 @@ def test_lr_decays_geometrically_from_lr_to_lr_times_decay(mnist_cache, tmp_path
     expected = [0.01 * 0.1 ** (e / 4) for e in range(5)]  # 1e-2 … 1e-3
     assert [train_loop.epoch_lr(cfg, e) for e in range(5)] == pytest.approx(expected)
     seen = []
-    step = Adam.step
+    step = KernelAdam.step
 
     def spy(self, closure=None):
         seen.append(self.param_groups[0]["lr"])
         return step(self, closure)
 
-    monkeypatch.setattr(Adam, "step", spy)
+    monkeypatch.setattr(KernelAdam, "step", spy)
     quiet(cfg, tmp_path / "r", cache=mnist_cache)
     per_epoch = len(seen) // 5
     assert [seen[e * per_epoch] for e in range(5)] == pytest.approx(expected)
@@ -832,6 +832,9 @@ def test_bf16_losses_and_posterior_are_computed_in_fp32(monkeypatch, mnist_cache
     log_prob, mean = models.LIKELIHOODS["bernoulli"]
     monkeypatch.setitem(models.LIKELIHOODS, "bernoulli",
                         (lambda logits, *a: seen.append(logits.dtype) or log_prob(logits, *a), mean))  # fmt: skip
+    log_prob_k = models.LOG_PROB_K["bernoulli"]  # k draws per image (k = 3 here)
+    monkeypatch.setitem(models.LOG_PROB_K, "bernoulli",
+                        lambda logits, *a: seen.append(logits.dtype) or log_prob_k(logits, *a))  # fmt: skip
     x = (torch.rand(4, 1, 28, 28) < 0.5).float()
     with train_step.autocast(torch.device("cpu"), "bf16"):
         mu, logvar = model.posterior(x)

@@ -607,3 +607,27 @@ def test_ae_fits_its_prior_on_the_gpu():
     ae.fit_prior(torch.rand(50, 1, 6, 6, device="cuda"))
     assert ae.prior.mean.device.type == ae.prior.scale_tril.device.type == "cuda"
     assert ae.sample(4).shape == (4, 1, 6, 6)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "gaussian", "continuous_bernoulli"])
+@pytest.mark.parametrize("binary", [True, False])
+def test_log_prob_of_k_draws_per_image_against_torch_distributions(name, binary):
+    """likelihood(name).log_prob_k (no repeated images; for binary Bernoulli images a
+    log-sigmoid pass) against torch.distributions per draw, and against log_prob on images
+    repeated k times."""
+    from vaelab.models.likelihoods import likelihood
+
+    torch.manual_seed(0)
+    b, k = 3, 4
+    x = torch.rand(b, 1, 5, 6)
+    x = (x > 0.5).float() if binary else x
+    logits = torch.randn(b * k, 1, 5, 6) * 4
+    log_sigma = torch.tensor(-1.0)
+    lik = likelihood(name)
+    got = lik.log_prob_k(logits, x, k, log_sigma)  # (B, k)
+    xk = x.repeat_interleave(k, dim=0)
+    torch.testing.assert_close(got, lik.log_prob(logits, xk, log_sigma).reshape(b, k))
+    if name == "bernoulli":  # grey values: the cross-entropy, torch's own
+        ref = (Bernoulli(logits=logits).log_prob(xk) if binary else
+               -F.binary_cross_entropy_with_logits(logits, xk, reduction="none"))  # fmt: skip
+        torch.testing.assert_close(got, ref.sum((1, 2, 3)).reshape(b, k))

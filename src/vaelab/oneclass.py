@@ -90,10 +90,8 @@ def reproduce_anomaly(out: Path, preset: str = "cpu", epochs: int | None = None,
         run = out / f"digit-{digit}"
         print(f"--- normal digit {digit}: {run}")
         train_group([digit_config(digit, epochs, settings)], [run], cache, progress, "off")
-        trained = load_run(run)  # (cfg, model), for both splits
-        valid = _scores(run, trained, "valid", p.valid_images, p.k, cache, progress)
-        chosen = max(valid["auroc"], key=valid["auroc"].get)  # chosen before test is scored
-        test = tests[digit] = _scores(run, trained, "test", test_images, p.k, cache, progress)
+        chosen, valid, test = one_class(run, p.k, p.valid_images, test_images, cache, progress)
+        tests[digit] = test
         training = RunFolder(run, writer=False).read_metrics()[-1]["seconds"]
         scoring = sum(valid["seconds"].values()) + sum(test["seconds"].values())
         rows[digit] = {"chosen": chosen, "valid": valid["auroc"], "test": test["auroc"],
@@ -111,8 +109,20 @@ def reproduce_anomaly(out: Path, preset: str = "cpu", epochs: int | None = None,
     return report
 
 
-def _scores(run: Path, trained: tuple, split: str, limit: int, k: int, cache,
-            progress: bool) -> dict:  # fmt: skip
+def one_class(run: Path, k: int, valid_images: int, test_images: int, cache,
+              progress: bool) -> tuple[str, dict, dict]:  # fmt: skip
+    """(chosen kind, valid scores, test scores) of the one-class run ``run`` (trained on
+    the images of ``data.only_classes[0]``): every kind scores the first ``valid_images``
+    of ``valid`` (0: all), the kind with the best AUROC there is chosen, then the first
+    ``test_images`` of ``test`` are scored (:func:`split_scores`)."""
+    trained = load_run(run)  # (cfg, model), for both splits
+    valid = split_scores(run, trained, "valid", valid_images, k, cache, progress)
+    chosen = max(valid["auroc"], key=valid["auroc"].get)  # chosen before test is scored
+    return chosen, valid, split_scores(run, trained, "test", test_images, k, cache, progress)
+
+
+def split_scores(run: Path, trained: tuple, split: str, limit: int, k: int, cache,
+                 progress: bool) -> dict:  # fmt: skip
     """Every kind's scores of ``split`` (its first ``limit`` images) by the run's model
     (``trained`` = (cfg, model) of :func:`load_run`), with the images, the AUROC of each kind
     (the run's digit normal) and the seconds each took; kept as the run's stage file

@@ -1,12 +1,15 @@
 """Judging generated images.
 
 - :func:`generation_metrics`: a trained classifier as the judge — generated-label accuracy,
-  Fréchet distance in its penultimate features, entropy of predicted classes, a
-  classifier-based Inception score, and the distance to the nearest training image.
+  Fréchet distance in its penultimate features, precision and recall in them (k-NN
+  manifolds, :mod:`.manifolds`), entropy of predicted classes, a classifier-based Inception
+  score, and the distance to the nearest training image.
+- :func:`reference`: the real training images a judge compares against, read once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import torch
 
 from vaelab.data.batches import load_split
 from vaelab.errors import VaelabError
+from vaelab.eval.manifolds import K, knn_radii, precision_recall
 from vaelab.generate import generate, load_generator
 from vaelab.models.classifier import Classifier
 from vaelab.models.conditions import digitwise
@@ -71,16 +75,25 @@ def judge(
     labels: list[str] | None,
     real_features: torch.Tensor,
     train_images: torch.Tensor,
+    real_radii: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a set of images (N, C, H, W) uint8, optionally meant to show ``labels``."""
+    """Metrics of a set of images (N, C, H, W) uint8, optionally meant to show ``labels``;
+    ``real_radii``: :func:`~vaelab.eval.manifolds.knn_radii` of ``real_features`` when known.
+    Precision and recall are None where either set has no more than k = 3 features."""
     x = normalize(images)
     feats, probs = _features_and_probs(clf, clf.slots(x))
     pred = probs.argmax(1).reshape(len(x), -1)  # (N, S) digit per slot
     read = ["".join(clf.classes[int(k)] for k in row) for row in pred]
     p_y = probs.mean(0)
+    enough = min(len(feats), len(real_features)) > K
+    precision, recall = (
+        precision_recall(feats, real_features, K, real_radii) if enough else (None, None)
+    )
     row: dict[str, Any] = {
         "n": len(x),
         "frechet": frechet_distance(feats, real_features),
+        "precision": precision,
+        "recall": recall,
         "class_entropy": float(-(p_y * p_y.clamp_min(1e-12).log()).sum()),
         "inception_score": float(
             torch.exp(
@@ -92,12 +105,33 @@ def judge(
     if labels is not None:
         pairs = list(zip(read, labels, strict=True))
         row["label_accuracy"] = float(np.mean([r == t for r, t in pairs]))
+        by_label = {t: float(np.mean([r == u for r, u in pairs if u == t])) for t in set(labels)}
+        row["worst_label_accuracy"] = min(by_label.values())  # the label read back least often
         # digit by digit only where names are digit strings read slot by slot ("cat" read as
         # "bird" has no digits to compare)
         if digitwise(clf.classes) and all(len(r) == len(t) for r, t in pairs):
             hits = [a == b for r, t in pairs for a, b in zip(r, t, strict=True)]
             row["digit_accuracy"] = float(np.mean(hits))
     return row
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What generated images are compared against: real training images (N, C, H, W) in
+    [0, 1], the judge's features of them (N·S, F) and the squared k-NN radii of those
+    (None for k or fewer features)."""
+
+    images: torch.Tensor
+    features: torch.Tensor
+    radii: torch.Tensor | None
+
+
+def reference(clf: Classifier, train, n: int = 10000, generator=None) -> Reference:
+    """The judge's :class:`Reference` of ``n`` images of dataset ``train`` drawn with
+    ``generator`` (all of them when it holds fewer)."""
+    images = normalize(train.images[torch.randperm(len(train), generator=generator)[:n]])
+    features, _ = _features_and_probs(clf, clf.slots(images))
+    return Reference(images, features, knn_radii(features, K) if len(features) > K else None)
 
 
 def generation_metrics(
@@ -122,11 +156,9 @@ def generation_metrics(
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(test), generator=g)[:n]
     real = test.subset(pick)
-    train_ref = normalize(train.images[torch.randperm(len(train), generator=g)[:10000]])
-    # reference features: real training images, so "real test" gives the floor
-    ref_feats, _ = _features_and_probs(clf, clf.slots(train_ref))
+    ref = reference(clf, train, 10000, g)  # real training images: "real test" gives the floor
     real_labels = [test.classes[int(k)] for k in real.labels] if real.labels is not None else None
-    rows = {"real test": judge(clf, real.images, real_labels, ref_feats, train_ref)}
+    rows = {"real test": judge(clf, real.images, real_labels, ref.features, ref.images, ref.radii)}
     conditional = bool(getattr(model, "classes", None))
     wanted = None
     if conditional:
@@ -137,15 +169,15 @@ def generation_metrics(
     for t in temperatures:
         images = generate(model, n, wanted, seed, temperature=t)
         rows[name + ("" if t == 1.0 else f", T={t:g}")] = judge(
-            clf, images, wanted, ref_feats, train_ref
+            clf, images, wanted, ref.features, ref.images, ref.radii
         )
     return rows
 
 
 def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
     """A text table, one row per image source."""
-    keys = ["n", "label_accuracy", "digit_accuracy", "frechet", "class_entropy",
-            "inception_score", "nearest_train_distance"]  # fmt: skip
+    keys = ["n", "label_accuracy", "worst_label_accuracy", "digit_accuracy", "frechet", "precision", "recall",
+            "class_entropy", "inception_score", "nearest_train_distance"]  # fmt: skip
     head = f"{'source':<22}" + "".join(f"{k:>24}" for k in keys)
     lines = [head]
     for name, row in rows.items():

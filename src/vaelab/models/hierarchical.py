@@ -128,8 +128,8 @@ class TwoLayerVAE(LatentModel):
         log_p = normal_log_prob(z1, p1.mu, p1.logvar) + self.prior.log_prob(z2)  # (B·k,)
         b = x.shape[0]
         logits = widened(self.px(z1)).reshape(b * k, *self.image_shape)
-        xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
-        return likelihood(self.likelihood).log_prob(logits, xk, self.log_sigma), log_p
+        log_px = likelihood(self.likelihood).log_prob_k(logits, x, k, self.log_sigma)  # (B, k)
+        return log_px.reshape(b * k), log_p
 
     def _ladder_parts(self, x: Tensor, k: int, posterior=None) -> tuple[Tensor, Tensor]:
         """Top-down inference (Sønderby et al. 2016): the bottom-up pass gives (μ̂₁, σ̂₁²) and,

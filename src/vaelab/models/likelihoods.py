@@ -92,6 +92,25 @@ def _sigmoid_mean(logits: Tensor, log_sigma: Tensor | None = None) -> Tensor:
     return torch.sigmoid(logits)
 
 
+def _bernoulli_log_prob_k(logits: Tensor, x: Tensor, k: int) -> Tensor:
+    """log p(x_b | z_bj) for k decoder outputs per image, logits (B·k, …) against x (B, …),
+    as (B, k), without repeating x k times. Binary x (the likelihood evaluation's case):
+    Σ log σ(s·ℓ) with s = 2x − 1, one pass over the logits instead of softplus, product and
+    difference; grey values: Σ x·ℓ as a batched matrix product, minus Σ softplus(ℓ)."""
+    b = x.shape[0]
+    t = x.reshape(b, 1, -1).to(logits.dtype)  # (B, 1, D)
+    ell = logits.reshape(b, k, -1)  # (B·k, …) -> (B, k, D)
+    if bool(((t == 0) | (t == 1)).all()):
+        return F.logsigmoid(ell * (2 * t - 1)).sum(dim=2)  # (B, k, D) -> (B, k)
+    return torch.bmm(ell, t.transpose(1, 2)).squeeze(2) - F.softplus(ell).sum(dim=2)
+
+
+LOG_PROB_K: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
+    "bernoulli": _bernoulli_log_prob_k,
+}
+"""Likelihoods with their own k-draws-per-image form (the others repeat x k times)."""
+
+
 # name -> (log p(x | z) per example, the decoded image E[x | z] in [0, 1])
 LIKELIHOODS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
     "bernoulli": (bernoulli_log_prob, _sigmoid_mean),
@@ -119,6 +138,15 @@ class Likelihood:
     @property
     def mean(self) -> Callable[..., Tensor]:
         return LIKELIHOODS[self.name][1]
+
+    def log_prob_k(self, logits: Tensor, x: Tensor, k: int, log_sigma: Tensor | None = None):
+        """log p(x_b | z_bj) for k decoder outputs per image: ``logits`` (B·k, …) are image
+        b's draws j = 0 … k−1 in order, ``x`` is (B, …); returns (B, k)."""
+        b = x.shape[0]
+        if self.name in LOG_PROB_K:
+            return LOG_PROB_K[self.name](logits, x, k)
+        xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
+        return self.log_prob(logits, xk, log_sigma).reshape(b, k)
 
 
 SIGMA_LIKELIHOODS = ("gaussian", "gaussian_identity")

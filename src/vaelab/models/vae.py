@@ -167,9 +167,8 @@ class VAE(LatentModel):
         log_p = self.prior.log_prob(z)  # (B, k)
         ck = None if c is None else c.repeat_interleave(k, dim=0)  # (B·k, D)
         logits = self._decoder(z.reshape(b * k, zdim), ck)  # (B·k, Z) -> (B·k, C, H, W)
-        xk = x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
-        log_px = self.log_px(logits, xk).reshape(b, k)  # (B, k)
-        return log_px + log_p - log_q
+        log_px = likelihood(self.likelihood).log_prob_k(widened(logits), x, k, self.sigma_in_use())
+        return log_px + log_p - log_q  # (B, k)
 
     def iwae_bound(self, x: torch.Tensor, k: int, c: torch.Tensor | None = None) -> torch.Tensor:
         """log (1/k) Σ_i w_i, the k-sample importance-weighted bound (k = 1: the ELBO), (B,)."""

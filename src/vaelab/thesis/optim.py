@@ -243,35 +243,41 @@ class _MomentOptimizer(Optimizer):
         loss = _closure_loss(closure)
         for group in self.param_groups:
             params, grads, states = _gather(self, group, self._state_keys)
-            if not params:
-                continue
-            t = group["step"] = group["step"] + 1
-            beta1, beta2 = group["betas"]
-            lam = group["beta1_decay"]
-            beta1_t = beta1 * lam ** (t - 1)  # β1t = β1 λ^(t−1)
-            alpha_t = group["lr"] * LR_SCHEDULES[group["lr_schedule"]](t)
-            ms, vs = states[0], states[1]
-
-            torch._foreach_lerp_(ms, grads, 1 - beta1_t)  # m_t = β1t m_{t−1} + (1 − β1t) g_t
-            torch._foreach_mul_(vs, beta2)  # v_t = β2 v_{t−1} + (1 − β2) g_t²
-            torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
-            if self._amsgrad:
-                vhats = states[2]
-                torch._foreach_maximum_(vhats, vs)  # v̂_t = max(v̂_{t−1}, v_t)
-                denom = torch._foreach_sqrt(vhats)
-            else:
-                denom = torch._foreach_sqrt(vs)
-            if group["bias_correction"]:
-                # m̂ = m / (1 − Π_{s≤t} β1s), Π β1s = β1^t λ^(t(t−1)/2); v̂ = v / (1 − β2^t)
-                bc1 = 1 - beta1**t * lam ** (t * (t - 1) / 2)
-                bc2 = 1 - beta2**t
-                torch._foreach_div_(denom, bc2**0.5)
-                step_size = alpha_t / bc1
-            else:
-                step_size = alpha_t
-            _descend(params, ms, denom, group["eps"], step_size)  # θ −= α_t m / (√v + ε)
-            _project(params, group["bounds"])
+            if params:
+                group["step"] += 1
+                self._group_step(group, params, grads, states)
         return loss
+
+    def _group_step(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list
+    ) -> None:
+        """Step t = ``group["step"]`` of one group's parameters (Algorithms 1 and 3)."""
+        t = group["step"]
+        beta1, beta2 = group["betas"]
+        lam = group["beta1_decay"]
+        beta1_t = beta1 * lam ** (t - 1)  # β1t = β1 λ^(t−1)
+        alpha_t = group["lr"] * LR_SCHEDULES[group["lr_schedule"]](t)
+        ms, vs = states[0], states[1]
+
+        torch._foreach_lerp_(ms, grads, 1 - beta1_t)  # m_t = β1t m_{t−1} + (1 − β1t) g_t
+        torch._foreach_mul_(vs, beta2)  # v_t = β2 v_{t−1} + (1 − β2) g_t²
+        torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
+        if self._amsgrad:
+            vhats = states[2]
+            torch._foreach_maximum_(vhats, vs)  # v̂_t = max(v̂_{t−1}, v_t)
+            denom = torch._foreach_sqrt(vhats)
+        else:
+            denom = torch._foreach_sqrt(vs)
+        if group["bias_correction"]:
+            # m̂ = m / (1 − Π_{s≤t} β1s), Π β1s = β1^t λ^(t(t−1)/2); v̂ = v / (1 − β2^t)
+            bc1 = 1 - beta1**t * lam ** (t * (t - 1) / 2)
+            bc2 = 1 - beta2**t
+            torch._foreach_div_(denom, bc2**0.5)
+            step_size = alpha_t / bc1
+        else:
+            step_size = alpha_t
+        _descend(params, ms, denom, group["eps"], step_size)  # θ −= α_t m / (√v + ε)
+        _project(params, group["bounds"])
 
 
 class Adam(_MomentOptimizer):

@@ -226,6 +226,19 @@ def samples_figure(panels: Panels, out: str | Path, cache=None, n: int = 64, see
                          f"{title}: {n} samples from the prior", out)  # fmt: skip
 
 
+def rows_figure(rows: Sequence[tuple[str, torch.Tensor]], title: str, out: str | Path) -> Path:
+    """One row of images (N, C, H, W) per source, labelled with its name on the left."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8.0, 0.85 * len(rows) + 0.5), squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows, strict=True):
+        _show(ax, make_grid(images, nrow=len(images), padding=1))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+        ax.yaxis.set_label_coords(-0.01, 0.5)  # right-aligned beside the row
+    axes[0, 0].set_title(title, fontsize=10)
+    return _save(fig, out)
+
+
 def quantile_codes(n: int) -> torch.Tensor:
     """(n², 2) codes of the manifold grid, row by row: the 2.5 %…97.5 % quantiles of
     N(0, 1), z_1 from low to high along a row and z_2 from high to low down the rows (so
