@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -387,23 +386,10 @@ def peer_section(train, test, quick: bool) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine() -> str:
-    from vaelab.device import cpu_flags
+    from vaelab.device import machine
 
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma")))
-    return (f"{cpu_model()} ({platform.machine()}, flags {' '.join(flags) or 'none of avx/amx'}), "
-            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    return f"{machine()} ({platform.machine()})"
 
 
 def main() -> None:

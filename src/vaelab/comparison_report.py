@@ -5,7 +5,6 @@ reduced to mean ± standard deviation, the markdown table ``models.md``, every n
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from vaelab.comparison import BASE, FAMILIES, Judge, Preset, epochs_of
-from vaelab.device import cpu_flags
+from vaelab.device import machine
 from vaelab.files import atomic_write
 from vaelab.generate import generate, load_generator
 from vaelab.train.loop import hms
@@ -80,21 +79,6 @@ COLUMNS = [
     Column("one-class AUROC (%)", _auroc),
 ]  # fmt: skip
 """The table's columns after the family's name, in order."""
-
-
-def machine() -> str:
-    """CPU model, cores and threads, torch version: what every timing is named with."""
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            name = next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name
-            )
-    except OSError:
-        pass
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    return (f"{name} ({', '.join(flags) or 'no AVX flags listed'}), {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")  # fmt: skip
 
 
 def write_report(out: Path, preset: str, p: Preset, epochs: int | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from collections.abc import Iterator
 
 import torch
@@ -67,6 +68,28 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it, else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """CPU model and the flags speed depends on, cores, torch threads and version: what every
+    timing is named with."""
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"})
+    return (
+        f"{cpu_model()} ({', '.join(flags) or 'no AVX flags listed'}), {os.cpu_count()} "
+        f"cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
 
 
 def native_bf16(device: torch.device) -> bool:

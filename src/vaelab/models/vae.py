@@ -125,6 +125,10 @@ class VAE(LatentModel):
         """log p(x | z) for decoder outputs ``logits``, (B,)."""
         return likelihood(self.likelihood).log_prob(widened(logits), x, self.sigma_in_use())
 
+    def log_px_k(self, logits: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log p(x_b | z_bj) for k decoder outputs per image, logits (B·k, …), x (B, …): (B, k)."""
+        return likelihood(self.likelihood).log_prob_k(widened(logits), x, k, self.sigma_in_use())
+
     def sigma_in_use(self) -> torch.Tensor:
         """log σ of the Gaussian likelihood. A learned σ over [0, 1] images ("gaussian") is
         floored at one grey level (SIGMA_MIN = 1/255): a pixel that is blank in every image
@@ -167,8 +171,7 @@ class VAE(LatentModel):
         log_p = self.prior.log_prob(z)  # (B, k)
         ck = None if c is None else c.repeat_interleave(k, dim=0)  # (B·k, D)
         logits = self._decoder(z.reshape(b * k, zdim), ck)  # (B·k, Z) -> (B·k, C, H, W)
-        log_px = likelihood(self.likelihood).log_prob_k(widened(logits), x, k, self.sigma_in_use())
-        return log_px + log_p - log_q  # (B, k)
+        return self.log_px_k(logits, x, k) + log_p - log_q  # (B, k)
 
     def iwae_bound(self, x: torch.Tensor, k: int, c: torch.Tensor | None = None) -> torch.Tensor:
         """log (1/k) Σ_i w_i, the k-sample importance-weighted bound (k = 1: the ELBO), (B,)."""
