@@ -74,6 +74,68 @@ def test_vamp_prior_is_the_mean_of_the_pseudo_inputs_posteriors():
     assert model.prior.pseudo.grad is not None and model.prior.pseudo.grad.abs().sum() > 0
 
 
+def test_vamp_mixture_is_computed_once_per_evaluation_and_afresh_after_a_step():
+    """Inside ``evaluating`` the pseudo-inputs' posteriors are computed once and give a
+    fresh pass's numbers; after the block an optimizer step (our fused Adam, which leaves
+    torch's version counters alone) is seen, and with autograd on nothing is kept."""
+    from vaelab.eval.common import evaluating
+    from vaelab.train.optimizers import KernelAdam
+
+    torch.manual_seed(0)
+    model = vae("model.prior.kind=vamp", "model.prior.components=6")
+    z = torch.randn(5, 3)
+
+    def fresh():
+        with torch.enable_grad():
+            return model.prior.log_prob(z).detach()
+
+    with evaluating(model), torch.no_grad():
+        first = model.prior.log_prob(z)
+        assert model.prior.mixture()[0] is model.prior.mixture()[0]  # kept, not recomputed
+        torch.testing.assert_close(first, fresh(), rtol=0, atol=0)
+    assert model.prior.mixture()[0] is not model.prior.mixture()[0]  # autograd on: fresh
+    opt = KernelAdam(model.parameters(), lr=0.05)
+    model.terms(torch.rand(4, 1, 6, 6).round())["loss"].mean().backward()
+    opt.step()
+    with evaluating(model), torch.no_grad():
+        stepped = model.prior.log_prob(z)
+        torch.testing.assert_close(stepped, fresh(), rtol=0, atol=0)
+    assert not torch.equal(stepped, first)
+    with torch.no_grad():  # outside an evaluation: nothing kept
+        assert model.prior.mixture()[0] is not model.prior.mixture()[0]
+
+
+def test_vamp_pseudo_inputs_pass_stays_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = vae("model.prior.kind=vamp", "model.prior.components=6")
+    plain = model.prior.mixture()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.prior.mixture()
+        rounded = model.posterior(model.prior.pseudo_inputs()).mu  # the encoder elsewhere
+    assert not torch.equal(rounded, plain[0])  # bf16 matmuls do change the means
+    torch.testing.assert_close(mixed, plain, rtol=0, atol=0)
+
+
+def test_kl_warmup_weights_the_kl_by_epoch_and_is_refused_with_iwae():
+    torch.manual_seed(0)
+    model = vae("model.prior.kind=vamp", "model.prior.components=4", "model.beta=2.0",
+                "model.warmup=4")  # fmt: skip
+    x = torch.rand(6, 1, 6, 6).round()
+    for epoch, weight in [(0, 0.0), (1, 0.5), (2, 1.0), (3, 1.5), (4, 2.0), (9, 2.0)]:
+        model.begin_epoch(epoch, 10)
+        torch.manual_seed(1)
+        terms = model.terms(x)
+        torch.manual_seed(1)
+        rec, kl = model.elbo_terms(x)
+        torch.testing.assert_close(terms["loss"], rec + weight * kl, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="model.warmup = 5 ramps the KL term"):
+        vae("model.warmup=5", "model.k=5")
+    with pytest.raises(ConfigError, match="model.warmup"):
+        vae("model.warmup=-1")
+    with pytest.raises(ConfigError, match="model.warmup needs model.kind = 'vae'"):
+        build_model(load_config(None, ["model.kind=rae", "model.warmup=3"]).model, "bce")
+
+
 def test_mixture_priors_refuse_what_they_cannot_do():
     with pytest.raises(ConfigError, match="needs an unconditional VAE"):
         vae("model.prior.kind=vamp", "model.conditional=true", "model.classes=['a','b']")
@@ -90,7 +152,8 @@ CONFIG = str(Path(__file__).parents[1] / "configs" / "mnist_vae.toml")
 def test_a_vae_with_a_learned_prior_trains_resumes_evaluates_and_samples(
     prior, mnist_cache, tmp_path, capsys
 ):
-    sets = [*TINY_MNIST, f"model.prior.kind={prior}", "model.prior.components=8"]
+    # resumed mid-warm-up: KL weight 0 in epoch 1, β/3 in epoch 2
+    sets = [*TINY_MNIST, f"model.prior.kind={prior}", "model.prior.components=8", "model.warmup=3"]
     run = str(trained_resumed_alike(CONFIG, sets, tmp_path, mnist_cache))
     cache = ["--cache", str(mnist_cache)]
     capsys.readouterr()

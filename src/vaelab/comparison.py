@@ -54,7 +54,7 @@ FAMILIES: dict[str, Family] = {
     "beta-vae": Family("β-VAE (β = 4)", ('model.kind="vae"', "model.beta=4.0")),
     "iwae": Family("IWAE (k = 5)", ('model.kind="vae"', "model.k=5")),
     "cvae": Family("CVAE (β = 2)", ('model.kind="vae"', "model.conditional=true", "model.beta=2.0")),  # as configs/mnist_cvae.toml
-    "vamp": Family("VampPrior (500)", ('model.kind="vae"', 'model.prior.kind="vamp"', "model.prior.components=500")),
+    "vamp": Family("VampPrior (500)", ('model.kind="vae"', 'model.prior.kind="vamp"', "model.prior.components=500", "model.warmup=10")),
     "iaf": Family("IAF (2 steps)", ('model.kind="vae"', 'model.posterior.kind="iaf"', "model.posterior.flows=2", "model.posterior.hidden=320")),
     "rae": Family("RAE-L2 + mixture (10)", ('model.kind="rae"', "model.beta=1e-4", 'model.decoder_penalty="l2"', "model.penalty_weight=1e-7", "model.expost.components=10")),
     "wae": Family("WAE-MMD (λ = 10)", ('model.kind="wae"', "model.beta=10.0")),

@@ -81,6 +81,9 @@ class ModelConfig:
     rae: ½‖z‖²; wae: the MMD to the prior"""
     k: int = 1
     """vae: importance samples in the training objective (1 = ELBO, k > 1 = IWAE bound)"""
+    warmup: int = 0
+    """vae: epochs over which the KL's weight rises linearly from 0 to β (KL warm-up, Bowman
+    et al. 2016, Sønderby et al. 2016; Tomczak & Welling 2018 use 100); 0 = none; k = 1 only"""
     top_widths: list[int] = field(default_factory=lambda: [100, 100])
     """vae2: hidden widths between the two stochastic layers (z₁ -> z₂ never growing)"""
     top_bottleneck: int = 50
@@ -264,6 +267,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.channels": _POSITIVE_LIST,
     "model.bottleneck": _at_least(1),
     "model.k": _at_least(1),
+    "model.warmup": _at_least(0),
     "model.top_widths": _POSITIVE_LIST,
     "model.top_bottleneck": _at_least(1),
     "model.codebook": _at_least(2),

@@ -15,11 +15,16 @@ from vaelab.device import seeded
 @contextlib.contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[None]:
     """The block runs with ``model`` in eval mode; its train/eval mode comes back after,
-    also after an error."""
+    also after an error. Parts that can keep work while the weights stay fixed (a
+    ``held()`` context, e.g. the VampPrior's pass over its pseudo-inputs) are held."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            for part in model.modules():
+                if callable(getattr(part, "held", None)):
+                    stack.enter_context(part.held())
+            yield
     finally:
         model.train(was_training)
 

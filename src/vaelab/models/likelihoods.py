@@ -100,7 +100,9 @@ def _bernoulli_log_prob_k(logits: Tensor, x: Tensor, k: int) -> Tensor:
     b = x.shape[0]
     t = x.reshape(b, 1, -1).to(logits.dtype)  # (B, 1, D)
     ell = logits.reshape(b, k, -1)  # (B·k, …) -> (B, k, D)
-    if bool(((t == 0) | (t == 1)).all()):
+    # a traced graph (torch.compile) takes the general form, exact for binary x too: the
+    # check reads a value, which would break the graph at every step
+    if not torch.compiler.is_compiling() and bool(((t == 0) | (t == 1)).all()):
         return F.logsigmoid(ell * (2 * t - 1)).sum(dim=2)  # (B, k, D) -> (B, k)
     return torch.bmm(ell, t.transpose(1, 2)).squeeze(2) - F.softplus(ell).sum(dim=2)
 

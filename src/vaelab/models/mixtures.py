@@ -15,6 +15,8 @@ parameters are the model's own (in ``model.safetensors``), trained with it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -97,7 +99,10 @@ class MixturePrior(GaussianMixture):
 class VampPrior(GaussianMixture):
     """p(z) = (1/K) Σ_k q(z | u_k): the model's own posterior at K learned pseudo-inputs
     u_k (images in [0, 1] through a hardtanh, initialised near 0.05 as in the paper). It
-    needs the model's encoder: :meth:`bind` is called by the VAE that owns it."""
+    needs the model's encoder: :meth:`bind` is called by the VAE that owns it.
+
+    The pass over the pseudo-inputs runs in fp32 under bf16 autocast, so that the mixture's
+    means are not bf16-rounded (docs/families.md: the VampPrior's slow start)."""
 
     title = "VampPrior's"
 
@@ -108,6 +113,7 @@ class VampPrior(GaussianMixture):
         self.dim, self.components = dim, options.components
         self.pseudo: nn.Parameter | None = None
         self._posterior = None
+        self._held: dict | None = None  # autocast on/off -> mixture, inside held()
 
     def bind(self, model, image_shape: tuple[int, ...]) -> None:
         """Take ``model.posterior`` as q and create the pseudo-inputs (K, C, H, W)."""
@@ -124,11 +130,42 @@ class VampPrior(GaussianMixture):
         return F.hardtanh(self.pseudo, 0.0, 1.0)
 
     def mixture(self):
+        """Inside :meth:`held` and without autograd (an evaluation) the encoder's pass over
+        the K pseudo-inputs is made once: an evaluation asks for the mixture once per chunk
+        of draws, and K = 500 pseudo-inputs cost five batches of encoder work each time."""
         if self._posterior is None:
             raise ConfigError("this VampPrior is not bound to a model")
-        q = self._posterior(self.pseudo_inputs())  # (K, C, H, W) -> q with (K, Z) each
+        if self._held is None or torch.is_grad_enabled():
+            return self._mixture()
+        key = _autocast_on(self.pseudo.device.type)
+        if key not in self._held:
+            self._held[key] = self._mixture()
+        return self._held[key]
+
+    def _mixture(self):
+        with torch.autocast(self.pseudo.device.type, enabled=False):  # see the class's docs
+            q = self._posterior(self.pseudo_inputs())  # (K, C, H, W) -> q with (K, Z) each
         log_pi = torch.full((self.components,), -math.log(self.components), device=q.mu.device)
         return q.mu, q.logvar, log_pi
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """A block in which the weights do not change (``vaelab.eval.common.evaluating``
+        enters it): the mixture is computed once in it. Optimizer steps cannot be seen from
+        here (torch's fused Adam does not advance tensors' version counters), so the block,
+        not a check of the weights, says when the kept mixture is valid."""
+        object.__setattr__(self, "_held", {})
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_held", None)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)  # torch >= 2.4
+    except TypeError:
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 register_part("prior", "mog", MixtureOptions)

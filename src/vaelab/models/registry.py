@@ -108,8 +108,8 @@ def reads_labels(cfg: ModelConfig) -> bool:
 
 register_family("ae", ae.build, keys=("expost",))
 register_family("vae", vae.build, check=vae.check, labels=lambda cfg: cfg.conditional,
-                keys=("likelihood", "beta", "k", "sigma", "learn_sigma", "conditional", "prior",
-                      "posterior"))  # fmt: skip
+                keys=("likelihood", "beta", "k", "warmup", "sigma", "learn_sigma", "conditional",
+                      "prior", "posterior"))  # fmt: skip
 register_family("rae", regularised.build_rae, fusable=False,  # gp: autograd.grad inside
                 keys=("beta", "expost", "decoder_penalty", "penalty_weight"))  # fmt: skip
 register_family("wae", regularised.build_wae, keys=("beta", "expost"))

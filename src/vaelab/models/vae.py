@@ -22,13 +22,17 @@ SIGMA_MIN = 1 / 255
 """The smallest learned σ of a Gaussian likelihood on [0, 1] images: one grey level."""
 
 
-def check_beta(beta: float, k: int) -> None:
-    """β ≠ 1 with k > 1 is a ConfigError: the IWAE bound has no KL term to weight."""
+def check_beta(beta: float, k: int, warmup: int = 0) -> None:
+    """β ≠ 1 or a KL warm-up with k > 1 is a ConfigError: the IWAE bound has no KL term to
+    weight."""
     if beta != 1 and k > 1:  # it would be silently ignored
         raise ConfigError(
             f"model.beta = {beta} weights the KL term of the ELBO (k = 1); the IWAE bound "
             f"(model.k = {k}) has no β: set one of them to 1"
         )
+    if warmup and k > 1:
+        raise ConfigError(f"model.warmup = {warmup} ramps the KL term of the ELBO (k = 1); the "
+                          f"IWAE bound (model.k = {k}) has none: set model.warmup = 0")  # fmt: skip
 
 
 class VAE(LatentModel):
@@ -61,6 +65,7 @@ class VAE(LatentModel):
         cond_mode: str = "flat",
         prior: nn.Module | None = None,
         posterior: nn.Module | None = None,
+        warmup: int = 0,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -69,9 +74,10 @@ class VAE(LatentModel):
             )
         if k < 1:
             raise ConfigError(f"the number of importance samples k must be >= 1, got {k}")
-        check_beta(beta, k)
+        check_beta(beta, k, warmup)
         self.encoder, self.decoder, self.latent_dim = encoder, decoder, latent_dim
         self.likelihood, self.beta, self.k = likelihood, beta, k
+        self.full_beta, self.warmup = beta, warmup  # β after the warm-up (and when not training)
         self.prior = NormalPrior(latent_dim) if prior is None else prior
         self.q = GaussianPosterior() if posterior is None else posterior
         log_sigma = torch.full(tuple(image_shape or ()) if learn_sigma else (), math.log(sigma))
@@ -173,6 +179,13 @@ class VAE(LatentModel):
         logits = self._decoder(z.reshape(b * k, zdim), ck)  # (B·k, Z) -> (B·k, C, H, W)
         return self.log_px_k(logits, x, k) + log_p - log_q  # (B, k)
 
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """The training loop's call before each epoch (0-based): the KL warm-up's weight
+        β·min(1, epoch/warmup), 0 in the first epoch. The per-epoch test loss follows it; ``vaelab eval``
+        reports the ELBO itself."""
+        ramp = min(1.0, epoch / self.warmup) if self.warmup else 1.0
+        self.beta = self.full_beta * ramp
+
     def iwae_bound(self, x: torch.Tensor, k: int, c: torch.Tensor | None = None) -> torch.Tensor:
         """log (1/k) Σ_i w_i, the k-sample importance-weighted bound (k = 1: the ELBO), (B,)."""
         return torch.logsumexp(self.log_weights(x, k, c=c), dim=1) - math.log(k)
@@ -216,12 +229,13 @@ def build(cfg, loss: str) -> VAE:
         cond_mode,
         prior,
         posterior,
+        cfg.warmup,
     )
 
 
 def check(cfg) -> None:
     """The VAE's own rules: β only with k = 1, σ only under a likelihood that has one."""
-    check_beta(cfg.beta, cfg.k)
+    check_beta(cfg.beta, cfg.k, cfg.warmup)
     default = type(cfg)()
     if cfg.likelihood not in SIGMA_LIKELIHOODS and (
         sigma := [k for k in ("sigma", "learn_sigma") if getattr(cfg, k) != getattr(default, k)]
