@@ -627,6 +627,12 @@ def test_log_prob_of_k_draws_per_image_against_torch_distributions(name, binary)
     got = lik.log_prob_k(logits, x, k, log_sigma)  # (B, k)
     xk = x.repeat_interleave(k, dim=0)
     torch.testing.assert_close(got, lik.log_prob(logits, xk, log_sigma).reshape(b, k))
+    if name == "bernoulli":  # its own k-draw form: bf16 logits are summed in x's fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = lik.log_prob_k(logits.bfloat16(), x, k, log_sigma)
+        assert rounded.dtype == torch.float32
+        exact = lik.log_prob(logits.bfloat16().float(), xk, log_sigma).reshape(b, k)
+        torch.testing.assert_close(rounded, exact)
     if name == "bernoulli":  # grey values: the cross-entropy, torch's own
         ref = (Bernoulli(logits=logits).log_prob(xk) if binary else
                -F.binary_cross_entropy_with_logits(logits, xk, reduction="none"))  # fmt: skip

@@ -98,13 +98,19 @@ def _bernoulli_log_prob_k(logits: Tensor, x: Tensor, k: int) -> Tensor:
     Σ log σ(s·ℓ) with s = 2x − 1, one pass over the logits instead of softplus, product and
     difference; grey values: Σ x·ℓ as a batched matrix product, minus Σ softplus(ℓ)."""
     b = x.shape[0]
-    t = x.reshape(b, 1, -1).to(logits.dtype)  # (B, 1, D)
-    ell = logits.reshape(b, k, -1)  # (B·k, …) -> (B, k, D)
+    # in x's precision, as log_prob (the models widen first; a direct call with bf16 logits
+    # would otherwise sum 784 pixels in bf16: 1-2 nats off)
+    dtype = torch.promote_types(logits.dtype, x.dtype)
+    dtype = dtype if dtype.is_floating_point else torch.get_default_dtype()
+    t = x.reshape(b, 1, -1).to(dtype)  # (B, 1, D)
+    ell = logits.reshape(b, k, -1).to(dtype)  # (B·k, …) -> (B, k, D)
     # a traced graph (torch.compile) takes the general form, exact for binary x too: the
     # check reads a value, which would break the graph at every step
     if not torch.compiler.is_compiling() and bool(((t == 0) | (t == 1)).all()):
         return F.logsigmoid(ell * (2 * t - 1)).sum(dim=2)  # (B, k, D) -> (B, k)
-    return torch.bmm(ell, t.transpose(1, 2)).squeeze(2) - F.softplus(ell).sum(dim=2)
+    with torch.autocast(ell.device.type, enabled=False):  # bmm would run in bf16
+        xl = torch.bmm(ell, t.transpose(1, 2)).squeeze(2)  # Σ x·ℓ, (B, k)
+    return xl - F.softplus(ell).sum(dim=2)
 
 
 LOG_PROB_K: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
