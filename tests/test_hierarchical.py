@@ -147,3 +147,17 @@ def test_the_ladder_trains_and_resumes_bit_for_bit(mnist_cache, tmp_path):
             "model.top_widths=[16]", "model.top_bottleneck=4", "model.ladder=true"]  # fmt: skip
     run = trained_resumed_alike(CONFIG, sets, tmp_path, mnist_cache)
     assert "ladder = true" in (run / "config.toml").read_text()
+
+
+def test_reconstruction_goes_through_the_bottom_layer_only():
+    model = small()
+    x = torch.bernoulli(torch.full((4, 1, 6, 6), 0.3, dtype=torch.float64))
+    mu1 = model.q1(x.flatten(1)).chunk(2, -1)[0]  # the mean of q(z₁ | x), by hand
+    want = torch.sigmoid(model.px(mu1)).reshape(4, 1, 6, 6)
+    before = model.reconstruct(x)
+    torch.testing.assert_close(before, want)
+    with torch.no_grad():  # the top layer's networks play no part in it
+        for p in [*model.q2.parameters(), *model.p1.parameters()]:
+            p.add_(1.0)
+    torch.testing.assert_close(model.reconstruct(x), before, rtol=0, atol=0)
+    assert not torch.equal(model.decode(model.encode(x)), before)

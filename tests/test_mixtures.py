@@ -128,6 +128,10 @@ def test_kl_warmup_weights_the_kl_by_epoch_and_is_refused_with_iwae():
         torch.manual_seed(1)
         rec, kl = model.elbo_terms(x)
         torch.testing.assert_close(terms["loss"], rec + weight * kl, rtol=0, atol=0)
+        model.eval()  # the test loss that keep_best compares across epochs: always the full β
+        torch.manual_seed(1)
+        torch.testing.assert_close(model.terms(x)["loss"], rec + 2.0 * kl, rtol=0, atol=0)
+        model.train()
     with pytest.raises(ConfigError, match="model.warmup = 5 ramps the KL term"):
         vae("model.warmup=5", "model.k=5")
     with pytest.raises(ConfigError, match="model.warmup"):

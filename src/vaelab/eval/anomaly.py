@@ -45,7 +45,7 @@ class Score:
 def _recon(model, x, c, memo: dict):
     """The reconstruction of batch x (B, C, H, W), computed once for all kinds that use it."""
     if "recon" not in memo:
-        memo["recon"] = model.decode(model.encode(x, c), c).clamp(1e-6, 1 - 1e-6)
+        memo["recon"] = model.reconstruct(x, c).clamp(1e-6, 1 - 1e-6)
     return memo["recon"]
 
 

@@ -102,7 +102,7 @@ def evaluate_vae(
             mus.append(mu.cpu().double())
             sums["elbo"] += float(model.elbo(x, c=c).cpu().double().sum())
             lls.append(log_likelihood(model, x, k, c, max_rows))  # (B,) float64
-            sums["mse"] += _sum_mse_per_pixel(model.decode(mu, c), x)
+            sums["mse"] += _sum_mse_per_pixel(model.reconstruct(x, c), x)  # the model's own
             bar.update(len(x))
         bar.close()
     mu = torch.cat(mus)  # (N, Z)

@@ -79,6 +79,11 @@ class TwoLayerVAE(LatentModel):
         ladder: of q(z₂ | x), the same network on the bottom-up mean), (B, Z₂)."""
         return _gaussian(widened(self.q2(self.posterior(x).mu))).mu
 
+    def reconstruct(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """E[x | z₁ = the mean of q(z₁ | x)]: through the bottom layer, which holds what the
+        top one drops (decode(encode(x)) goes through z₂ and p(z₁ | z₂)), (B, C, H, W)."""
+        return self._mean_x(self.posterior(x).mu)
+
     def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
         """E[x | z₁ = the mean of p(z₁ | z₂ = z)] in [0, 1], (B, C, H, W)."""
         z1 = _gaussian(self.p1(z)).mu  # (B, Z₂) -> (B, Z₁)

@@ -181,8 +181,9 @@ class VAE(LatentModel):
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """The training loop's call before each epoch (0-based): the KL warm-up's weight
-        β·min(1, epoch/warmup), 0 in the first epoch. The per-epoch test loss follows it; ``vaelab eval``
-        reports the ELBO itself."""
+        β·min(1, epoch/warmup), 0 in the first epoch. Training only: in eval mode (the per-epoch
+        test loss, which ``train.keep_best`` and early stopping compare across epochs) the loss
+        weighs the KL by the full β."""
         ramp = min(1.0, epoch / self.warmup) if self.warmup else 1.0
         self.beta = self.full_beta * ramp
 
@@ -197,7 +198,8 @@ class VAE(LatentModel):
         if self.k > 1:
             return {"loss": -self.iwae_bound(x, self.k, c)}
         reconstruction, kl = self.elbo_terms(x, c)
-        return {"loss": reconstruction + self.beta * kl, "reconstruction": reconstruction,
+        beta = self.beta if self.training else self.full_beta  # the warm-up's weight trains only
+        return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction,
                 "kl": kl}  # fmt: skip
 
 
