@@ -228,7 +228,10 @@ def samples_figure(panels: Panels, out: str | Path, cache=None, n: int = 64, see
 
 def rows_figure(rows: Sequence[tuple[str, torch.Tensor]], title: str, out: str | Path) -> Path:
     """One row of images (N, C, H, W) per source, labelled with its name on the left."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(8.0, 0.85 * len(rows) + 0.5), squeeze=False)
+    label = 0.07 * max(len(name) for name, _ in rows) + 0.2  # inches for the names at 9 pt
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8.0 + label, 0.85 * len(rows) + 0.5),
+                             squeeze=False)  # fmt: skip
+    fig.subplots_adjust(left=label / (8.0 + label), right=0.98)  # the names stay inside
     for ax, (name, images) in zip(axes[:, 0], rows, strict=True):
         _show(ax, make_grid(images, nrow=len(images), padding=1))
         ax.set_xticks([])
