@@ -57,7 +57,7 @@ FAMILIES: dict[str, Family] = {
     "vamp": Family("VampPrior (500)", ('model.kind="vae"', 'model.prior.kind="vamp"', "model.prior.components=500", "model.warmup=10")),
     "iaf": Family("IAF (2 steps)", ('model.kind="vae"', 'model.posterior.kind="iaf"', "model.posterior.flows=2", "model.posterior.hidden=320")),
     "rae": Family("RAE-L2 + mixture (10)", ('model.kind="rae"', "model.beta=1e-4", 'model.decoder_penalty="l2"', "model.penalty_weight=1e-7", "model.expost.components=10")),
-    "wae": Family("WAE-MMD (λ = 10)", ('model.kind="wae"', "model.beta=10.0")),
+    "wae": Family("WAE-MMD (λ = 100)", ('model.kind="wae"', "model.beta=100.0")),  # as configs/mnist_wae.toml
     "vq": Family("VQ-VAE + code prior", ('model.kind="vq_vae"', "model.channels=[32, 64]", "model.codebook=256", "model.ema=true", 'model.code_prior.kind="transformer"')),
     "vae2": Family("two-layer VAE", ('model.kind="vae2"', "model.bottleneck=32", "model.top_widths=[32]", "model.top_bottleneck=16")),
 }
