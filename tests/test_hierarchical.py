@@ -47,6 +47,10 @@ def test_log_weights_against_torch_distributions_with_the_same_draws():
                 + D.Normal(0.0, 1.0).log_prob(z2).sum(-1) - q2.log_prob(z2).sum(-1)).reshape(5, k) \
         - q1.log_prob(z1).sum(-1)  # fmt: skip
     torch.testing.assert_close(got, expected)
+    torch.manual_seed(1)  # the top layer's part of the KL, logged as kl_top
+    top = model._log_parts(x, k)[2]
+    want = (q2.log_prob(z2).sum(-1) - D.Normal(0.0, 1.0).log_prob(z2).sum(-1)).reshape(5, k)
+    torch.testing.assert_close(top, want)
 
 
 def test_zero_networks_give_the_closed_form():
@@ -142,11 +146,36 @@ def test_ladder_log_weights_against_torch_distributions_with_the_same_draws():
     assert elbo < -nll
 
 
-def test_the_ladder_trains_and_resumes_bit_for_bit(mnist_cache, tmp_path):
+def test_the_ladder_with_a_warmup_trains_and_resumes_bit_for_bit(mnist_cache, tmp_path):
+    """Resumed at epoch 1 of a 3-epoch warm-up: the latent part's weight must be 1/3 again."""
     sets = ["data.limit=300", "data.test_limit=100", "model.widths=[64]", "model.bottleneck=16",
-            "model.top_widths=[16]", "model.top_bottleneck=4", "model.ladder=true"]  # fmt: skip
+            "model.top_widths=[16]", "model.top_bottleneck=4", "model.ladder=true",
+            "model.warmup=3"]  # fmt: skip
     run = trained_resumed_alike(CONFIG, sets, tmp_path, mnist_cache)
-    assert "ladder = true" in (run / "config.toml").read_text()
+    text = (run / "config.toml").read_text()
+    assert "ladder = true" in text and "warmup = 3" in text
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_warmup_weighs_the_latent_part_by_epoch_in_training_only(k):
+    model = small(f"model.k={k}", "model.warmup=4")
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.3, dtype=torch.float64))
+    for epoch, beta in [(0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (20, 1.0)]:
+        model.begin_epoch(epoch, 30)
+        for training, weight in [(True, beta), (False, 1.0)]:  # eval: always the full bound
+            model.train(training)
+            torch.manual_seed(2)
+            got = model.terms(x)["loss"]
+            torch.manual_seed(2)
+            log_px, log_latent, _ = model._log_parts(x, k)  # (B, k) each, the same draws
+            want = -(torch.logsumexp(log_px + weight * log_latent, 1) - math.log(k))
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    model.train()
+    model.begin_epoch(0, 30)  # β = 0: the loss is the reconstruction term alone (k = 1)
+    torch.manual_seed(3)
+    terms = model.terms(x)
+    if k == 1:
+        torch.testing.assert_close(terms["loss"], terms["reconstruction"], rtol=0, atol=0)
 
 
 def test_reconstruction_goes_through_the_bottom_layer_only():

@@ -17,7 +17,10 @@ Keys: ``widths``/``bottleneck`` are the bottom layer's (200, 200 → z₁ = 100)
 ``top_widths``/``top_bottleneck`` the top layer's (100, 100 → z₂ = 50); ``k``;
 ``likelihood``; ``ladder`` (top-down inference, Sønderby et al. 2016: q(z₂ | x) from the
 bottom-up pass, then q(z₁ | z₂, x), the precision-weighted product of the bottom-up
-Gaussian and p(z₁ | z₂)).
+Gaussian and p(z₁ | z₂)); ``warmup`` (Sønderby et al.'s KL warm-up: in training, the latent
+part log p(z₁, z₂) − log q(z₁, z₂ | x) of every log weight is weighed by min(1, epoch/warmup),
+so k = 1 trains on reconstruction + β·KL and k > 1 on the IWAE bound of those weights; the
+per-epoch test loss and every evaluation use the full bound).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class TwoLayerVAE(LatentModel):
     """Two stochastic layers z₁ (bottom) and z₂ (top); see the module docstring."""
 
     def __init__(self, image_shape, widths, z1: int, top_widths, z2: int, activation: str,
-                 likelihood_name: str = "bernoulli", k: int = 1, ladder: bool = False):  # fmt: skip
+                 likelihood_name: str = "bernoulli", k: int = 1, ladder: bool = False,
+                 warmup: int = 0):  # fmt: skip
         super().__init__()
         c, h, w = image_shape
         d = c * h * w
@@ -60,6 +64,7 @@ class TwoLayerVAE(LatentModel):
             raise ConfigError(f"the number of importance samples k must be >= 1, got {k}")
         self.image_shape, self.k, self.likelihood = tuple(image_shape), k, likelihood_name
         self.ladder = ladder
+        self.warmup, self.beta = warmup, 1.0  # β: the warm-up's weight of the latent part
         self.latent_dim, self.z1 = z2, z1
         self.prior = NormalPrior(z2)
         self.register_buffer("log_sigma", torch.tensor(math.log(0.1)))
@@ -108,12 +113,13 @@ class TwoLayerVAE(LatentModel):
     # ---- the objectives, per example in nats
     def log_weights(self, x: Tensor, k: int, posterior=None, c: Tensor | None = None) -> Tensor:
         """log w for k draws (z₁, z₂) of the inference network per image, (B, k)."""
-        log_px, log_latent = self._log_parts(x, k, posterior)
+        log_px, log_latent, _ = self._log_parts(x, k, posterior)
         return log_px + log_latent
 
-    def _log_parts(self, x: Tensor, k: int, posterior=None) -> tuple[Tensor, Tensor]:
-        """(log p(x | z₁), log p(z₁ | z₂) + log p(z₂) − log q(z₁ | x) − log q(z₂ | z₁)) for
-        k draws per image, each (B, k) (with the ladder: − log q(z₂ | x) − log q(z₁ | z₂, x))."""
+    def _log_parts(self, x: Tensor, k: int, posterior=None) -> tuple[Tensor, Tensor, Tensor]:
+        """(log p(x | z₁), log p(z₁ | z₂) + log p(z₂) − log q(z₁ | x) − log q(z₂ | z₁), and the
+        top layer's log q(z₂ | z₁) − log p(z₂)) for k draws per image, each (B, k) (with the
+        ladder: q(z₂ | x) and q(z₁ | z₂, x))."""
         if self.ladder:
             return self._ladder_parts(x, k, posterior)
         q1 = self.posterior(x) if posterior is None else posterior
@@ -125,7 +131,8 @@ class TwoLayerVAE(LatentModel):
         p1 = _gaussian(widened(self.p1(z2)))  # p(z₁ | z₂), (B·k, Z₁) each
         log_px, log_p = self._generative(x, k, flat1, z2, p1)
         log_latent = (log_p - log_q2.squeeze(1)).reshape(b, k) - log_q1
-        return log_px.reshape(b, k), log_latent
+        top = (log_q2.squeeze(1) - self.prior.log_prob(z2)).reshape(b, k)
+        return log_px.reshape(b, k), log_latent, top
 
     def _generative(self, x: Tensor, k: int, z1: Tensor, z2: Tensor, p1) -> tuple[Tensor, Tensor]:
         """(log p(x | z₁), log p(z₁ | z₂) + log p(z₂)) of draws z₁ (B·k, Z₁), z₂ (B·k, Z₂) for
@@ -136,7 +143,7 @@ class TwoLayerVAE(LatentModel):
         log_px = likelihood(self.likelihood).log_prob_k(logits, x, k, self.log_sigma)  # (B, k)
         return log_px.reshape(b * k), log_p
 
-    def _ladder_parts(self, x: Tensor, k: int, posterior=None) -> tuple[Tensor, Tensor]:
+    def _ladder_parts(self, x: Tensor, k: int, posterior=None) -> tuple[Tensor, Tensor, Tensor]:
         """Top-down inference (Sønderby et al. 2016): the bottom-up pass gives (μ̂₁, σ̂₁²) and,
         from μ̂₁, q(z₂ | x); z₂ is drawn first, then z₁ from q(z₁ | z₂, x), the precision-weighted
         combination of the bottom-up Gaussian with the generative p(z₁ | z₂)."""
@@ -150,7 +157,8 @@ class TwoLayerVAE(LatentModel):
         z1, log_q1 = q1.rsample_k(1)  # (B·k, 1, Z₁), (B·k, 1)
         log_px, log_p = self._generative(x, k, z1.squeeze(1), flat2, p1)
         log_latent = (log_p - log_q1.squeeze(1)).reshape(b, k) - log_q2
-        return log_px.reshape(b, k), log_latent
+        top = log_q2 - self.prior.log_prob(flat2).reshape(b, k)
+        return log_px.reshape(b, k), log_latent, top
 
     def elbo(self, x: Tensor, beta: float = 1.0, c: Tensor | None = None) -> Tensor:
         """The one-sample ELBO, (B,) (``beta`` must be 1: the bound has no KL to weight)."""
@@ -158,14 +166,25 @@ class TwoLayerVAE(LatentModel):
             raise ConfigError("a two-layer VAE's ELBO has no β")
         return self.log_weights(x, 1)[:, 0]
 
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """The training loop's call before each epoch (0-based): the warm-up's weight
+        β = min(1, epoch/warmup) of the latent part of the bound (0 in the first epoch)."""
+        self.beta = min(1.0, epoch / self.warmup) if self.warmup else 1.0
+
     def terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """k = 1: loss = −ELBO = reconstruction −log p(x | z₁) + kl (the one-sample estimate
-        of KL(q(z₁, z₂ | x) ‖ p(z₁, z₂))); k > 1: the negative IWAE bound. (B,) in nats."""
-        log_px, log_latent = self._log_parts(x, self.k)  # (B, k) each
+        of KL(q(z₁, z₂ | x) ‖ p(z₁, z₂))) and kl_top, its top layer's part log q(z₂ | ·) −
+        log p(z₂) (near 0 when z₂ has collapsed to its prior); k > 1: the negative IWAE
+        bound. (B,) in nats. In training during a warm-up the latent part is weighed by β
+        (k = 1: reconstruction + β·kl)."""
+        log_px, log_latent, top = self._log_parts(x, self.k)  # (B, k) each
+        beta = self.beta if self.training else 1.0  # the warm-up's weight trains only
         if self.k > 1:
-            return {"loss": -(torch.logsumexp(log_px + log_latent, dim=1) - math.log(self.k))}
+            log_w = log_px + (log_latent if beta == 1 else beta * log_latent)  # (B, k)
+            return {"loss": -(torch.logsumexp(log_w, dim=1) - math.log(self.k))}
         reconstruction, kl = -log_px[:, 0], -log_latent[:, 0]
-        return {"loss": reconstruction + kl, "reconstruction": reconstruction, "kl": kl}
+        return {"loss": reconstruction + beta * kl, "reconstruction": reconstruction, "kl": kl,
+                "kl_top": top[:, 0]}  # fmt: skip
 
 
 def precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> DiagonalGaussian:
@@ -180,4 +199,5 @@ def precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> DiagonalGaus
 def build(cfg, loss: str) -> TwoLayerVAE:
     """The two-layer VAE ``cfg`` describes (``loss`` is unused: the objective is the bound)."""
     return TwoLayerVAE(cfg.image_shape, cfg.widths, cfg.bottleneck, cfg.top_widths,
-                       cfg.top_bottleneck, cfg.activation, cfg.likelihood, cfg.k, cfg.ladder)  # fmt: skip
+                       cfg.top_bottleneck, cfg.activation, cfg.likelihood, cfg.k, cfg.ladder,
+                       cfg.warmup)  # fmt: skip

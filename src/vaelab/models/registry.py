@@ -114,7 +114,7 @@ register_family("rae", regularised.build_rae, fusable=False,  # gp: autograd.gra
                 keys=("beta", "expost", "decoder_penalty", "penalty_weight"))  # fmt: skip
 register_family("wae", regularised.build_wae, keys=("beta", "expost"))
 register_family("vae2", hierarchical.build,
-                keys=("likelihood", "k", "top_widths", "top_bottleneck", "ladder"))  # fmt: skip
+                keys=("likelihood", "k", "top_widths", "top_bottleneck", "ladder", "warmup"))  # fmt: skip
 register_family("vq_vae", vq.build, fusable=False, distributable=False,  # codebook: see vq.py
                 labels=lambda cfg: cfg.conditional,
                 keys=("codebook", "commitment", "ema", "code_prior", "conditional"))  # fmt: skip
