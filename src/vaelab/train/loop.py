@@ -1,7 +1,7 @@
 """The training loop: resident-data batches, an optimizer by name, per-example losses
 reduced once, checkpoints that resume bit for bit, stages fitted after the last epoch.
 
-Read :func:`train_runs` top to bottom: set up (:func:`setup_loop`), the first writes
+Read :func:`train_runs` top to bottom: set up (:func:`~vaelab.train.setup.setup_loop`), the first writes
 (:func:`begin`), then per epoch :func:`run_epoch` and :func:`end_of_epoch`. Everything they
 share is one :class:`Loop`; everything written goes through a
 :class:`~vaelab.runs.folder.RunFolder`, so only one process writes files.
@@ -12,20 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from vaelab.config import Config, to_dict
-from vaelab.data.batches import Batches, derive_seed, heldout_batches
-from vaelab.data.dataset import ImageDataset
-from vaelab.device import wide_float
-from vaelab.errors import CheckpointError, ConfigError, VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.eval.common import mean_terms, sum_terms
 from vaelab.runs.folder import RunFolder
 from vaelab.runs.stages import finish_stages, run_stages
@@ -36,23 +31,17 @@ from vaelab.train.distributed import (
     all_sum,
     any_rank,
     broadcast_bytes,
-    check_processes,
-    checkpoint_copy,
     rank_rng_states,
     reduce_terms,
-    restore_rank_rng,
 )
-from vaelab.train.setup import setup_data, setup_model
+from vaelab.train.setup import Loop, Member, setup_loop
 from vaelab.train.signals import deferred_interrupts
 from vaelab.train.state import (
-    Progress,
     check_config,
     checkpoint_state,
     finished,
     read_progress,
-    restore,
 )
-from vaelab.train.step import step_function
 
 
 class TrainingDiverged(VaelabError):
@@ -117,46 +106,6 @@ def _silent(line: str) -> None:
     """The log of ranks other than 0."""
 
 
-@dataclass
-class Member:
-    """One model of a training call and what is its own: config, run folder, optimizer,
-    progress and the epoch of its last checkpoint."""
-
-    cfg: Config
-    run: RunFolder
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    p: Progress
-    saved: int | None = None
-    best: dict[str, torch.Tensor] | None = None  # keep_best: new best weights, not yet saved
-    board: Board | None = None  # train.tensorboard: the run's event writer
-
-
-@dataclass
-class Loop:
-    """What one training call shares across its epochs: the members (one model, or several
-    fused), the data, the step, the loss sums on the device and the clock, and ``dist``,
-    which process this is (rank 0 of 1 unless training runs on several)."""
-
-    cfg: Config  # what all members share: data, model, batches, epochs
-    members: list[Member]
-    batches: Batches
-    train_set: ImageDataset
-    test_batches: Batches
-    step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-    log: Callable[[str], None]
-    progress: bool
-    t0: float  # perf_counter of the run's start (earlier sessions included)
-    start: tuple[float, float]  # (epochs, seconds) where this call began, for the eta
-    sums: torch.Tensor  # (M,) per-member loss sums of the epoch, on the device
-    synced: int = 0  # the step of the last host sync
-    dist: Dist = SINGLE  # this process's place among the training processes
-
-    @property
-    def p(self) -> Progress:
-        return self.members[0].p  # epoch, batch and step are the same for all members
-
-
 def train_runs(
     cfgs: list[Config],
     outs: list[Path],
@@ -195,51 +144,6 @@ def train_runs(
                 m.run.load_weights(m.model, state, m.run.kept_weights(m.cfg, state))
             run_stages(m.run, m.cfg, m.model, cache, log)
     return [r.path for r in runs]
-
-
-def setup_loop(cfgs, runs, resume, cache, progress, log, dist: Dist = SINGLE) -> Loop:
-    """The data resident on the device (shared), the seeded models and optimizers, and for
-    ``resume`` the state of the checkpoints to continue; nothing is written yet. On several
-    processes each rank checks that all hold the same config and data, seeds its own
-    training stream, and takes its share of every batch."""
-    for run in runs:
-        if run.writer and not resume and run.file("state.json").exists():
-            raise CheckpointError(
-                f"{run.path} already holds a run; continue it with `vaelab train --resume {run.path}`, or choose another --out"
-            )
-    cfg = cfgs[0]
-    batches, train_set, test_set = setup_data(cfg, cache, also=cfgs[1:], dist=dist)
-    if dist.on:
-        check_processes(dist, cfg, train_set, test_set, len(cfgs))
-    members = [Member(c, run, *setup_model(c, batches.device), Progress()) for c, run in zip(cfgs, runs, strict=True)]  # fmt: skip
-    if dist.on:  # the same initial weights everywhere, then a training stream per rank
-        torch.manual_seed(derive_seed(cfg.train.seed, f"torch:rank{dist.rank}"))
-    # the test split is binarised once with a fixed seed, the same for every run
-    test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device,
-                                   (dist.rank, dist.world_size))  # fmt: skip
-    if resume:
-        for m in members:
-            source, tmp = checkpoint_copy(dist, m.run)
-            try:
-                m.p = restore(source, m.model, m.optimizer, batches, log)
-                ranks = source.read_state()["rng"].get("ranks")
-            finally:
-                if tmp is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
-            if dist.on or ranks:  # per-rank RNG states back, or a note that they cannot be
-                restore_rank_rng(dist, ranks, batches.device, log, cfg.train.seed, m.p.step)
-            m.saved = m.p.epoch
-    step = step_function([m.model for m in members], [m.optimizer for m in members],
-                         cfg.train.compile, log, cfg.train.precision, dist,
-                         lambda: batches.global_len)  # fmt: skip
-    p = members[0].p
-    if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
-        raise CheckpointError("runs trained together must stand at the same epoch and batch")
-    # where this call began (in epochs, a resumed part-epoch counted in part), for the eta
-    start = (p.epoch + p.batch / len(batches), p.seconds)
-    sums = torch.zeros(len(members), dtype=wide_float(batches.device), device=batches.device)
-    return Loop(cfg, members, batches, train_set, test_batches, step, log, progress,
-                time.perf_counter() - p.seconds, start, sums, p.step, dist)  # fmt: skip
 
 
 def begin(loop: Loop, resume: bool) -> None:

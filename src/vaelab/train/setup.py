@@ -1,23 +1,37 @@
 """What a training call sets up before its first step: the splits (held out by rows, not
-only by name), the resident batches, the seeded model and its optimizer."""
+only by name), the resident batches, the seeded model and its optimizer, and the
+:class:`Loop` that :mod:`vaelab.train.loop` runs (:func:`setup_loop`)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vaelab.config import Config
-from vaelab.data.batches import Batches, derive_seed, load_split
+from vaelab.data.batches import Batches, derive_seed, heldout_batches, load_split
 from vaelab.data.cache import split_rows
 from vaelab.data.dataset import ImageDataset
-from vaelab.device import resolve_device, resolve_precision
-from vaelab.errors import ConfigError, DataError
+from vaelab.device import resolve_device, resolve_precision, wide_float
+from vaelab.errors import CheckpointError, ConfigError, DataError
 from vaelab.models.registry import build_model, reads_labels
-from vaelab.train.distributed import SINGLE, Dist
+from vaelab.runs.folder import RunFolder
+from vaelab.train.board import Board
+from vaelab.train.distributed import (
+    SINGLE,
+    Dist,
+    check_processes,
+    checkpoint_copy,
+    restore_rank_rng,
+)
 from vaelab.train.optimizers import make_optimizer
+from vaelab.train.state import Progress, restore
+from vaelab.train.step import step_function
 
 
 def load_splits(cfg: Config, cache: str | Path | None = None) -> tuple[ImageDataset, ImageDataset]:
@@ -115,3 +129,88 @@ def setup_model(cfg: Config, device: torch.device) -> tuple[torch.nn.Module, tor
     except ValueError as e:
         raise ConfigError(f"train.optimizer: {e}") from e
     return model, optimizer
+
+
+@dataclass
+class Member:
+    """One model of a training call and what is its own: config, run folder, optimizer,
+    progress and the epoch of its last checkpoint."""
+
+    cfg: Config
+    run: RunFolder
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    p: Progress
+    saved: int | None = None
+    best: dict[str, torch.Tensor] | None = None  # keep_best: new best weights, not yet saved
+    board: Board | None = None  # train.tensorboard: the run's event writer
+
+
+@dataclass
+class Loop:
+    """What one training call shares across its epochs: the members (one model, or several
+    fused), the data, the step, the loss sums on the device and the clock, and ``dist``,
+    which process this is (rank 0 of 1 unless training runs on several)."""
+
+    cfg: Config  # what all members share: data, model, batches, epochs
+    members: list[Member]
+    batches: Batches
+    train_set: ImageDataset
+    test_batches: Batches
+    step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    log: Callable[[str], None]
+    progress: bool
+    t0: float  # perf_counter of the run's start (earlier sessions included)
+    start: tuple[float, float]  # (epochs, seconds) where this call began, for the eta
+    sums: torch.Tensor  # (M,) per-member loss sums of the epoch, on the device
+    synced: int = 0  # the step of the last host sync
+    dist: Dist = SINGLE  # this process's place among the training processes
+
+    @property
+    def p(self) -> Progress:
+        return self.members[0].p  # epoch, batch and step are the same for all members
+
+
+def setup_loop(cfgs, runs, resume, cache, progress, log, dist: Dist = SINGLE) -> Loop:
+    """The data resident on the device (shared), the seeded models and optimizers, and for
+    ``resume`` the state of the checkpoints to continue; nothing is written yet. On several
+    processes each rank checks that all hold the same config and data, seeds its own
+    training stream, and takes its share of every batch."""
+    for run in runs:
+        if run.writer and not resume and run.file("state.json").exists():
+            raise CheckpointError(
+                f"{run.path} already holds a run; continue it with `vaelab train --resume {run.path}`, or choose another --out"
+            )
+    cfg = cfgs[0]
+    batches, train_set, test_set = setup_data(cfg, cache, also=cfgs[1:], dist=dist)
+    if dist.on:
+        check_processes(dist, cfg, train_set, test_set, len(cfgs))
+    members = [Member(c, run, *setup_model(c, batches.device), Progress()) for c, run in zip(cfgs, runs, strict=True)]  # fmt: skip
+    if dist.on:  # the same initial weights everywhere, then a training stream per rank
+        torch.manual_seed(derive_seed(cfg.train.seed, f"torch:rank{dist.rank}"))
+    # the test split is binarised once with a fixed seed, the same for every run
+    test_batches = heldout_batches(test_set, cfg.data.binarize, 2048, batches.device,
+                                   (dist.rank, dist.world_size))  # fmt: skip
+    if resume:
+        for m in members:
+            source, tmp = checkpoint_copy(dist, m.run)
+            try:
+                m.p = restore(source, m.model, m.optimizer, batches, log)
+                ranks = source.read_state()["rng"].get("ranks")
+            finally:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            if dist.on or ranks:  # per-rank RNG states back, or a note that they cannot be
+                restore_rank_rng(dist, ranks, batches.device, log, cfg.train.seed, m.p.step)
+            m.saved = m.p.epoch
+    step = step_function([m.model for m in members], [m.optimizer for m in members],
+                         cfg.train.compile, log, cfg.train.precision, dist,
+                         lambda: batches.global_len)  # fmt: skip
+    p = members[0].p
+    if any((m.p.epoch, m.p.batch) != (p.epoch, p.batch) for m in members):
+        raise CheckpointError("runs trained together must stand at the same epoch and batch")
+    # where this call began (in epochs, a resumed part-epoch counted in part), for the eta
+    start = (p.epoch + p.batch / len(batches), p.seconds)
+    sums = torch.zeros(len(members), dtype=wide_float(batches.device), device=batches.device)
+    return Loop(cfg, members, batches, train_set, test_batches, step, log, progress,
+                time.perf_counter() - p.seconds, start, sums, p.step, dist)  # fmt: skip
