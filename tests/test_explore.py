@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from vaelab import cli
+from vaelab.explore import server as explorer_server
 from vaelab.explore.server import BODY_LIMIT, ExplorerServer
 from vaelab.explore.space import grey, load_space
 from vaelab.runs.load import load_run, load_test_batches
@@ -268,7 +270,7 @@ def test_the_default_address_is_this_machine_only():
 def test_the_command_serves_until_a_signal_then_says_it_stopped(run_dir, mnist_cache, host, sig):
     argv = [sys.executable, "-m", "vaelab", "explore", str(run_dir), "--port", "0", "--limit",
             "50", "--cache", str(mnist_cache), *(["--host", host] if host else [])]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # stacks on an abort
     pipe = subprocess.PIPE
     proc = subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=True, env=env)
     watchdog = threading.Timer(120, proc.kill)
@@ -298,6 +300,27 @@ def one_error_line(argv: list[str], capsys) -> str:
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("vaelab: error")]
     assert len(lines) == 1
     return lines[0]
+
+
+def test_closing_waits_for_a_request_being_answered(monkeypatch):
+    """A handler still inside the model when the server closes is waited for (a daemon
+    thread in a torch call at interpreter exit can abort the process)."""
+    started, finished = threading.Event(), threading.Event()
+
+    def slow(space):
+        started.set()
+        time.sleep(0.5)
+        finished.set()
+        return {"ok": True}
+
+    monkeypatch.setitem(explorer_server.GET, "/api/info", slow)
+    server = start(None)
+    asker = threading.Thread(target=Served(server).request, args=("GET", "/api/info"), daemon=True)
+    asker.start()
+    assert started.wait(30)
+    server.shutdown()
+    server.server_close()
+    assert finished.is_set()
 
 
 def test_refusals_before_serving_are_one_line(run_dir, mnist_cache, tmp_path, capsys):

@@ -13,6 +13,9 @@ import json
 import math
 import socket
 import sys
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +30,8 @@ Z_BOUND = 1e3
 """The largest |z_i| (and plane coordinate) a request may give: far beyond any trained code."""
 MAX_STEPS = 16
 """The most images one interpolation decodes."""
+CLOSE_WAIT = 5.0
+"""Seconds :meth:`ExplorerServer.server_close` waits for requests still being answered."""
 BODY_LIMIT = 64 * 1024
 """The largest request body in bytes (more for images above 1,600 pixels: 40 bytes a pixel)."""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -266,13 +271,31 @@ class Handler(BaseHTTPRequestHandler):
 class ExplorerServer(ThreadingHTTPServer):
     """A threading HTTP server holding the latent space its handlers answer from."""
 
-    daemon_threads = True  # a request in progress does not keep the process alive
+    daemon_threads = True  # an idle connection does not keep the process alive
 
     def __init__(self, address: tuple[str, int], space: LatentSpace | None = None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
+        self._handlers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()  # before binding:
+        super().__init__(address, Handler)  # a port in use calls server_close
         self.space = space  # what the handlers answer from: set before serving
+
+    def process_request(self, request, client_address) -> None:
+        """Answer on a daemon thread of its own, remembered so that closing can wait for it."""
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             daemon=True)  # fmt: skip
+        self._handlers.add(t)
+        t.start()
+
+    def server_close(self) -> None:
+        """Stop listening, then wait up to CLOSE_WAIT seconds for requests still being
+        answered: a daemon thread inside a torch call when the interpreter exits would be
+        ended mid-call (CPython stops such threads in place), which can abort the process."""
+        super().server_close()
+        deadline = time.monotonic() + CLOSE_WAIT
+        for t in list(self._handlers):
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address) -> None:
         """A client gone mid-answer is no error; anything else is one line, no traceback."""
