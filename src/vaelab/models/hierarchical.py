@@ -129,15 +129,18 @@ class TwoLayerVAE(LatentModel):
         z2, log_q2 = _gaussian(widened(self.q2(flat1))).rsample_k(1)  # (B·k, 1, Z₂), (B·k, 1)
         z2 = z2.squeeze(1)  # (B·k, Z₂)
         p1 = _gaussian(widened(self.p1(z2)))  # p(z₁ | z₂), (B·k, Z₁) each
-        log_px, log_p = self._generative(x, k, flat1, z2, p1)
+        log_p2 = self.prior.log_prob(z2)  # (B·k,)
+        log_px, log_p = self._generative(x, k, flat1, p1, log_p2)
         log_latent = (log_p - log_q2.squeeze(1)).reshape(b, k) - log_q1
-        top = (log_q2.squeeze(1) - self.prior.log_prob(z2)).reshape(b, k)
+        top = (log_q2.squeeze(1) - log_p2).reshape(b, k)
         return log_px.reshape(b, k), log_latent, top
 
-    def _generative(self, x: Tensor, k: int, z1: Tensor, z2: Tensor, p1) -> tuple[Tensor, Tensor]:
-        """(log p(x | z₁), log p(z₁ | z₂) + log p(z₂)) of draws z₁ (B·k, Z₁), z₂ (B·k, Z₂) for
-        images x (B, C, H, W) repeated k times, each (B·k,); ``p1`` = p(z₁ | z₂)."""
-        log_p = normal_log_prob(z1, p1.mu, p1.logvar) + self.prior.log_prob(z2)  # (B·k,)
+    def _generative(
+        self, x: Tensor, k: int, z1: Tensor, p1, log_p2: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(log p(x | z₁), log p(z₁ | z₂) + log p(z₂)) of draws z₁ (B·k, Z₁) for images x
+        (B, C, H, W) repeated k times, each (B·k,); ``p1`` = p(z₁ | z₂), ``log_p2`` = log p(z₂)."""
+        log_p = normal_log_prob(z1, p1.mu, p1.logvar) + log_p2  # (B·k,)
         b = x.shape[0]
         logits = widened(self.px(z1)).reshape(b * k, *self.image_shape)
         log_px = likelihood(self.likelihood).log_prob_k(logits, x, k, self.log_sigma)  # (B, k)
@@ -155,9 +158,10 @@ class TwoLayerVAE(LatentModel):
         rep = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731  (B, Z₁) -> (B·k, Z₁)
         q1 = precision_weighted(DiagonalGaussian(rep(up.mu), rep(up.logvar)), p1)
         z1, log_q1 = q1.rsample_k(1)  # (B·k, 1, Z₁), (B·k, 1)
-        log_px, log_p = self._generative(x, k, z1.squeeze(1), flat2, p1)
+        log_p2 = self.prior.log_prob(flat2)  # (B·k,)
+        log_px, log_p = self._generative(x, k, z1.squeeze(1), p1, log_p2)
         log_latent = (log_p - log_q1.squeeze(1)).reshape(b, k) - log_q2
-        top = log_q2 - self.prior.log_prob(flat2).reshape(b, k)
+        top = log_q2 - log_p2.reshape(b, k)
         return log_px.reshape(b, k), log_latent, top
 
     def elbo(self, x: Tensor, beta: float = 1.0, c: Tensor | None = None) -> Tensor:
