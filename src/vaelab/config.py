@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaelab.config_checks import (  # noqa: F401  (re-exported)
+    BINARIZE,
+    CHECKS,
+    PRECISIONS,
+    SEED_LIMIT,
+    validate,
+)
 from vaelab.errors import ConfigError
 from vaelab.parts import (  # noqa: F401  (re-exported)
     PARTS,
@@ -26,9 +31,6 @@ from vaelab.parts import (  # noqa: F401  (re-exported)
     PriorConfig,
     register_part,
 )
-
-BINARIZE = ("none", "dynamic", "static")
-"""data.binarize values: none, dynamic (a fresh Bernoulli draw per batch), static (once)."""
 
 
 @dataclass
@@ -245,63 +247,6 @@ def _part(table: str, values: Any) -> Any:
                               f"{', '.join(hints)})")  # fmt: skip
         setattr(options, key, _check_value(f"{where}.{key}", value, hints[key]))
     return options
-
-
-def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v >= low), f">= {low}"
-
-
-SEED_LIMIT = 2**63
-"""Seeds are 0 <= seed < 2**63, so that a seed plus an offset still fits torch's 64 bits."""
-
-PRECISIONS = ("auto", "fp32", "bf16")
-"""train.precision values."""
-
-_POSITIVE_LIST = ((lambda v: all(w >= 1 for w in v)), "a list of positive integers")
-
-CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data.limit": _at_least(0),
-    "data.test_limit": _at_least(0),
-    "data.binarize": ((lambda v: v in BINARIZE), f"one of {', '.join(BINARIZE)}"),
-    "model.widths": _POSITIVE_LIST,
-    "model.channels": _POSITIVE_LIST,
-    "model.bottleneck": _at_least(1),
-    "model.k": _at_least(1),
-    "model.warmup": _at_least(0),
-    "model.top_widths": _POSITIVE_LIST,
-    "model.top_bottleneck": _at_least(1),
-    "model.codebook": _at_least(2),
-    "model.commitment": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
-    "model.sigma": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
-    "model.beta": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
-    "model.penalty_weight": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
-    "train.epochs": _at_least(1),
-    "train.seed": ((lambda v: 0 <= v < SEED_LIMIT), "an integer 0 <= seed < 2**63"),
-    "train.batch_size": _at_least(1),
-    "train.lr": ((lambda v: 0 <= v < math.inf), "a finite number >= 0"),
-    "train.lr_decay": ((lambda v: 0 < v < math.inf), "a finite number > 0"),
-    "train.threads": _at_least(0),
-    "train.tensorboard_images": _at_least(0),
-    "train.precision": ((lambda v: v in PRECISIONS), f"one of {', '.join(PRECISIONS)}"),
-    "train.checkpoint_every": _at_least(1),
-    "train.early_stopping": _at_least(0),
-    "train.test_every": _at_least(1),
-}
-"""Range checks per ``section.key``: (test of the value, the rule in words)."""
-
-
-def validate(cfg: Config) -> None:
-    """Check the values of ``cfg`` against :data:`CHECKS`; a ConfigError names the key."""
-    for key, (ok, rule) in CHECKS.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if not ok(value):
-            raise ConfigError(f"{key} must be {rule}, got {value!r}")
-    if cfg.data.split == cfg.data.test_split:
-        raise ConfigError(
-            f"data.split and data.test_split are both {cfg.data.split!r}: the test loss must "
-            "come from held-out images"
-        )
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaelab.data.sources import write_idx
+from vaelab.data.idx import write_idx
 from vaelab.errors import VaelabError
 from vaelab.files import atomic_write
 from vaelab.memory import check_memory
