@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-import vaelab.data.sources as data_sources
+import vaelab.data.idx as data_idx
 from vaelab import cli
 from vaelab.errors import DataError
 
@@ -101,7 +101,7 @@ def test_unknown_dataset_is_one_line_error(tmp_path):
 
 
 def test_truncated_idx_via_cli(tmp_path):
-    path = data_sources.write_idx(tmp_path / "imgs", np.zeros((5, 3, 3), np.uint8))
+    path = data_idx.write_idx(tmp_path / "imgs", np.zeros((5, 3, 3), np.uint8))
     path.write_bytes(path.read_bytes()[:-4])
     out = run("data", "import-idx", str(path), "--name", "t", "--cache", str(tmp_path / "c"))
     assert out.returncode == 1 and "truncated" in out.stderr and str(path) in out.stderr

@@ -293,7 +293,7 @@ def test_generate_idx_folder_imports_as_a_folder(tmp_path):
     import torch
 
     from vaelab.data.cache import load_dataset
-    from vaelab.data.sources import write_idx
+    from vaelab.data.idx import write_idx
 
     out = tmp_path / "gen"
     out.mkdir()

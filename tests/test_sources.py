@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vaelab.data.cache as data_cache
+import vaelab.data.idx as data_idx
 import vaelab.data.sources as data_sources
 from vaelab.errors import DataError
 
@@ -18,33 +19,33 @@ from vaelab.errors import DataError
 def test_idx_round_trip(tmp_path, dtype, suffix):
     rng = np.random.default_rng(0)
     arr = (rng.random((7, 5, 3)) * 100).astype(dtype)
-    path = data_sources.write_idx(tmp_path / f"a-idx3-ubyte{suffix}", arr)
-    back = data_sources.read_idx(path)
+    path = data_idx.write_idx(tmp_path / f"a-idx3-ubyte{suffix}", arr)
+    back = data_idx.read_idx(path)
     assert back.dtype == np.dtype(dtype) and np.array_equal(back, arr)
 
 
 def test_idx_layout_is_the_published_one(tmp_path):
-    path = data_sources.write_idx(tmp_path / "l", np.array([3, 1, 4], dtype=np.uint8))
+    path = data_idx.write_idx(tmp_path / "l", np.array([3, 1, 4], dtype=np.uint8))
     assert path.read_bytes() == bytes([0, 0, 8, 1, 0, 0, 0, 3, 3, 1, 4])
 
 
 def test_idx_errors_name_the_problem(tmp_path):
-    good = data_sources.write_idx(tmp_path / "x", np.zeros((4, 2, 2), np.uint8)).read_bytes()
+    good = data_idx.write_idx(tmp_path / "x", np.zeros((4, 2, 2), np.uint8)).read_bytes()
     with pytest.raises(DataError, match="truncated"):
-        data_sources.parse_idx(good[:-1], "x")
+        data_idx.parse_idx(good[:-1], "x")
     with pytest.raises(DataError, match="magic"):
-        data_sources.parse_idx(b"\x01" + good[1:], "x")
+        data_idx.parse_idx(b"\x01" + good[1:], "x")
     with pytest.raises(DataError, match="trailing"):
-        data_sources.parse_idx(good + b"\x00", "x")
+        data_idx.parse_idx(good + b"\x00", "x")
     with pytest.raises(DataError, match="data type"):
-        data_sources.parse_idx(b"\x00\x00\x07\x01" + good[4:], "x")
+        data_idx.parse_idx(b"\x00\x00\x07\x01" + good[4:], "x")
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
 def test_idx_reader_fuzz_random_bytes(blob):
     try:
-        arr = data_sources.parse_idx(blob)
+        arr = data_idx.parse_idx(blob)
     except DataError:
         return
     assert isinstance(arr, np.ndarray)
@@ -70,7 +71,7 @@ def test_idx_reader_fuzz_truncated_and_mutated(shape, dtype, draw):
     if mutated and draw.draw(st.booleans()):
         mutated[flip] ^= 0xFF
     try:
-        out = data_sources.parse_idx(bytes(mutated))
+        out = data_idx.parse_idx(bytes(mutated))
     except DataError:
         return
     assert out.size * out.dtype.itemsize + 4 + 4 * out.ndim == len(mutated)
@@ -80,7 +81,7 @@ def test_read_idx_corrupt_gzip(tmp_path):
     p = tmp_path / "bad.gz"
     p.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abc")[:-6])
     with pytest.raises(DataError, match="bad.gz"):
-        data_sources.read_idx(p)
+        data_idx.read_idx(p)
 
 
 def test_read_idx_corrupt_deflate_stream(tmp_path):
@@ -88,7 +89,7 @@ def test_read_idx_corrupt_deflate_stream(tmp_path):
     p = tmp_path / "deflate.gz"
     p.write_bytes(raw[:10] + b"\xff" * 12 + raw[-8:])  # a valid header, garbage blocks: zlib.error
     with pytest.raises(DataError, match="deflate.gz"):
-        data_sources.read_idx(p)
+        data_idx.read_idx(p)
 
 
 def test_import_idx_torchvision_layout(tmp_path):
@@ -96,10 +97,10 @@ def test_import_idx_torchvision_layout(tmp_path):
     raw.mkdir(parents=True)
     x = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
     y = (np.arange(12) % 10).astype(np.uint8)
-    data_sources.write_idx(raw / "train-images-idx3-ubyte.gz", x)
-    data_sources.write_idx(raw / "train-labels-idx1-ubyte.gz", y)
-    data_sources.write_idx(raw / "t10k-images-idx3-ubyte", x[:5])
-    data_sources.write_idx(raw / "t10k-labels-idx1-ubyte", y[:5])
+    data_idx.write_idx(raw / "train-images-idx3-ubyte.gz", x)
+    data_idx.write_idx(raw / "train-labels-idx1-ubyte.gz", y)
+    data_idx.write_idx(raw / "t10k-images-idx3-ubyte", x[:5])
+    data_idx.write_idx(raw / "t10k-labels-idx1-ubyte", y[:5])
     cache = tmp_path / "cache"
     data_sources.import_idx("tv", tmp_path, cache=cache)
     train = data_cache.load_dataset("tv", "train", cache)
@@ -117,9 +118,9 @@ def test_import_idx_emnist_layout(tmp_path):
     one = tmp_path / "one"
     one.mkdir()
     for split, n in (("train", 6), ("test", 3)):
-        data_sources.write_idx(one / f"emnist-digits-{split}-images-idx3-ubyte.gz", x[:n])
-        data_sources.write_idx(one / f"emnist-digits-{split}-labels-idx1-ubyte.gz", y[:n])
-    data_sources.write_idx(one / "emnist-digits-train-images-idx3-ubyte", x)  # unpacked beside
+        data_idx.write_idx(one / f"emnist-digits-{split}-images-idx3-ubyte.gz", x[:n])
+        data_idx.write_idx(one / f"emnist-digits-{split}-labels-idx1-ubyte.gz", y[:n])
+    data_idx.write_idx(one / "emnist-digits-train-images-idx3-ubyte", x)  # unpacked beside
     cache = tmp_path / "cache"
     data_sources.import_idx("em", one, cache=cache, transpose=True)
     train = data_cache.load_dataset("em", "train", cache)
@@ -128,7 +129,7 @@ def test_import_idx_emnist_layout(tmp_path):
         train.labels.tolist() == y.tolist()
         and len(data_cache.load_dataset("em", "test", cache)) == 3
     )
-    data_sources.write_idx(one / "emnist-letters-train-images-idx3-ubyte.gz", x)
+    data_idx.write_idx(one / "emnist-letters-train-images-idx3-ubyte.gz", x)
     with pytest.raises(DataError, match=r"several data sets \(emnist-digits-train.*emnist-letters"):
         data_sources.import_idx("em2", one, cache=cache)
     with pytest.raises(DataError, match="is a folder: .*LABELS and --split"):
@@ -139,8 +140,8 @@ def test_import_idx_emnist_layout(tmp_path):
         data_sources.import_idx("em3", one, split="test", cache=cache)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
-    data_sources.write_idx(mixed / "emnist-digits-train-images-idx3-ubyte", x)
-    data_sources.write_idx(mixed / "emnist-letters-test-images-idx3-ubyte", x)
+    data_idx.write_idx(mixed / "emnist-digits-train-images-idx3-ubyte", x)
+    data_idx.write_idx(mixed / "emnist-letters-test-images-idx3-ubyte", x)
     with pytest.raises(DataError, match="belong to different data sets"):
         data_sources.import_idx("em4", mixed, cache=cache)
 
@@ -152,8 +153,8 @@ def test_import_idx_names_emnist_classes_from_its_mapping(tmp_path):
     folder = tmp_path / "em"
     folder.mkdir()
     for split in ("train", "test"):
-        data_sources.write_idx(folder / f"emnist-letters-{split}-images-idx3-ubyte", x)
-        data_sources.write_idx(folder / f"emnist-letters-{split}-labels-idx1-ubyte",
+        data_idx.write_idx(folder / f"emnist-letters-{split}-images-idx3-ubyte", x)
+        data_idx.write_idx(folder / f"emnist-letters-{split}-labels-idx1-ubyte",
                           np.array([1, 2, 3, 2], np.uint8))  # fmt: skip
     mapping = folder / "emnist-letters-mapping.txt"
     mapping.write_text("1 65 97\n2 66 98\n3 67 99\n4 68 100\n")
@@ -172,15 +173,15 @@ def test_import_idx_names_emnist_classes_from_its_mapping(tmp_path):
 
 
 def test_import_idx_label_count_mismatch(tmp_path):
-    data_sources.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
-    data_sources.write_idx(tmp_path / "l", np.zeros(4, np.uint8))
+    data_idx.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
+    data_idx.write_idx(tmp_path / "l", np.zeros(4, np.uint8))
     with pytest.raises(DataError, match="4,"):
         data_sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path)
 
 
 def test_import_idx_of_swapped_image_and_label_files_says_so(tmp_path):
-    data_sources.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
-    data_sources.write_idx(tmp_path / "l", np.zeros(3, np.uint8))
+    data_idx.write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
+    data_idx.write_idx(tmp_path / "l", np.zeros(3, np.uint8))
     with pytest.raises(DataError, match="image and label files are swapped"):
         data_sources.import_idx("m", tmp_path / "l", tmp_path / "i", cache=tmp_path)
 
@@ -188,19 +189,19 @@ def test_import_idx_of_swapped_image_and_label_files_says_so(tmp_path):
 @pytest.mark.parametrize("labels", [[255] * 4, [0, 1, 2, 300], [0, 100, 200, 40]])
 def test_unnamed_labels_that_leave_most_classes_empty_are_refused(tmp_path, labels):
     """Labels all 255 made 256 classes with 255 of them empty."""
-    data_sources.write_idx(tmp_path / "i", np.zeros((4, 2, 2), np.uint8))
-    data_sources.write_idx(tmp_path / "l", np.array(labels, np.int32))
+    data_idx.write_idx(tmp_path / "i", np.zeros((4, 2, 2), np.uint8))
+    data_idx.write_idx(tmp_path / "l", np.array(labels, np.int32))
     with pytest.raises(DataError, match="classes .* would be empty"):
         data_sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path / "c")
     # named classes and labels 0..9 with one class missing are fine
-    data_sources.write_idx(tmp_path / "l", np.array([0, 2, 9, 9], np.int32))
+    data_idx.write_idx(tmp_path / "l", np.array([0, 2, 9, 9], np.int32))
     data_sources.import_idx("n", tmp_path / "i", tmp_path / "l", cache=tmp_path / "c")
     assert len(data_cache.load_dataset("n", "train", tmp_path / "c").classes) == 10
 
 
 def test_import_idx_classes_txt_that_is_not_utf8_is_named(tmp_path):
-    data_sources.write_idx(tmp_path / "i", np.zeros((2, 2, 2), np.uint8))
-    data_sources.write_idx(tmp_path / "l", np.array([0, 1], np.uint8))
+    data_idx.write_idx(tmp_path / "i", np.zeros((2, 2, 2), np.uint8))
+    data_idx.write_idx(tmp_path / "l", np.array([0, 1], np.uint8))
     (tmp_path / "classes.txt").write_bytes("café\nthé\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"classes.txt: not UTF-8 text"):
         data_sources.import_idx("m", tmp_path / "i", tmp_path / "l", cache=tmp_path / "c")

@@ -771,7 +771,7 @@ def test_compile_falls_back_to_eager(monkeypatch):
 
 
 def test_autocast_names_every_precision():
-    from vaelab.config import PRECISIONS
+    from vaelab.config_checks import PRECISIONS
 
     assert set(train_step.AUTOCAST) | {"fp32", "auto"} == set(PRECISIONS)  # auto: resolved first
 

@@ -15,13 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaelab.config_checks import (  # noqa: F401  (re-exported)
-    BINARIZE,
-    CHECKS,
-    PRECISIONS,
-    SEED_LIMIT,
-    validate,
-)
+from vaelab.config_checks import validate
 from vaelab.errors import ConfigError
 from vaelab.parts import (  # noqa: F401  (re-exported)
     PARTS,

@@ -43,7 +43,7 @@ def positive_float(text: str) -> float:
 
 def seed_int(text: str) -> int:
     """An argparse type: a seed, 0 <= seed < SEED_LIMIT."""
-    from vaelab.config import SEED_LIMIT
+    from vaelab.config_checks import SEED_LIMIT
 
     value = non_negative_int(text)
     if value >= SEED_LIMIT:

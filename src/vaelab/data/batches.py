@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import BINARIZE
+from vaelab.config_checks import BINARIZE
 from vaelab.data.cache import load_dataset
 from vaelab.data.dataset import ImageDataset
 from vaelab.errors import DataError

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from vaelab.data.cache import add_splits, save_dataset, writing
 from vaelab.data.dataset import ImageDataset
-from vaelab.data.idx import parse_idx, read_idx, write_idx  # noqa: F401  (re-exported)
+from vaelab.data.idx import read_idx
 from vaelab.errors import DataError
 from vaelab.memory import check_memory
 
